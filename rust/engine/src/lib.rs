@@ -1,0 +1,12 @@
+//! The engine of spprof: everything that does not need a Python interpreter.
+//!
+//! - [`ring`]: the lock-free buffer signal handlers write raw samples into;
+//! - [`raw`]: the layout of one raw sample;
+//! - [`store`]: the columnar, memory-bounded profile (interned frames and stacks);
+//! - [`speedscope`], [`collapsed`]: the writers.
+
+pub mod collapsed;
+pub mod raw;
+pub mod ring;
+pub mod speedscope;
+pub mod store;

@@ -1,0 +1,312 @@
+//! The columnar profile: interned strings and frames, a prefix tree of stacks, and one row per
+//! sample. Every byte it holds is counted against a budget; a sample that would exceed the budget
+//! is dropped and counted instead of growing the store.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::mem::size_of;
+
+pub type StrId = u32;
+pub type FrameId = u32;
+/// Index of a node of the stack tree. A node is (parent, frame): the stack root → that frame.
+pub type StackId = u32;
+/// The stack of a sample that had no frame at all.
+pub const EMPTY_STACK: StackId = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    pub function: StrId,
+    pub file: StrId,
+    pub line: u32,
+    pub is_native: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadInfo {
+    pub tid: u64,
+    pub name: String,
+}
+
+#[derive(Default)]
+pub struct Store {
+    strings: Vec<Box<str>>,
+    string_ids: HashMap<Box<str>, StrId>,
+    frames: Vec<Frame>,
+    frame_ids: HashMap<Frame, FrameId>,
+    stack_nodes: Vec<(StackId, FrameId)>,
+    stack_ids: HashMap<(StackId, FrameId), StackId>,
+    threads: Vec<ThreadInfo>,
+    // One entry per sample (columns).
+    pub timestamps_ns: Vec<i64>,
+    pub weights: Vec<i64>,
+    pub stacks: Vec<StackId>,
+    pub thread_ids: Vec<u32>,
+    dropped: u64,
+    budget_bytes: usize,
+    string_bytes: usize,
+}
+
+/// Extra bytes a `Vec` would allocate to take `extra` more elements.
+fn vec_growth<T>(v: &Vec<T>, extra: usize) -> usize {
+    if v.len() + extra <= v.capacity() {
+        0
+    } else {
+        (v.capacity() * 2).max(v.len() + extra).max(8) * size_of::<T>()
+    }
+}
+
+/// Extra bytes a `HashMap` would allocate to take `extra` more entries (it doubles its buckets).
+fn map_growth<K, V>(m: &HashMap<K, V>, extra: usize) -> usize {
+    if m.len() + extra <= m.capacity() {
+        0
+    } else {
+        let buckets = ((m.len() + extra) * 8 / 7).next_power_of_two().max(8);
+        buckets * (size_of::<(K, V)>() + 1)
+    }
+}
+
+fn vec_bytes<T>(v: &Vec<T>) -> usize {
+    v.capacity() * size_of::<T>()
+}
+
+fn map_bytes<K, V>(m: &HashMap<K, V>) -> usize {
+    // hashbrown keeps capacity at 7/8 of a power-of-two bucket count, one control byte each.
+    let buckets = if m.capacity() == 0 {
+        0
+    } else {
+        (m.capacity() * 8 / 7 + 1).next_power_of_two()
+    };
+    buckets * (size_of::<(K, V)>() + 1)
+}
+
+impl Store {
+    pub fn new(budget_bytes: usize) -> Store {
+        Store {
+            budget_bytes,
+            ..Store::default()
+        }
+    }
+
+    /// Bytes held by the store (allocated capacity, not just what is in use).
+    pub fn bytes_used(&self) -> usize {
+        self.string_bytes
+            + vec_bytes(&self.strings)
+            + map_bytes(&self.string_ids)
+            + vec_bytes(&self.frames)
+            + map_bytes(&self.frame_ids)
+            + vec_bytes(&self.stack_nodes)
+            + map_bytes(&self.stack_ids)
+            + vec_bytes(&self.threads)
+            + vec_bytes(&self.timestamps_ns)
+            + vec_bytes(&self.weights)
+            + vec_bytes(&self.stacks)
+            + vec_bytes(&self.thread_ids)
+    }
+
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_bytes
+    }
+
+    fn fits(&self, extra_bytes: usize) -> bool {
+        self.bytes_used() + extra_bytes <= self.budget_bytes
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Count samples lost before they reached the store (e.g. a full ring).
+    pub fn add_dropped(&mut self, n: u64) {
+        self.dropped += n;
+    }
+
+    pub fn len(&self) -> usize {
+        self.stacks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
+
+    pub fn string(&self, id: StrId) -> &str {
+        &self.strings[id as usize]
+    }
+
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
+    }
+
+    pub fn threads(&self) -> &[ThreadInfo] {
+        &self.threads
+    }
+
+    /// Intern a string; `None` when the budget is exhausted.
+    pub fn intern_str(&mut self, s: &str) -> Option<StrId> {
+        if let Some(&id) = self.string_ids.get(s) {
+            return Some(id);
+        }
+        let cost = 2 * s.len() + vec_growth(&self.strings, 1) + map_growth(&self.string_ids, 1);
+        if !self.fits(cost) {
+            return None;
+        }
+        let id = self.strings.len() as StrId;
+        self.strings.push(s.into());
+        self.string_ids.insert(s.into(), id);
+        self.string_bytes += 2 * s.len();
+        Some(id)
+    }
+
+    /// Intern a frame; `None` when the budget is exhausted.
+    pub fn intern_frame(
+        &mut self,
+        function: &str,
+        file: &str,
+        line: u32,
+        is_native: bool,
+    ) -> Option<FrameId> {
+        let frame = Frame {
+            function: self.intern_str(function)?,
+            file: self.intern_str(file)?,
+            line,
+            is_native,
+        };
+        if let Some(&id) = self.frame_ids.get(&frame) {
+            return Some(id);
+        }
+        if !self.fits(vec_growth(&self.frames, 1) + map_growth(&self.frame_ids, 1)) {
+            return None;
+        }
+        let id = self.frames.len() as FrameId;
+        self.frames.push(frame);
+        self.frame_ids.insert(frame, id);
+        Some(id)
+    }
+
+    /// Register a thread; returns its index for [`Store::add_sample`].
+    pub fn add_thread(&mut self, tid: u64, name: &str) -> u32 {
+        let info = ThreadInfo {
+            tid,
+            name: name.to_owned(),
+        };
+        if let Some(i) = self.threads.iter().position(|t| *t == info) {
+            return i as u32;
+        }
+        self.string_bytes += name.len();
+        self.threads.push(info);
+        self.threads.len() as u32 - 1
+    }
+
+    /// Intern the stack `frames` (root first); `None` when the budget is exhausted.
+    pub fn intern_stack(&mut self, frames: impl IntoIterator<Item = FrameId>) -> Option<StackId> {
+        let mut node = EMPTY_STACK;
+        for frame in frames {
+            let key = (node, frame);
+            node = match self.stack_ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let cost = vec_growth(&self.stack_nodes, 1) + map_growth(&self.stack_ids, 1);
+                    if !self.fits(cost) {
+                        return None;
+                    }
+                    let id = self.stack_nodes.len() as StackId;
+                    self.stack_nodes.push(key);
+                    self.stack_ids.insert(key, id);
+                    id
+                }
+            };
+        }
+        Some(node)
+    }
+
+    /// Append a sample; when the budget does not allow it, count it as dropped and return false.
+    pub fn add_sample(&mut self, timestamp_ns: i64, weight: i64, thread: u32, stack: StackId) -> bool {
+        let cost = vec_growth(&self.timestamps_ns, 1)
+            + vec_growth(&self.weights, 1)
+            + vec_growth(&self.stacks, 1)
+            + vec_growth(&self.thread_ids, 1);
+        if !self.fits(cost) {
+            self.dropped += 1;
+            return false;
+        }
+        self.timestamps_ns.push(timestamp_ns);
+        self.weights.push(weight);
+        self.stacks.push(stack);
+        self.thread_ids.push(thread);
+        true
+    }
+
+    /// The frames of a stack, root first.
+    pub fn stack_frames(&self, stack: StackId) -> Vec<FrameId> {
+        let mut out = Vec::new();
+        let mut node = stack;
+        while node != EMPTY_STACK {
+            let (parent, frame) = self.stack_nodes[node as usize];
+            out.push(frame);
+            node = parent;
+        }
+        out.reverse();
+        out
+    }
+
+    /// Number of stack-tree nodes (distinct stack prefixes).
+    pub fn stack_node_count(&self) -> usize {
+        self.stack_nodes.len()
+    }
+
+    /// (parent, frame) of a stack-tree node.
+    pub fn stack_node(&self, stack: StackId) -> (StackId, FrameId) {
+        self.stack_nodes[stack as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &mut Store, name: &str) -> FrameId {
+        s.intern_frame(name, "f.py", 1, false).unwrap()
+    }
+
+    #[test]
+    fn identical_stacks_are_stored_once() {
+        let mut s = Store::new(1 << 20);
+        let (a, b, c) = (frame(&mut s, "a"), frame(&mut s, "b"), frame(&mut s, "c"));
+        let ab = s.intern_stack([a, b]).unwrap();
+        let abc = s.intern_stack([a, b, c]).unwrap();
+        assert_eq!(s.intern_stack([a, b]).unwrap(), ab);
+        assert_eq!(s.intern_stack([a, b, c]).unwrap(), abc);
+        assert_eq!(s.stack_node_count(), 3);
+        assert_eq!(s.stack_frames(abc), vec![a, b, c]);
+        assert_eq!(s.intern_stack([]).unwrap(), EMPTY_STACK);
+        assert!(s.stack_frames(EMPTY_STACK).is_empty());
+        assert_eq!(frame(&mut s, "a"), a);
+    }
+
+    #[test]
+    fn budget_bounds_memory_and_counts_drops() {
+        let budget = 64 * 1024;
+        let mut s = Store::new(budget);
+        let t = s.add_thread(1, "main");
+        let f = frame(&mut s, "f");
+        let stack = s.intern_stack([f]).unwrap();
+        let mut kept = 0u64;
+        for i in 0..100_000 {
+            if s.add_sample(i, 1, t, stack) {
+                kept += 1;
+            }
+        }
+        assert!(s.bytes_used() <= budget, "{} > {budget}", s.bytes_used());
+        assert_eq!(kept + s.dropped(), 100_000);
+        assert!(kept > 1000, "a 64 KiB budget holds thousands of samples, kept {kept}");
+        // New distinct frames are refused as well once the budget is spent.
+        let mut refused = false;
+        for i in 0..10_000 {
+            if s.intern_frame(&format!("fn{i}"), "x.py", i, false).is_none() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
+        assert!(s.bytes_used() <= budget);
+    }
+}

@@ -1,0 +1,95 @@
+//! Turns the code pointers of raw samples into frames (qualified name, file, executing line),
+//! with the GIL held, off the signal path.
+//!
+//! Soundness rests on one invariant: every code pointer in the ring belongs to a live code
+//! object. It holds because a code object was on a thread's stack (hence alive) when it was
+//! sampled, and because [`crate::code_hook`] drains the ring before any code object is freed.
+//! The cache entry of a freed code object is forgotten, so a new code object that reuses the
+//! address is resolved afresh and never mislabelled.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+use spprof_engine::store::{FrameId, Store};
+use std::collections::HashMap;
+
+struct CodeInfo {
+    function: String,
+    file: String,
+    first_line: u32,
+    /// Frame per instruction offset seen so far.
+    frames: HashMap<i64, FrameId>,
+}
+
+pub struct Resolver {
+    codes: HashMap<usize, CodeInfo>,
+    /// 3.11+ code objects have `co_qualname`.
+    has_qualname: bool,
+}
+
+fn attr_string(code: &Borrowed<'_, '_, PyAny>, name: &Bound<'_, PyString>) -> String {
+    code.getattr(name)
+        .ok()
+        .and_then(|v| v.extract::<String>().ok())
+        .unwrap_or_else(|| "<unknown>".to_owned())
+}
+
+impl Resolver {
+    pub fn new(has_qualname: bool) -> Resolver {
+        Resolver {
+            codes: HashMap::new(),
+            has_qualname,
+        }
+    }
+
+    /// The frame of `code` executing at byte `offset`; `None` when the store's budget is spent.
+    pub fn frame(&mut self, py: Python<'_>, store: &mut Store, code: usize, offset: i64) -> Option<FrameId> {
+        if code == 0 {
+            return store.intern_frame("<unknown>", "<unknown>", 0, false);
+        }
+        let has_qualname = self.has_qualname;
+        let info = self.codes.entry(code).or_insert_with(|| {
+            // SAFETY: code is a live code object (module invariant); Borrowed takes no reference,
+            // which matters when the object is being deallocated right now.
+            let obj = unsafe { Borrowed::from_ptr(py, code as *mut ffi::PyObject) };
+            let name_attr = if has_qualname {
+                pyo3::intern!(py, "co_qualname")
+            } else {
+                pyo3::intern!(py, "co_name")
+            };
+            let first_line = obj
+                .getattr(pyo3::intern!(py, "co_firstlineno"))
+                .ok()
+                .and_then(|v| v.extract::<u32>().ok())
+                .unwrap_or(0);
+            CodeInfo {
+                function: attr_string(&obj, name_attr),
+                file: attr_string(&obj, pyo3::intern!(py, "co_filename")),
+                first_line,
+                frames: HashMap::new(),
+            }
+        });
+        if let Some(&id) = info.frames.get(&offset) {
+            return Some(id);
+        }
+        let line = if offset < 0 || offset > i32::MAX as i64 {
+            info.first_line
+        } else {
+            // SAFETY: live code object (module invariant); Addr2Line only reads it.
+            let line = unsafe { ffi::PyCode_Addr2Line(code as *mut ffi::PyCodeObject, offset as i32) };
+            if line > 0 {
+                line as u32
+            } else {
+                info.first_line
+            }
+        };
+        let id = store.intern_frame(&info.function, &info.file, line, false)?;
+        info.frames.insert(offset, id);
+        Some(id)
+    }
+
+    /// The code object at `code` is being freed: its address may be reused.
+    pub fn forget(&mut self, code: usize) {
+        self.codes.remove(&code);
+    }
+}

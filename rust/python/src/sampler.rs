@@ -1,0 +1,227 @@
+//! The signal handler and the state it shares with the rest of the process.
+//!
+//! The handler runs on the sampled thread itself (the timer targets it with `SIGEV_THREAD_ID`),
+//! so the frame chain it walks is that thread's own, frozen while the handler runs. It is
+//! async-signal-safe: it only reads atomics and interpreter memory, calls `clock_gettime`, and
+//! writes into the pre-allocated ring. No allocation, no lock, no panic, errno preserved.
+//!
+//! Lifetime of the shared state: `stop` unpublishes it (`SHARED` → null), then waits until no
+//! handler is inside (`IN_FLIGHT` == 0) before freeing it. A late signal that arrives after that
+//! finds a null pointer and does nothing.
+
+use crate::threads::{self, SLOTS};
+use crate::walker::Walker;
+use spprof_engine::raw;
+use spprof_engine::ring::Ring;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Frames kept per sample; deeper stacks keep their innermost frames and are marked truncated.
+pub const MAX_DEPTH: usize = 1024;
+
+/// Everything a handler needs, published through `SHARED`.
+pub struct Shared {
+    pub ring: Ring,
+    pub walker: Walker,
+    pub collected: AtomicU64,
+    /// Samples lost because the ring was full.
+    pub dropped: AtomicU64,
+    /// Nanoseconds spent inside the handler (measured, for the overhead figure).
+    pub handler_ns: AtomicU64,
+}
+
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Publish `shared` to the handler. The caller keeps ownership through the returned pointer.
+pub fn publish(shared: Box<Shared>) -> *const Shared {
+    let p = Box::into_raw(shared);
+    SHARED.store(p, Ordering::SeqCst);
+    p
+}
+
+/// Unpublish and wait for handlers still using the state; returns ownership of it.
+pub fn unpublish() -> Option<Box<Shared>> {
+    let p = SHARED.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+    // SAFETY: p came from Box::into_raw in publish and no handler can reach it any more.
+    (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+}
+
+/// In a forked child: drop the shared state at once (no other thread exists to be using it).
+pub fn forget_after_fork() {
+    IN_FLIGHT.store(0, Ordering::SeqCst);
+    drop(unpublish());
+}
+
+/// The disposition that was in place before ours, to chain to and to restore.
+struct Previous {
+    signal: i32,
+    action: libc::sigaction,
+}
+// SAFETY: a sigaction is plain data (a function pointer and flags).
+unsafe impl Send for Previous {}
+
+static PREVIOUS: Mutex<Option<Previous>> = Mutex::new(None);
+/// The previous handler as (address, flags) for the signal handler to read without a lock.
+static PREV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static PREV_FLAGS: AtomicUsize = AtomicUsize::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Install the handler for `signal` (idempotent), remembering the previous disposition.
+pub fn install(signal: i32) -> Result<(), String> {
+    let mut prev = PREVIOUS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = prev.as_ref() {
+        if p.signal == signal {
+            return Ok(());
+        }
+        return Err(format!(
+            "spprof's handler is installed for signal {}; it cannot switch to {signal} in this process",
+            p.signal
+        ));
+    }
+    // SAFETY: sigaction is plain data; zeroed is a valid empty mask and no flags.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_signal as *const () as usize;
+    // SA_RESTART: interrupted system calls resume instead of failing with EINTR.
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: the mask is a valid sigset owned by `action`.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: zeroed out-parameter for the old action.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid; on_signal has the SA_SIGINFO signature.
+    if unsafe { libc::sigaction(signal, &action, &mut old) } != 0 {
+        return Err(format!(
+            "cannot install the handler for signal {signal}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    PREV_HANDLER.store(old.sa_sigaction, Ordering::SeqCst);
+    PREV_FLAGS.store(old.sa_flags as usize, Ordering::SeqCst);
+    INSTALLED.store(true, Ordering::SeqCst);
+    *prev = Some(Previous { signal, action: old });
+    Ok(())
+}
+
+/// Put back an application's own handler. When the previous disposition was the default (which
+/// for SIGPROF terminates the process) or "ignore", ours stays installed but idle: a timer
+/// signal still pending on some thread after `stop` must not kill the process.
+pub fn restore_application_handler() {
+    let mut prev = PREVIOUS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = prev.as_ref() {
+        let h = p.action.sa_sigaction;
+        if h != libc::SIG_DFL && h != libc::SIG_IGN {
+            // SAFETY: restoring a disposition that was valid before.
+            unsafe { libc::sigaction(p.signal, &p.action, std::ptr::null_mut()) };
+            INSTALLED.store(false, Ordering::SeqCst);
+            *prev = None;
+        }
+    }
+}
+
+fn errno_location() -> *mut i32 {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { libc::__errno_location() }
+}
+
+/// Offset of `si_value` in the kernel's `siginfo_t` for timer signals on 64-bit Linux
+/// (`si_signo`, `si_errno`, `si_code`, padding, then `_timer { si_tid, si_overrun, si_sigval }`).
+const SI_VALUE_OFFSET: usize = 24;
+
+extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    let errno = errno_location();
+    // SAFETY: errno_location is valid for this thread.
+    let saved = unsafe { *errno };
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let token = (!info.is_null() && unsafe { (*info).si_code } == libc::SI_TIMER)
+        .then(|| unsafe { *((info as *const u8).add(SI_VALUE_OFFSET) as *const usize) })
+        .and_then(threads::decode_token);
+    match token {
+        Some((slot, generation)) => {
+            IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+            let shared = SHARED.load(Ordering::SeqCst);
+            if !shared.is_null() {
+                // SAFETY: unpublish waits for IN_FLIGHT == 0 before freeing what we loaded.
+                unsafe { sample(&*shared, slot, generation) };
+            }
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        }
+        None => chain(signal, info, context),
+    }
+    // SAFETY: as above.
+    unsafe { *errno = saved };
+}
+
+/// Hand a signal that is not one of our timer ticks to whoever handled it before us.
+fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    let handler = PREV_HANDLER.load(Ordering::SeqCst);
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        return; // not ours and nobody else's: dropping it beats terminating the process
+    }
+    if PREV_FLAGS.load(Ordering::SeqCst) as i32 & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        f(signal, info, context);
+    } else {
+        // SAFETY: without SA_SIGINFO the previous handler takes only the signal number.
+        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
+        f(signal);
+    }
+}
+
+/// Take one sample of the interrupted thread (which is the current thread).
+unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
+    let s = &SLOTS[slot];
+    if s.generation.load(Ordering::Acquire) != generation || !s.armed.load(Ordering::Acquire) {
+        return; // a late tick of a timer that has been deleted
+    }
+    let Some(start) = threads::clock_ns(libc::CLOCK_MONOTONIC) else {
+        return;
+    };
+    let cpu = threads::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
+    let weight = cpu.saturating_sub(s.last_cpu_ns.swap(cpu, Ordering::Relaxed));
+    let tstate = s.tstate.load(Ordering::Acquire);
+    let walker = &shared.walker;
+
+    // Two passes: count (to reserve the exact size), then write.
+    // SAFETY: tstate belongs to this very thread, which is stopped inside this handler.
+    let total = unsafe { walker.walk(tstate, |_, _| true) };
+    let depth = total.min(MAX_DEPTH);
+    let flags = if total > depth { raw::FLAG_TRUNCATED } else { 0 };
+    let Some(mut rec) = shared.ring.reserve(raw::body_words(depth)) else {
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    rec.write(0, start);
+    rec.write(1, weight);
+    rec.write(2, raw::pack_thread(s.store_thread.load(Ordering::Relaxed), flags));
+    rec.write(3, depth as u64);
+    let mut i = 0;
+    // SAFETY: as above; the chain has not changed since the first pass.
+    unsafe {
+        walker.walk(tstate, |code, offset| {
+            if i >= depth {
+                return false;
+            }
+            rec.write(raw::HEADER_WORDS + 2 * i, code as u64);
+            rec.write(raw::HEADER_WORDS + 2 * i + 1, offset as u64);
+            i += 1;
+            true
+        })
+    };
+    // Zero code = "unknown frame" for the resolver, should the second pass ever see fewer frames.
+    while i < depth {
+        rec.write(raw::HEADER_WORDS + 2 * i, 0);
+        i += 1;
+    }
+    rec.commit();
+    shared.collected.fetch_add(1, Ordering::Relaxed);
+    if let Some(end) = threads::clock_ns(libc::CLOCK_MONOTONIC) {
+        shared
+            .handler_ns
+            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,198 @@
+//! One profiling session: the shared state published to the signal handler, the store the
+//! samples are resolved into, and the drainer thread that resolves them while profiling runs.
+//!
+//! Locking discipline: `SESSION` is only locked with the GIL held and is never held across a
+//! GIL release, so a code-object deallocation (which also runs with the GIL) can always drain
+//! the ring first — see [`crate::code_hook`].
+
+use crate::resolver::Resolver;
+use crate::sampler::{self, Shared};
+use crate::threads;
+use pyo3::prelude::*;
+use spprof_engine::raw::{RawSample, FLAG_TRUNCATED};
+use spprof_engine::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub struct Session {
+    /// Owned: created by `publish`, freed by `unpublish` at the end of the session.
+    shared: *const Shared,
+    pub store: Store,
+    resolver: Resolver,
+    /// CLOCK_MONOTONIC at start: sample timestamps are relative to it.
+    pub start_ns: u64,
+    pub interval_ns: u64,
+    pub signal: i32,
+    drainer: Option<Drainer>,
+    scratch: Vec<u32>,
+}
+
+// SAFETY: `shared` is only dereferenced while the session exists, and the Shared it points to
+// is made of atomics and the lock-free ring.
+unsafe impl Send for Session {}
+
+pub static SESSION: Mutex<Option<Session>> = Mutex::new(None);
+/// Mirrors `SESSION.is_some()` for the code-deallocation hook's fast path.
+pub static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+struct Drainer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: JoinHandle<()>,
+}
+
+pub fn lock() -> std::sync::MutexGuard<'static, Option<Session>> {
+    SESSION.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Session {
+    pub fn new(shared: Box<Shared>, store: Store, resolver: Resolver, interval_ns: u64, signal: i32) -> Session {
+        Session {
+            shared: sampler::publish(shared),
+            store,
+            resolver,
+            start_ns: threads::clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0),
+            interval_ns,
+            signal,
+            drainer: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn shared(&self) -> &Shared {
+        // SAFETY: the pointer stays valid until `finish`, which consumes the session.
+        unsafe { &*self.shared }
+    }
+
+    /// Resolve every committed raw sample into the store.
+    pub fn drain(&mut self, py: Python<'_>) {
+        // SAFETY: see `shared()`; the borrow does not alias the fields mutated below.
+        let shared = unsafe { &*self.shared };
+        let (store, resolver, scratch, start) = (&mut self.store, &mut self.resolver, &mut self.scratch, self.start_ns);
+        shared.ring.consume(|body| {
+            let Some(raw) = RawSample::parse(body) else {
+                store.add_dropped(1);
+                return;
+            };
+            scratch.clear();
+            if raw.flags & FLAG_TRUNCATED != 0 {
+                match store.intern_frame("<truncated>", "<spprof>", 0, false) {
+                    Some(f) => scratch.push(f),
+                    None => return store.add_dropped(1),
+                }
+            }
+            for (code, offset) in raw.frames_leaf_first().rev() {
+                match resolver.frame(py, store, code as usize, offset as i64) {
+                    Some(f) => scratch.push(f),
+                    None => return store.add_dropped(1),
+                }
+            }
+            let Some(stack) = store.intern_stack(scratch.iter().copied()) else {
+                return store.add_dropped(1);
+            };
+            let ts = raw.timestamp_ns.saturating_sub(start) as i64;
+            store.add_sample(ts, raw.weight as i64, raw.thread_slot, stack);
+        });
+    }
+
+    pub fn forget_code(&mut self, code: usize) {
+        self.resolver.forget(code);
+    }
+
+    pub fn start_drainer(&mut self) {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let shared = self.shared as usize;
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("spprof-resolver".into())
+            .spawn(move || drainer_loop(shared, &stop2))
+            .expect("spawning the resolver thread");
+        self.drainer = Some(Drainer { stop, handle });
+    }
+
+    /// Take the drainer out so it can be joined without holding the session lock.
+    pub fn take_drainer(&mut self) -> Option<impl FnOnce()> {
+        self.drainer.take().map(|d| {
+            move || {
+                *d.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                d.stop.1.notify_all();
+                let _ = d.handle.join();
+            }
+        })
+    }
+
+    /// End of session: unpublish the shared state (waiting out running handlers) and resolve
+    /// what is left. The GIL must be held from the caller's removal of the session to here.
+    pub fn finish(mut self, py: Python<'_>) -> Finished {
+        self.drain(py);
+        let shared = sampler::unpublish().expect("the session's shared state is published");
+        // A handler may have committed between the drain above and unpublish.
+        self.drain(py);
+        self.store.add_dropped(shared.dropped.load(Ordering::Relaxed));
+        Finished {
+            store: std::mem::take(&mut self.store),
+            handler_ns: shared.handler_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// In a forked child: no handler or drainer thread exists any more, so the shared state can
+    /// be freed without waiting (a handler counted in flight at fork time will never finish).
+    pub fn abandon_after_fork(mut self) {
+        if let Some(d) = self.drainer.take() {
+            std::mem::forget(d.handle); // that thread does not exist in the child
+        }
+        sampler::forget_after_fork();
+    }
+}
+
+pub struct Finished {
+    pub store: Store,
+    pub handler_ns: u64,
+}
+
+/// Resolve in the background so the ring never fills and code objects are resolved while alive:
+/// when the ring is an eighth full, or every 100 ms when it holds anything.
+fn drainer_loop(shared: usize, stop: &(Mutex<bool>, Condvar)) {
+    // SAFETY: the session joins this thread before freeing the Shared.
+    let shared = unsafe { &*(shared as *const Shared) };
+    let mut last = Instant::now();
+    loop {
+        {
+            let guard = stop.0.lock().unwrap_or_else(|e| e.into_inner());
+            let (guard, _) = stop
+                .1
+                .wait_timeout_while(guard, Duration::from_millis(20), |stopped| !*stopped)
+                .unwrap_or_else(|e| e.into_inner());
+            if *guard {
+                return;
+            }
+        }
+        let busy = shared.ring.used_bytes() * 8 >= shared.ring.capacity_bytes();
+        let due = !shared.ring.is_empty() && last.elapsed() >= Duration::from_millis(100);
+        if busy || due {
+            Python::attach(|py| {
+                if let Some(s) = lock().as_mut() {
+                    s.drain(py);
+                }
+            });
+            last = Instant::now();
+        }
+    }
+}
+
+/// Called (GIL held) when the code object at `code` is about to be freed.
+pub fn on_code_destroyed(py: Python<'_>, code: usize) {
+    if !ACTIVE.load(Ordering::Acquire) {
+        return;
+    }
+    // try_lock: the only holder with the GIL could be this thread itself (re-entry).
+    if let Ok(mut guard) = SESSION.try_lock() {
+        if let Some(s) = guard.as_mut() {
+            if !s.shared().ring.is_empty() {
+                s.drain(py);
+            }
+            s.forget_code(code);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Walks a thread's Python frame chain by reading interpreter structs through the per-version
+//! offset table. Runs inside the signal handler: no allocation, no locks, no panics, no CPython
+//! call. Every pointer is checked (non-null, aligned, inside the user address range) before it is
+//! read, every code object is checked to be a `PyCode_Type` instance, and the walk stops at a depth
+//! cap so a corrupt (cyclic) chain cannot loop forever.
+
+use crate::offsets::{FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR};
+
+/// No Python program has a deeper stack than this; it also bounds a walk over a corrupt chain.
+const MAX_WALK: usize = 100_000;
+/// `ob_type` sits right after `ob_refcnt` in every GIL build of CPython.
+const OB_TYPE: usize = 8;
+
+#[derive(Clone, Copy)]
+pub struct Walker {
+    pub off: Offsets,
+    /// Address of `PyCode_Type`.
+    pub code_type: usize,
+}
+
+#[inline]
+fn plausible(addr: usize) -> bool {
+    addr >= 4096 && addr % 8 == 0 && addr < (1 << 47)
+}
+
+/// Read a word at `base + off`; `None` if `base` is not a plausible pointer.
+///
+/// # Safety
+/// `base` must point to a live object of the kind the offset belongs to (the walk only follows
+/// pointers read from such objects, which the interpreter keeps valid for the running thread).
+#[inline]
+unsafe fn read_usize(base: usize, off: usize) -> Option<usize> {
+    if !plausible(base) {
+        return None;
+    }
+    // SAFETY: base is a live interpreter object (caller's contract) and off lies inside it.
+    Some(unsafe { std::ptr::read_volatile((base + off) as *const usize) })
+}
+
+#[inline]
+unsafe fn read_i32(base: usize, off: usize) -> i32 {
+    // SAFETY: same contract as read_usize; base was checked by the caller.
+    unsafe { std::ptr::read_volatile((base + off) as *const i32) }
+}
+
+#[inline]
+unsafe fn read_u8(base: usize, off: usize) -> u8 {
+    // SAFETY: same contract as read_usize; base was checked by the caller.
+    unsafe { std::ptr::read_volatile((base + off) as *const u8) }
+}
+
+impl Walker {
+    fn is_code(&self, code: usize) -> bool {
+        // SAFETY: code was read from a live frame; only its header word is read.
+        plausible(code) && unsafe { read_usize(code, OB_TYPE) } == Some(self.code_type)
+    }
+
+    /// The innermost frame of the thread whose `PyThreadState` is at `tstate`.
+    unsafe fn top_frame(&self, tstate: usize) -> usize {
+        // SAFETY: tstate is a registered, live thread state (caller's contract).
+        let first = unsafe { read_usize(tstate, self.off.tstate_frame) }.unwrap_or(0);
+        match self.off.layout {
+            // SAFETY: a non-null cframe pointer of a live thread state points to a live CFrame.
+            FrameLayout::CFrame => unsafe { read_usize(first, self.off.cframe_current_frame) }
+                .unwrap_or(0),
+            FrameLayout::FrameObject | FrameLayout::Direct => first,
+        }
+    }
+
+    /// Call `visit(code, instr_offset_bytes)` for each Python frame, innermost first, until it
+    /// returns false. `instr_offset_bytes` is the offset of the executing instruction in the
+    /// code's bytecode (negative if the frame has not started). Returns the number of frames
+    /// visited.
+    ///
+    /// # Safety
+    /// `tstate` must be the live `PyThreadState` of the calling thread, or of a thread that cannot
+    /// change its frame chain during the walk (it holds no GIL and is not running Python).
+    pub unsafe fn walk(&self, tstate: usize, mut visit: impl FnMut(usize, i64) -> bool) -> usize {
+        let off = &self.off;
+        // SAFETY: forwarded caller contract.
+        let mut frame = unsafe { self.top_frame(tstate) };
+        let mut visited = 0;
+        for _ in 0..MAX_WALK {
+            if !plausible(frame) {
+                break;
+            }
+            // SAFETY: frame is a plausible pointer taken from the live chain.
+            let code = unsafe { read_usize(frame, off.frame_code) }.unwrap_or(0);
+            // SAFETY: as above.
+            let next = unsafe { read_usize(frame, off.frame_back) }.unwrap_or(0);
+            if let Some(offset) = unsafe { self.instr_offset(frame, code) } {
+                visited += 1;
+                if !visit(code, offset) {
+                    break;
+                }
+            }
+            frame = next;
+        }
+        visited
+    }
+
+    /// The executing instruction's byte offset, or `None` for a frame that `sys._getframe()`
+    /// would not show (a C-stack shim, an incomplete frame, a non-code executable).
+    unsafe fn instr_offset(&self, frame: usize, code: usize) -> Option<i64> {
+        let off = &self.off;
+        if !self.is_code(code) {
+            return None;
+        }
+        if off.layout == FrameLayout::FrameObject {
+            // SAFETY: frame is a live PyFrameObject; f_lasti is an int inside it.
+            let lasti = unsafe { read_i32(frame, off.frame_instr) } as i64;
+            // 3.9 counts bytes, 3.10 counts 2-byte code units.
+            return Some(if off.minor >= 10 && lasti >= 0 { lasti * 2 } else { lasti });
+        }
+        // SAFETY: frame is a live _PyInterpreterFrame; owner is a byte inside it.
+        let owner = unsafe { read_u8(frame, off.frame_owner) };
+        if owner == off.frame_owned_by_cstack {
+            return None;
+        }
+        // SAFETY: as above; the instruction pointer field is a pointer-sized member.
+        let instr = unsafe { read_usize(frame, off.frame_instr) }.unwrap_or(0);
+        let start = code + off.code_code_adaptive;
+        let offset = (instr as i64).wrapping_sub(start as i64);
+        // SAFETY: code passed is_code, so it is a live code object holding _co_firsttraceable.
+        let first_traceable = unsafe { read_i32(code, off.code_firsttraceable) } as i64;
+        if owner != FRAME_OWNED_BY_GENERATOR && offset / 2 < first_traceable {
+            return None; // incomplete frame (still running its prologue)
+        }
+        Some(offset)
+    }
+}

@@ -1,0 +1,458 @@
+#!/usr/bin/env python3
+"""Generate rust/python/src/offsets_generated.rs: CPython struct offsets.
+
+The signal handler walks frame chains with raw memory reads, so it needs the
+byte offsets of a few CPython-internal fields for every supported minor
+version. Guessing them is fragile; instead we compile a tiny C program against
+each interpreter's own (internal) headers and print offsetof()/sizeof().
+
+For each interpreter we then cross-check the numbers against the live process
+(ctypes reads of its own thread state, frames and code objects) and, on 3.13+,
+against the _Py_DebugOffsets table CPython itself publishes in
+_PyRuntime.debug_offsets.
+
+Usage:
+    scripts/gen_offsets.py                 # use pyenv, newest patch per 3.9..3.13
+    scripts/gen_offsets.py PY [PY ...]     # explicit python executables
+    scripts/gen_offsets.py --check [PY..]  # exit 1 if the committed file is stale
+
+Only GIL builds on x86-64 Linux are supported. Stdlib only.
+"""
+
+import argparse
+import difflib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(REPO, "rust", "python", "src", "offsets_generated.rs")
+MINORS = (9, 10, 11, 12, 13)
+NONE = None  # rendered as usize::MAX / 255: "field does not exist here"
+
+# Order matters: it is the field order of `Offsets` in offsets.rs.
+FIELDS = (
+    "tstate_next", "tstate_interp", "tstate_thread_id",
+    "tstate_native_thread_id", "tstate_frame", "cframe_current_frame",
+    "frame_back", "frame_code", "frame_instr", "frame_owner", "frame_size",
+    "code_code_adaptive", "code_firsttraceable", "code_firstlineno",
+    "interp_tstate_head",
+)
+
+
+def layout_for(minor):
+    if minor <= 10:
+        return "FrameObject"
+    if minor <= 12:
+        return "CFrame"
+    return "Direct"
+
+
+def spec(minor):
+    """C expressions for each field (None where the field does not exist).
+
+    Field names were read off each version's headers; a wrong name is a
+    compile error, so this table cannot silently drift.
+    """
+    ts = "PyThreadState"
+    layout = layout_for(minor)
+    s = {
+        "tstate_next": f"offsetof({ts}, next)",
+        "tstate_interp": f"offsetof({ts}, interp)",
+        "tstate_thread_id": f"offsetof({ts}, thread_id)",
+        "tstate_native_thread_id": (
+            f"offsetof({ts}, native_thread_id)" if minor >= 11 else NONE),
+        "code_firstlineno": "offsetof(PyCodeObject, co_firstlineno)",
+    }
+    if layout == "FrameObject":
+        fr = "PyFrameObject"
+        s.update(
+            tstate_frame=f"offsetof({ts}, frame)",
+            cframe_current_frame=NONE,
+            frame_back=f"offsetof({fr}, f_back)",
+            frame_code=f"offsetof({fr}, f_code)",
+            frame_instr=f"offsetof({fr}, f_lasti)",
+            frame_owner=NONE,
+            frame_size=f"sizeof({fr})",
+            code_code_adaptive=NONE,
+            code_firsttraceable=NONE,
+            # 3.9/3.10 keep the thread list head directly in PyInterpreterState.
+            interp_tstate_head="offsetof(PyInterpreterState, tstate_head)",
+        )
+    else:
+        fr = "_PyInterpreterFrame"
+        s.update(
+            tstate_frame=(f"offsetof({ts}, cframe)" if layout == "CFrame"
+                          else f"offsetof({ts}, current_frame)"),
+            cframe_current_frame=("offsetof(_PyCFrame, current_frame)"
+                                  if layout == "CFrame" else NONE),
+            frame_back=f"offsetof({fr}, previous)",
+            frame_code=(f"offsetof({fr}, f_code)" if minor <= 12
+                        else f"offsetof({fr}, f_executable)"),
+            frame_instr=(f"offsetof({fr}, prev_instr)" if minor <= 12
+                         else f"offsetof({fr}, instr_ptr)"),
+            frame_owner=f"offsetof({fr}, owner)",
+            frame_size=f"sizeof({fr})",
+            code_code_adaptive="offsetof(PyCodeObject, co_code_adaptive)",
+            code_firsttraceable="offsetof(PyCodeObject, _co_firsttraceable)",
+            interp_tstate_head="offsetof(PyInterpreterState, threads.head)",
+        )
+    return s
+
+
+def owner_enum(minor):
+    """enum _frameowner members present in this version (3.11+ only)."""
+    if minor < 11:
+        return []
+    names = ["FRAME_OWNED_BY_THREAD", "FRAME_OWNED_BY_GENERATOR",
+             "FRAME_OWNED_BY_FRAME_OBJECT"]
+    if minor >= 12:
+        names.append("FRAME_OWNED_BY_CSTACK")  # shim/entry frames, new in 3.12
+    return names
+
+
+# Width checks: the Rust side reads these fields with fixed-size loads, so a
+# type change (e.g. f_lasti int -> pointer) must fail loudly, not misread.
+def width_asserts(minor):
+    ts, fo, fi = "PyThreadState", "PyFrameObject", "_PyInterpreterFrame"
+    a = [
+        (f"(({ts}*)0)->next", 8), (f"(({ts}*)0)->interp", 8),
+        (f"(({ts}*)0)->thread_id", 8),
+        ("((PyCodeObject*)0)->co_firstlineno", 4),
+    ]
+    if minor >= 11:
+        a += [(f"(({ts}*)0)->native_thread_id", 8),
+              (f"(({fi}*)0)->previous", 8), (f"(({fi}*)0)->owner", 1),
+              ("((PyCodeObject*)0)->_co_firsttraceable", 4)]
+    if minor <= 10:
+        a += [(f"(({ts}*)0)->frame", 8), (f"(({fo}*)0)->f_back", 8),
+              (f"(({fo}*)0)->f_code", 8), (f"(({fo}*)0)->f_lasti", 4),
+              ("((PyInterpreterState*)0)->tstate_head", 8)]
+    elif minor <= 12:
+        a += [(f"(({ts}*)0)->cframe", 8),
+              ("((_PyCFrame*)0)->current_frame", 8),
+              (f"(({fi}*)0)->f_code", 8), (f"(({fi}*)0)->prev_instr", 8)]
+    else:
+        a += [(f"(({ts}*)0)->current_frame", 8),
+              (f"(({fi}*)0)->f_executable", 8), (f"(({fi}*)0)->instr_ptr", 8)]
+    return a
+
+
+# 3.13+: what CPython's own _Py_DebugOffsets_INIT (pycore_runtime_init.h)
+# computes, keyed by our field name -> (debug_offsets member, init expression).
+DEBUG_OFFSETS = {
+    "tstate_next": ("thread_state.next", "offsetof(PyThreadState, next)"),
+    "tstate_interp": ("thread_state.interp", "offsetof(PyThreadState, interp)"),
+    "tstate_thread_id": ("thread_state.thread_id",
+                         "offsetof(PyThreadState, thread_id)"),
+    "tstate_native_thread_id": ("thread_state.native_thread_id",
+                                "offsetof(PyThreadState, native_thread_id)"),
+    "tstate_frame": ("thread_state.current_frame",
+                     "offsetof(PyThreadState, current_frame)"),
+    "frame_back": ("interpreter_frame.previous",
+                   "offsetof(_PyInterpreterFrame, previous)"),
+    "frame_code": ("interpreter_frame.executable",
+                   "offsetof(_PyInterpreterFrame, f_executable)"),
+    "frame_instr": ("interpreter_frame.instr_ptr",
+                    "offsetof(_PyInterpreterFrame, instr_ptr)"),
+    "frame_owner": ("interpreter_frame.owner",
+                    "offsetof(_PyInterpreterFrame, owner)"),
+    "frame_size": ("interpreter_frame.size", "sizeof(_PyInterpreterFrame)"),
+    "code_code_adaptive": ("code_object.co_code_adaptive",
+                           "offsetof(PyCodeObject, co_code_adaptive)"),
+    "code_firstlineno": ("code_object.firstlineno",
+                         "offsetof(PyCodeObject, co_firstlineno)"),
+    "interp_tstate_head": ("interpreter_state.threads_head",
+                           "offsetof(PyInterpreterState, threads.head)"),
+}
+
+
+def c_source(minor):
+    lines = [
+        "#define Py_BUILD_CORE 1",  # internal headers refuse to load without it
+        "#include <stddef.h>",
+        "#include <stdio.h>",
+        '#include "Python.h"',
+        '#include "frameobject.h"',  # PyFrameObject body (3.9/3.10)
+        '#include "internal/pycore_interp.h"',  # struct _is
+    ]
+    if minor >= 11:
+        lines.append('#include "internal/pycore_frame.h"')
+    if minor >= 13:
+        lines.append('#include "internal/pycore_runtime.h"')
+    for expr, width in width_asserts(minor):
+        lines.append(f'_Static_assert(sizeof({expr}) == {width}, "{expr}");')
+    lines.append("int main(void) {")
+    for name, expr in spec(minor).items():
+        if expr is not None:
+            lines.append(f'  printf("off {name} %zu\\n", (size_t)({expr}));')
+    for name in owner_enum(minor):
+        lines.append(f'  printf("enum {name} %d\\n", (int){name});')
+    if minor >= 13:
+        for name, (member, init) in DEBUG_OFFSETS.items():
+            # Where the value lives inside _PyRuntime, and the initializer's
+            # own expression (same headers, so mostly a typo guard).
+            lines.append(
+                f'  printf("dbg {name} %zu %zu\\n", '
+                f'offsetof(_Py_DebugOffsets, {member}), (size_t)({init}));')
+        lines.append('  printf("rt debug_offsets %zu\\n", '
+                     'offsetof(_PyRuntimeState, debug_offsets));')
+    lines += ["  return 0;", "}", ""]
+    return "\n".join(lines)
+
+
+# Runs inside the target interpreter: reads its own live structures through
+# ctypes using the freshly computed offsets. Prints a JSON list of failures.
+LIVE_CHECK = r'''
+import ctypes, dis, json, sys, threading
+o = json.loads(sys.argv[1]); dbg = json.loads(sys.argv[2]); minor = sys.version_info[1]
+api = ctypes.pythonapi
+api.PyThreadState_Get.restype = ctypes.c_void_p
+api.PyInterpreterState_Get.restype = ctypes.c_void_p
+ptr = lambda a: ctypes.c_void_p.from_address(a).value or 0
+u64 = lambda a: ctypes.c_uint64.from_address(a).value
+i32 = lambda a: ctypes.c_int.from_address(a).value
+u8 = lambda a: ctypes.c_uint8.from_address(a).value
+bad = []
+def chk(what, got, want):
+    if got != want:
+        bad.append("%s: got %r want %r" % (what, got, want))
+
+# The current-frame load itself must happen in the probing frame: a Python
+# helper (even `ptr`) would push its own frame and we would read that one.
+CF = o["layout"] == "CFrame"; VP = ctypes.c_void_p
+
+def probe():
+    me = sys._getframe(); caller = me.f_back
+    ts = api.PyThreadState_Get(); interp = api.PyInterpreterState_Get()
+    chk("tstate.interp", ptr(ts + o["tstate_interp"]), interp)
+    chk("tstate.thread_id", u64(ts + o["tstate_thread_id"]), threading.get_ident())
+    if minor >= 11:
+        chk("tstate.native_thread_id", u64(ts + o["tstate_native_thread_id"]),
+            threading.get_native_id())
+    f = VP.from_address(ptr(ts + o["tstate_frame"]) + o["cframe_current_frame"] if CF else ts + o["tstate_frame"]).value
+    back = ptr(f + o["frame_back"])
+    if o["layout"] == "FrameObject":
+        chk("tstate.frame", f, id(me))
+        chk("frame.f_back", back, id(caller))
+        # 3.10 stores f_lasti in code units; Python exposes it in bytes.
+        chk("frame.f_lasti", i32(back + o["frame_instr"]) * (2 if minor == 10 else 1),
+            caller.f_lasti)
+    else:
+        chk("frame.owner(thread)", u8(f + o["frame_owner"]), 0)
+        code_addr = ptr(back + o["frame_code"])
+        base = code_addr + o["code_code_adaptive"]
+        chk("frame.instr (caller lasti, bytes)",
+            ptr(back + o["frame_instr"]) - base, caller.f_lasti)
+        chk("code.co_code_adaptive", ctypes.string_at(base, len(caller.f_code._co_code_adaptive)),
+            caller.f_code._co_code_adaptive)
+        # Generator code has a prologue before RESUME, so the index is nonzero.
+        for c in (caller.f_code, gen.__code__):
+            first = next(i.offset // 2 for i in dis.get_instructions(c) if i.opname == "RESUME")
+            chk("code._co_firsttraceable", i32(id(c) + o["code_firsttraceable"]), first)
+        chk("firsttraceable nonzero for generators", i32(id(gen.__code__) + o["code_firsttraceable"]) > 0, True)
+    chk("frame.code", ptr(f + o["frame_code"]), id(me.f_code))
+    chk("frame_back.code", ptr(back + o["frame_code"]), id(caller.f_code))
+    chk("code.co_firstlineno", i32(id(me.f_code) + o["code_firstlineno"]),
+        me.f_code.co_firstlineno)
+    return ts, interp, back
+
+def gen():
+    ts = api.PyThreadState_Get()
+    f = VP.from_address(ptr(ts + o["tstate_frame"]) + o["cframe_current_frame"] if CF else ts + o["tstate_frame"]).value
+    yield u8(f + o["frame_owner"])
+
+def module_level():
+    ts, interp, back = probe()
+    # Thread list: head plus next links must contain every live thread.
+    ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()
+    seen, p = set(), ptr(interp + o["interp_tstate_head"])
+    while p and len(seen) < 1000:
+        seen.add(u64(p + o["tstate_thread_id"])); p = ptr(p + o["tstate_next"])
+    ev.set(); t.join()
+    chk("interp thread list", {threading.get_ident(), t.ident} <= seen, True)
+    if minor >= 11:
+        chk("generator frame owner", next(gen()), 1)
+    if minor >= 12:
+        # back = module_level(); below it the <string> module frame, and below
+        # that the eval-loop entry shim pushed by _PyEval_EvalFrameDefault.
+        shim = ptr(ptr(back + o["frame_back"]) + o["frame_back"])
+        chk("entry shim owner", u8(shim + o["frame_owner"]), o["frame_owned_by_cstack"])
+        if minor >= 13:
+            chk("entry shim f_executable is None", ptr(shim + o["frame_code"]), id(None))
+    if dbg:
+        rt = ctypes.addressof(ctypes.c_char.in_dll(api, "_PyRuntime")) + dbg.pop("@rt")
+        chk("debug_offsets cookie", ctypes.string_at(rt, 8), b"xdebugpy")
+        for name, at in dbg.items():
+            chk("_PyRuntime.debug_offsets for " + name, u64(rt + at), o[name])
+
+module_level()
+print(json.dumps(bad))
+'''
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def interp_info(exe):
+    code = ("import sys, sysconfig, json; print(json.dumps(["
+            "list(sys.version_info[:3]), sysconfig.get_paths()['include'], "
+            "sysconfig.get_config_var('Py_GIL_DISABLED'), sysconfig.get_platform(), "
+            "sys.maxsize > 2**32]))")
+    ver, inc, nogil, plat, is64 = json.loads(run([exe, "-c", code]))
+    if nogil:
+        sys.exit(f"{exe}: free-threaded build; only GIL builds are supported")
+    if plat != "linux-x86_64" or not is64:
+        sys.exit(f"{exe}: platform {plat}; only x86-64 Linux is supported")
+    return tuple(ver), inc
+
+
+def discover_pyenv():
+    """Newest installed patch release per minor in MINORS, via pyenv."""
+    if not shutil.which("pyenv"):
+        sys.exit("pyenv not found; pass python executables explicitly")
+    root = run(["pyenv", "root"]).strip()
+    best = {}
+    for name in run(["pyenv", "versions", "--bare"]).split():
+        # Plain x.y.z only: skips -dev, t (free-threaded), virtualenvs, etc.
+        m = re.fullmatch(r"3\.(\d+)\.(\d+)", name)
+        if m and int(m.group(1)) in MINORS:
+            minor, patch = int(m.group(1)), int(m.group(2))
+            if patch >= best.get(minor, (-1, ""))[0]:
+                best[minor] = (patch, name)
+    return [os.path.join(root, "versions", name, "bin", f"python3.{minor}")
+            for minor, (_, name) in sorted(best.items())]
+
+
+def collect(exe, workdir):
+    ver, inc = interp_info(exe)
+    minor = ver[1]
+    src = os.path.join(workdir, f"off3{minor}.c")
+    binp = os.path.join(workdir, f"off3{minor}")
+    with open(src, "w") as f:
+        f.write(c_source(minor))
+    # Compile only, no -lpython: main() uses nothing but offsetof/sizeof and
+    # enum constants, and unused static inline header functions emit no code.
+    subprocess.run(["gcc", "-std=gnu11", "-O0", "-w", "-I", inc,
+                    "-I", os.path.join(inc, "internal"), src, "-o", binp],
+                   check=True)
+    vals, enums, dbg = {}, {}, {}
+    for line in run([binp]).splitlines():
+        kind, name, *nums = line.split()
+        if kind == "off":
+            vals[name] = int(nums[0])
+        elif kind == "enum":
+            enums[name] = int(nums[0])
+        elif kind == "dbg":
+            at, init_val = int(nums[0]), int(nums[1])
+            if init_val != vals[name]:
+                sys.exit(f"3.{minor}: {name}: our {vals[name]} != "
+                         f"_Py_DebugOffsets_INIT {init_val}")
+            dbg[name] = at
+        elif kind == "rt":
+            dbg["@rt"] = int(nums[0])
+    off = {"major": ver[0], "minor": minor, "layout": layout_for(minor)}
+    for name in FIELDS:
+        off[name] = vals.get(name)
+    off["frame_owned_by_cstack"] = enums.get("FRAME_OWNED_BY_CSTACK")
+    # Live cross-check inside the interpreter itself.
+    # A wrong offset can just as well crash the child (bad pointer chase).
+    p = subprocess.run([exe, "-c", LIVE_CHECK, json.dumps(off), json.dumps(dbg)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"3.{minor} live check crashed (rc {p.returncode}):\n{p.stderr}")
+    bad = json.loads(p.stdout)
+    if bad:
+        sys.exit(f"3.{minor} live check failed:\n  " + "\n  ".join(bad))
+    print(f"  {'.'.join(map(str, ver))}: {exe}: compiled, live-checked"
+          + (f", matches _PyRuntime.debug_offsets ({len(dbg) - 1} fields)" if dbg else ""),
+          flush=True)
+    return ver, off, enums
+
+
+def render(results):
+    versions = ", ".join(".".join(map(str, v)) for v, _, _ in results)
+    out = [
+        "// @generated by scripts/gen_offsets.py -- DO NOT EDIT BY HAND.",
+        f"// Source: CPython {versions} headers (GIL builds, x86-64 Linux),",
+        "// measured with offsetof/sizeof and cross-checked against the live",
+        "// interpreters. Regenerate: python3 scripts/gen_offsets.py",
+        "// Included from offsets.rs via include!().",
+        "",
+    ]
+    # The 3.11+ owner values other than CSTACK are identical everywhere they
+    # exist; emit them once and refuse to if that ever stops being true.
+    shared = {}
+    for _, _, enums in results:
+        for name, val in enums.items():
+            if name != "FRAME_OWNED_BY_CSTACK" and shared.setdefault(name, val) != val:
+                sys.exit(f"{name} differs between versions; make it per-version")
+    for name, val in sorted(shared.items(), key=lambda kv: kv[1]):
+        out.append(f"/// `_PyInterpreterFrame.owner` value `{name}` (3.11+; same in all versions).")
+        out.append(f"pub const {name}: u8 = {val};")
+    out.append("")
+    names = []
+    for ver, off, _ in results:
+        cname = f"PY{ver[0]}_{ver[1]}"
+        names.append(cname)
+        out.append(f"/// Offsets measured from CPython {'.'.join(map(str, ver))}.")
+        out.append(f"pub const {cname}: Offsets = Offsets {{")
+        out.append(f"    major: {off['major']},")
+        out.append(f"    minor: {off['minor']},")
+        out.append(f"    layout: FrameLayout::{off['layout']},")
+        for name in FIELDS:
+            v = off[name]
+            out.append(f"    {name}: {'usize::MAX' if v is None else v},")
+        cs = off["frame_owned_by_cstack"]
+        out.append(f"    frame_owned_by_cstack: {255 if cs is None else cs},")
+        out.append("};")
+        out.append("")
+    out.append("/// Every generated table, oldest first.")
+    out.append(f"pub const ALL: [Offsets; {len(names)}] = [{', '.join(names)}];")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true",
+                    help="regenerate in memory; exit 1 if the file differs")
+    ap.add_argument("pythons", nargs="*",
+                    help="python executables (default: newest pyenv 3.9..3.13)")
+    args = ap.parse_args()
+    exes = args.pythons or discover_pyenv()
+    if not shutil.which("gcc"):
+        sys.exit("gcc not found")
+
+    print(f"gen_offsets: {len(exes)} interpreter(s)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="gen_offsets.") as tmp:
+        results = [collect(exe, tmp) for exe in exes]
+    results.sort(key=lambda r: r[0])
+    got = [r[0][1] for r in results]
+    # The Rust side names PY3_9..PY3_13 directly; a partial file would break it.
+    if got != list(MINORS):
+        sys.exit(f"need exactly one interpreter per minor {MINORS}, got 3.{got}")
+    text = render(results)
+
+    rel = os.path.relpath(OUT, REPO)
+    if args.check:
+        old = open(OUT).read() if os.path.exists(OUT) else ""
+        if old != text:
+            sys.stdout.writelines(difflib.unified_diff(
+                old.splitlines(True), text.splitlines(True), rel, rel + " (regenerated)"))
+            print(f"gen_offsets: {rel} is out of date")
+            return 1
+        print(f"gen_offsets: {rel} is up to date")
+        return 0
+    with open(OUT, "w") as f:
+        f.write(text)
+    print(f"gen_offsets: wrote {rel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

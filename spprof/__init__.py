@@ -1,0 +1,50 @@
+"""spprof: a sampling profiler for Python that runs inside the profiled process.
+
+Quick start::
+
+    import spprof
+    spprof.start(interval_ms=10)
+    do_work()
+    profile = spprof.stop()
+    profile.save("profile.json")  # open in https://www.speedscope.app
+"""
+
+from ._api import (
+    Profiler,
+    ThreadProfiler,
+    is_active,
+    native_unwinding_available,
+    profile,
+    register_thread,
+    set_native_unwinding,
+    start,
+    stats,
+    stop,
+    unregister_thread,
+)
+from ._api import _native as _native_module
+from ._model import Frame, Profile, ProfilerStats, Sample
+
+#: Whether the native extension loaded (without it nothing can be profiled).
+_HAS_NATIVE = _native_module is not None
+del _native_module
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Frame",
+    "Profile",
+    "Profiler",
+    "ProfilerStats",
+    "Sample",
+    "ThreadProfiler",
+    "is_active",
+    "native_unwinding_available",
+    "profile",
+    "register_thread",
+    "set_native_unwinding",
+    "start",
+    "stats",
+    "stop",
+    "unregister_thread",
+]

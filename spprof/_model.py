@@ -1,0 +1,153 @@
+"""The profile data model of the usage guide (Profile, Sample, Frame, ProfilerStats) and its outputs.
+
+A profile recorded by spprof is columnar inside the native extension (interned frames and stacks);
+the dataclasses here are built from it once, with one ``Frame`` object per distinct frame and one
+tuple per distinct stack, and the writers work on the columnar form directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Output formats by name, and the file extensions that select them.
+FORMATS: Dict[str, Tuple[str, ...]] = {
+    "speedscope": (".json", ".speedscope"),
+    "collapsed": (".collapsed", ".folded", ".txt"),
+}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a call stack; ``lineno`` is the line being executed."""
+
+    function_name: str
+    filename: str
+    lineno: int
+    is_native: bool = False
+
+
+@dataclass
+class Sample:
+    """One sample of one thread. ``frames`` run root → leaf (``frames[-1]`` is innermost)."""
+
+    timestamp_ns: int
+    thread_id: int
+    thread_name: Optional[str]
+    frames: Sequence[Frame]
+    #: CPU time (nanoseconds) this sample stands for: the thread's CPU time since its previous sample.
+    weight_ns: int = 0
+
+
+@dataclass
+class ProfilerStats:
+    """Live counters of a running profile (``spprof.stats()``)."""
+
+    collected_samples: int
+    dropped_samples: int
+    duration_ms: float
+    threads_sampled: int
+    #: Measured time spent in the sampler's signal handler, as a percentage of elapsed time.
+    overhead_pct: float
+    #: Bytes the sampler holds (sample buffer plus the interned profile).
+    memory_bytes: int
+
+
+@dataclass
+class Profile:
+    """The result of a profiling run."""
+
+    start_time: datetime
+    end_time: datetime
+    interval_ms: float
+    samples: List[Sample]
+    dropped_count: int
+    python_version: str
+    platform: str
+    # The native columnar profile the samples were built from, reused by the writers as long as
+    # ``samples`` is still the list built from it.
+    _data: Any = field(default=None, repr=False, compare=False)
+    _data_samples: Any = field(default=None, repr=False, compare=False)
+
+    # -- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def _from_native(cls, data: Any, *, start_time: datetime, end_time: datetime,
+                     interval_ms: float, python_version: str, platform: str) -> "Profile":
+        frames_raw, stacks_raw, samples_raw, threads = data.columns()
+        frames = [Frame(f, file, line, native) for f, file, line, native in frames_raw]
+        stacks = {sid: tuple(frames[i] for i in ids) for sid, ids in stacks_raw.items()}
+        samples = [
+            Sample(ts, threads[t][0], threads[t][1], stacks[sid], weight)
+            for ts, t, weight, sid in samples_raw
+        ]
+        return cls(start_time, end_time, interval_ms, samples, data.dropped, python_version,
+                   platform, data, samples)
+
+    def _native(self) -> Any:
+        if self._data is not None and self.samples is self._data_samples \
+                and len(self.samples) == len(self._data):
+            return self._data
+        from . import _native
+
+        return _native.ProfileData.from_samples([
+            (s.timestamp_ns, s.thread_id, s.thread_name or "", s.weight_ns,
+             [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames])
+            for s in self.samples
+        ])
+
+    # -- figures --------------------------------------------------------------------------------
+
+    @property
+    def total_weight_ns(self) -> int:
+        """CPU time the profile accounts for (sum of the samples' weights)."""
+        return sum(s.weight_ns for s in self.samples)
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_time - self.start_time).total_seconds()
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def to_speedscope(self) -> Dict[str, Any]:
+        """The profile as a speedscope document (a dict ready for ``json.dump``)."""
+        return json.loads(self._speedscope_text())
+
+    def _speedscope_text(self) -> str:
+        name = f"spprof {self.start_time:%Y-%m-%d %H:%M:%S} (Python {self.python_version})"
+        return self._native().speedscope(name)
+
+    def to_collapsed(self) -> str:
+        """Collapsed stacks: ``root;...;leaf count`` per distinct stack, frames ``function (file:line)``."""
+        return self._native().collapsed("count")
+
+    def save(self, path: PathLike, format: Optional[str] = None) -> Path:
+        """Write the profile to ``path``; the format comes from ``format`` or the file extension."""
+        path = Path(os.fspath(path))
+        fmt = resolve_format(path, format)
+        text = self._speedscope_text() if fmt == "speedscope" else self.to_collapsed()
+        path.write_text(text, encoding="utf-8")
+        return path
+
+
+def resolve_format(path: Path, format: Optional[str]) -> str:
+    """The output format named by ``format``, else implied by the extension of ``path``."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(
+                f"unknown profile format {format!r}; supported formats: {', '.join(FORMATS)}")
+        return format
+    suffix = path.suffix.lower()
+    for name, suffixes in FORMATS.items():
+        if suffix in suffixes:
+            return name
+    known = ", ".join(f"{s} ({name})" for name, sufs in FORMATS.items() for s in sufs)
+    raise ValueError(
+        f"cannot tell the profile format from the extension of {str(path)!r}; "
+        f"use one of {known} or pass format=")

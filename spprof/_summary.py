@@ -1,0 +1,43 @@
+"""A plain-text summary of where a profile's time went (used by the command line)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+from ._model import Profile
+
+Key = Tuple[str, str]  # (function, file)
+
+
+def hottest(profile: Profile, n: int = 10) -> List[Tuple[Key, int, int]]:
+    """The ``n`` functions with the most self time: ``((function, file), self_ns, total_ns)``."""
+    self_ns: Dict[Key, int] = defaultdict(int)
+    total_ns: Dict[Key, int] = defaultdict(int)
+    for s in profile.samples:
+        if not s.frames:
+            continue
+        leaf = s.frames[-1]
+        self_ns[(leaf.function_name, leaf.filename)] += s.weight_ns
+        for key in {(f.function_name, f.filename) for f in s.frames}:
+            total_ns[key] += s.weight_ns
+    top = sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]
+    return [(key, ns, total_ns[key]) for key, ns in top]
+
+
+def render(profile: Profile, n: int = 10) -> str:
+    total = profile.total_weight_ns
+    lines = [
+        f"spprof: {len(profile.samples)} samples, {total / 1e9:.3f} s CPU "
+        f"in {profile.duration_s:.3f} s"
+        + (f", {profile.dropped_count} dropped" if profile.dropped_count else ""),
+    ]
+    if not total:
+        lines.append("  (no CPU samples: the program ran too briefly or was waiting)")
+        return "\n".join(lines) + "\n"
+    lines.append(f"  {'self %':>7} {'self s':>8} {'total %':>8}  function (file)")
+    for (function, file), self_ns, total_ns in hottest(profile, n):
+        lines.append(
+            f"  {100 * self_ns / total:6.1f}% {self_ns / 1e9:8.3f} {100 * total_ns / total:7.1f}%"
+            f"  {function} ({file})")
+    return "\n".join(lines) + "\n"

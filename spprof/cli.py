@@ -1,0 +1,108 @@
+"""``python -m spprof [options] script.py [args]`` / ``python -m spprof [options] -m module [args]``.
+
+Profiles a whole program the way ``python -m cProfile`` does: the program sees its own
+``sys.argv`` and runs as ``__main__``; its exit status is passed on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import _api
+from ._model import FORMATS, resolve_format
+from ._summary import render
+
+USAGE = "python -m spprof [-i MS] [-o FILE] [--format FMT] (script.py | -m module) [args ...]"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m spprof", usage=USAGE,
+        description="Profile a Python program with spprof's in-process sampling profiler.")
+    p.add_argument("-i", "--interval", type=float, default=10, metavar="MS",
+                   help="sampling interval in milliseconds of CPU time (default: 10)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the profile here (format from the extension: .json speedscope, "
+                        ".collapsed/.folded/.txt collapsed stacks); without it a summary of "
+                        "the hottest functions goes to stderr")
+    p.add_argument("--format", choices=sorted(FORMATS), help="output format (overrides the extension)")
+    p.add_argument("--top", type=int, default=15, metavar="N",
+                   help="functions in the summary (default: 15)")
+    p.add_argument("-m", dest="module", metavar="module", help="run a library module as a script")
+    p.add_argument("target", nargs="?", help="the script to profile")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
+    opts = parser.parse_args(argv)
+    if opts.module is not None:
+        # `-m mod a b`: argparse put `a` into target; it belongs to the module's argv.
+        program_args = ([opts.target] if opts.target is not None else []) + opts.args
+    elif opts.target is None:
+        parser.error("give a script to profile, or -m module")
+    else:
+        program_args = opts.args
+    if opts.interval < 1:
+        parser.error(f"--interval must be at least 1 ms, got {opts.interval:g}")
+    if opts.output is not None:
+        try:
+            resolve_format(Path(opts.output), opts.format)
+        except ValueError as exc:
+            parser.error(str(exc))
+
+    if opts.module is not None:
+        sys.argv = [opts.module, *program_args]
+        sys.path.insert(0, os.getcwd())
+
+        def run() -> None:
+            runpy.run_module(opts.module, run_name="__main__", alter_sys=True)
+    else:
+        script = opts.target
+        if not os.path.exists(script):
+            parser.error(f"no such script: {script}")
+        sys.argv = [script, *program_args]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+
+        def run() -> None:
+            runpy.run_path(script, run_name="__main__")
+
+    status = 0
+    _api.start(interval_ms=opts.interval)
+    try:
+        run()
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except BaseException:
+        _finish(opts)
+        raise
+    _finish(opts)
+    return status
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _finish(opts: argparse.Namespace) -> None:
+    if not _api.is_active():
+        return  # the program stopped the profiler itself
+    profile = _api.stop()
+    if opts.output is None:
+        sys.stderr.write(render(profile, opts.top))
+        return
+    path = profile.save(opts.output, format=opts.format)
+    fmt = resolve_format(path, opts.format)
+    hint = " (open it in https://www.speedscope.app)" if fmt == "speedscope" else ""
+    print(f"spprof: wrote {len(profile.samples)} samples to {path}{hint}", file=sys.stderr)

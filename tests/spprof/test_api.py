@@ -1,0 +1,302 @@
+"""The CPU API of the usage guide: lifecycle, arguments, errors, threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from datetime import datetime
+
+import pytest
+
+import spprof
+from spprof import _native
+from workloads import spin
+
+
+def burn(seconds=0.2, n=3000):
+    deadline = time.thread_time_ns() + int(seconds * 1e9)
+    while time.thread_time_ns() < deadline:
+        spin(n)
+
+
+@pytest.fixture(autouse=True)
+def no_profile_left_running():
+    yield
+    if spprof.is_active():
+        spprof.stop()
+        pytest.fail("the test left profiling active")
+
+
+def test_native_extension_is_loaded():
+    assert spprof._HAS_NATIVE is True
+
+
+def test_start_stop_returns_a_profile_with_the_documented_fields():
+    assert not spprof.is_active()
+    assert spprof.stats() is None
+    spprof.start(interval_ms=1)
+    assert spprof.is_active()
+    burn(0.3)
+    st = spprof.stats()
+    assert st.collected_samples > 0 and st.dropped_samples == 0
+    assert st.threads_sampled == 1 and st.duration_ms > 250 and 0 < st.overhead_pct < 50
+    assert st.memory_bytes > 0
+    profile = spprof.stop()
+    assert not spprof.is_active()
+    assert isinstance(profile.start_time, datetime) and profile.end_time >= profile.start_time
+    assert profile.interval_ms == 1
+    assert profile.dropped_count == 0
+    assert profile.python_version == "%d.%d.%d" % sys.version_info[:3]
+    assert profile.platform.startswith("Linux")
+    assert len(profile.samples) > 20
+    s = profile.samples[0]
+    assert s.thread_id == threading.get_native_id()
+    assert s.thread_name == threading.current_thread().name
+    assert s.weight_ns > 0 and s.timestamp_ns >= 0
+    f = s.frames[-1]
+    assert isinstance(f, spprof.Frame) and f.filename and f.lineno > 0 and f.is_native is False
+    stamps = [x.timestamp_ns for x in profile.samples]
+    assert stamps == sorted(stamps)
+    assert stamps[-1] < (profile.end_time - profile.start_time).total_seconds() * 1e9 + 1e8
+
+
+def test_errors_are_the_documented_exceptions_with_guidance():
+    with pytest.raises(RuntimeError, match="not active.*spprof.start"):
+        spprof.stop()
+    for bad in (0, 0.5, -3, float("nan")):
+        with pytest.raises(ValueError, match="interval_ms must be at least 1"):
+            spprof.start(interval_ms=bad)
+    with pytest.raises(TypeError, match="interval_ms must be a number"):
+        spprof.start(interval_ms="10")
+    with pytest.raises(TypeError, match="interval_ms"):
+        spprof.start(interval_ms=True)
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        spprof.start(memory_limit_mb=0)
+    with pytest.raises(TypeError, match="output_path"):
+        spprof.start(output_path=42)
+    assert not spprof.is_active()
+    spprof.start()
+    with pytest.raises(RuntimeError, match="already active.*spprof.stop"):
+        spprof.start()
+    with pytest.raises(RuntimeError, match="already active"):
+        with spprof.Profiler():
+            pass
+    spprof.stop()
+    with pytest.raises(ValueError):
+        spprof.Profiler(interval_ms=0)
+
+
+def test_unsupported_interpreter_is_one_clear_error():
+    _native._pretend_minor_version(99)
+    try:
+        with pytest.raises(RuntimeError, match=r"cannot profile Python 3\.99.*3\.9 to 3\.13"):
+            spprof.start()
+    finally:
+        _native._pretend_minor_version(None)
+    assert not spprof.is_active()
+
+
+def test_walker_sees_what_sys_getframe_sees():
+    def inner():
+        walked = _native.walk_current_thread()
+        f, expected = sys._getframe(), []
+        while f is not None:
+            expected.append(id(f.f_code))
+            f = f.f_back
+        return walked, expected
+
+    walked, expected = inner()
+    assert walked == expected
+
+
+def test_output_path_autosaves_on_stop(tmp_path):
+    out = tmp_path / "auto.json"
+    spprof.start(interval_ms=1, output_path=out)
+    burn(0.1)
+    profile = spprof.stop()
+    assert json.loads(out.read_text())["profiles"][0]["type"] == "sampled"
+    with spprof.Profiler(interval_ms=1, output_path=str(tmp_path / "ctx.collapsed")) as p:
+        burn(0.1)
+    assert (tmp_path / "ctx.collapsed").read_text() == p.profile.to_collapsed()
+    assert len(profile.samples) > 0
+
+
+def test_profiler_context_manager_and_decorator(tmp_path):
+    with spprof.Profiler(interval_ms=2) as p:
+        assert spprof.is_active()
+        burn(0.1)
+    assert not spprof.is_active() and len(p.profile.samples) > 0
+
+    out = tmp_path / "decorated.json"
+
+    @spprof.profile(interval_ms=1, output_path=out)
+    def work(x):
+        burn(0.1)
+        return x * 2
+
+    assert work(21) == 42 and out.exists()
+    assert any("work" in f.function_name for s in work.last_profile.samples for f in s.frames)
+
+    @spprof.profile
+    def bare():
+        burn(0.05)
+
+    bare()
+    assert bare.last_profile is not None
+    # Nested in a running profile, the decorated call just runs.
+    with spprof.Profiler(interval_ms=1):
+        assert work(1) == 2
+    with pytest.raises(TypeError):
+        spprof.profile(5)
+
+
+def test_profile_is_stopped_even_when_the_block_raises():
+    with pytest.raises(ZeroDivisionError):
+        with spprof.Profiler(interval_ms=1) as p:
+            burn(0.05)
+            1 / 0
+    assert not spprof.is_active() and p.profile is not None
+
+
+def test_registered_threads_are_sampled_with_their_names():
+    results = {}
+
+    def worker(name):
+        assert spprof.register_thread() is True
+        assert spprof.register_thread() is False  # harmless when already registered
+        try:
+            burn(0.3)
+        finally:
+            assert spprof.unregister_thread() is True
+        results[name] = threading.get_native_id()
+
+    def context_worker():
+        with spprof.ThreadProfiler():
+            burn(0.3)
+        results["ctx"] = threading.get_native_id()
+
+    spprof.start(interval_ms=1)
+    threads = [threading.Thread(target=worker, args=(f"w{i}",), name=f"w{i}") for i in range(3)]
+    threads.append(threading.Thread(target=context_worker, name="ctx"))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    profile = spprof.stop()
+    by_thread = {}
+    for s in profile.samples:
+        by_thread.setdefault((s.thread_id, s.thread_name), 0)
+        by_thread[(s.thread_id, s.thread_name)] += 1
+    for name, tid in results.items():
+        assert by_thread.get((tid, name), 0) > 10, (name, by_thread)
+
+
+def test_unregistered_thread_is_not_sampled_and_thread_exit_cleans_up():
+    def quiet():
+        burn(0.2)
+
+    def forgetful():
+        spprof.register_thread()
+        burn(0.2)  # exits without unregister: its timer must go with it
+
+    spprof.start(interval_ms=1)
+    t1 = threading.Thread(target=quiet, name="quiet")
+    t2 = threading.Thread(target=forgetful, name="forgetful")
+    t1.start(), t2.start()
+    t1.join(), t2.join()
+    assert spprof.stats().threads_sampled == 1  # only the main thread is left
+    profile = spprof.stop()
+    names = {s.thread_name for s in profile.samples}
+    assert "quiet" not in names and "forgetful" in names
+
+
+def test_start_from_a_non_main_thread():
+    out = {}
+
+    def run():
+        spprof.start(interval_ms=1)
+        burn(0.3)
+        out["profile"] = spprof.stop()
+        out["tid"] = threading.get_native_id()
+
+    t = threading.Thread(target=run, name="starter")
+    t.start()
+    t.join()
+    p = out["profile"]
+    assert len(p.samples) > 20
+    assert {(s.thread_id, s.thread_name) for s in p.samples} == {(out["tid"], "starter")}
+
+
+def test_start_stop_a_thousand_times():
+    for i in range(1000):
+        spprof.start(interval_ms=1, memory_limit_mb=1)
+        if i % 100 == 0:
+            burn(0.01)
+        spprof.stop()
+    assert not spprof.is_active()
+
+
+def deep_random(rng, depth, n):
+    if depth == 0:
+        return spin(n)
+    if rng.random() < 0.5:
+        return deep_random(rng, depth - 1, n)
+    return deep_random_other(rng, depth - 1, n)
+
+
+def deep_random_other(rng, depth, n):
+    return deep_random(rng, depth, n)
+
+
+def test_memory_limit_bounds_the_profile_and_counts_drops():
+    import random
+
+    rng = random.Random(3)
+    limit_mb = 0.25
+    spprof.start(interval_ms=1, memory_limit_mb=limit_mb)
+    deadline = time.thread_time_ns() + 1_500_000_000
+    peak = 0
+    while time.thread_time_ns() < deadline:
+        deep_random(rng, 150, 2000)  # almost every sample is a new, deep stack
+        peak = max(peak, spprof.stats().memory_bytes)
+    profile = spprof.stop()
+    assert peak <= limit_mb * 1024 * 1024
+    assert profile._data.bytes_used <= limit_mb * 1024 * 1024
+    assert profile.dropped_count > 0
+    assert len(profile.samples) > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_stopped_and_can_profile():
+    spprof.start(interval_ms=1)
+    burn(0.05)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        ok = 0
+        try:
+            if not spprof.is_active():
+                spprof.start(interval_ms=1)
+                burn(0.2)
+                ok = 1 if len(spprof.stop().samples) > 0 else 2
+        finally:
+            os.write(w, bytes([ok]))
+            os._exit(0)
+    os.close(w)
+    burn(0.1)
+    _, status = os.waitpid(pid, 0)
+    code = os.read(r, 1)
+    os.close(r)
+    assert status == 0 and code == b"\x01"
+    assert spprof.is_active()
+    assert len(spprof.stop().samples) > 0
+
+
+def test_native_unwinding_reports_unavailable():
+    assert spprof.native_unwinding_available() is False
+    spprof.set_native_unwinding(False)
+    with pytest.raises(RuntimeError, match="not available"):
+        spprof.set_native_unwinding(True)

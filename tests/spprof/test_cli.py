@@ -1,0 +1,66 @@
+"""``python -m spprof`` profiles scripts and modules like ``python -m cProfile``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "spprof", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_profiles_a_script_into_a_speedscope_file(tmp_path):
+    out = tmp_path / "profile.json"
+    r = run("-i", "1", "-o", str(out), str(EXAMPLES / "hotspots.py"), "5")
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stderr and "speedscope" in r.stderr
+    doc = json.loads(out.read_text())
+    names = {f["name"] for f in doc["shared"]["frames"]}
+    assert {"slow_sum", "parse_lines", "main", "<module>"} <= names
+
+
+def test_summary_on_stderr_and_program_argv_and_exit_code(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        def busy():
+            t = time.thread_time()
+            while time.thread_time() - t < 0.3:
+                pass
+        busy()
+        print("argv", sys.argv[1:], __name__)
+        sys.exit(3)
+    """))
+    r = run(str(script), "a", "--b")
+    assert r.returncode == 3
+    assert "argv ['a', '--b'] __main__" in r.stdout
+    assert "busy" in r.stderr and "self %" in r.stderr
+
+
+def test_profiles_a_module_with_collapsed_output(tmp_path):
+    pkg = tmp_path / "mymod.py"
+    pkg.write_text("import sys\ndef spin():\n    return sum(i*i for i in range(3_000_000))\n"
+                   "spin()\nprint(sys.argv)\n")
+    out = tmp_path / "out.folded"
+    r = run("-o", str(out), "-m", "mymod", "x", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "['mymod', 'x']" in r.stdout or "mymod.py', 'x']" in r.stdout
+    assert "spin (" in out.read_text()
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    r = run("-i", "0", str(EXAMPLES / "hotspots.py"))
+    assert r.returncode == 2 and "at least 1 ms" in r.stderr
+    r = run("-o", str(tmp_path / "x.pdf"), str(EXAMPLES / "hotspots.py"))
+    assert r.returncode == 2 and "extension" in r.stderr
+    r = run(str(tmp_path / "missing.py"))
+    assert r.returncode == 2 and "no such script" in r.stderr
+    r = run()
+    assert r.returncode == 2
