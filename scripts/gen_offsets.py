@@ -11,6 +11,11 @@ For each interpreter we then cross-check the numbers against the live process
 against the _Py_DebugOffsets table CPython itself publishes in
 _PyRuntime.debug_offsets.
 
+On 3.13+ the file also records where in _PyRuntimeState the debug-offsets
+cookie, version and the entries matching our fields sit (DEBUG_OFFSETS_PY3_x,
+debug_offsets_layout()), so the extension can refuse, at profile start, an
+interpreter build whose published offsets differ from the generated ones.
+
 Usage:
     scripts/gen_offsets.py                 # use pyenv, newest patch per 3.9..3.13
     scripts/gen_offsets.py PY [PY ...]     # explicit python executables
@@ -170,6 +175,17 @@ DEBUG_OFFSETS = {
                            "offsetof(PyInterpreterState, threads.head)"),
 }
 
+# The subset (and order) of DEBUG_OFFSETS emitted for the runtime check in
+# rust/python/src/debug_offsets.rs. frame_size is verified here only: the
+# walker uses it for sanity checks, not to read memory.
+DEBUG_CHECKS = (
+    "tstate_frame", "tstate_thread_id", "tstate_native_thread_id",
+    "tstate_next", "tstate_interp", "frame_back", "frame_code", "frame_instr",
+    "frame_owner", "code_code_adaptive", "code_firstlineno",
+    "interp_tstate_head",
+)
+assert set(DEBUG_CHECKS) <= set(DEBUG_OFFSETS) and set(DEBUG_OFFSETS) <= set(FIELDS)
+
 
 def c_source(minor):
     lines = [
@@ -184,7 +200,14 @@ def c_source(minor):
         lines.append('#include "internal/pycore_frame.h"')
     if minor >= 13:
         lines.append('#include "internal/pycore_runtime.h"')
-    for expr, width in width_asserts(minor):
+    asserts = width_asserts(minor)
+    if minor >= 13:
+        # The extension reads these as raw 8-byte cookie / u64 values.
+        asserts += [("((_Py_DebugOffsets*)0)->cookie", 8),
+                    ("((_Py_DebugOffsets*)0)->version", 8)]
+        asserts += [(f"((_Py_DebugOffsets*)0)->{member}", 8)
+                    for member, _ in DEBUG_OFFSETS.values()]
+    for expr, width in asserts:
         lines.append(f'_Static_assert(sizeof({expr}) == {width}, "{expr}");')
     lines.append("int main(void) {")
     for name, expr in spec(minor).items():
@@ -201,6 +224,9 @@ def c_source(minor):
                 f'offsetof(_Py_DebugOffsets, {member}), (size_t)({init}));')
         lines.append('  printf("rt debug_offsets %zu\\n", '
                      'offsetof(_PyRuntimeState, debug_offsets));')
+        for member in ("cookie", "version"):
+            lines.append(f'  printf("hdr {member} %zu\\n", '
+                         f'offsetof(_Py_DebugOffsets, {member}));')
     lines += ["  return 0;", "}", ""]
     return "\n".join(lines)
 
@@ -271,7 +297,9 @@ def module_level():
     # Thread list: head plus next links must contain every live thread.
     ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()
     seen, p = set(), ptr(interp + o["interp_tstate_head"])
-    while p and len(seen) < 1000:
+    for _ in range(1000):  # bounded: a bad `next` offset may form a cycle
+        if not p:
+            break
         seen.add(u64(p + o["tstate_thread_id"])); p = ptr(p + o["tstate_next"])
     ev.set(); t.join()
     chk("interp thread list", {threading.get_ident(), t.ident} <= seen, True)
@@ -285,8 +313,10 @@ def module_level():
         if minor >= 13:
             chk("entry shim f_executable is None", ptr(shim + o["frame_code"]), id(None))
     if dbg:
-        rt = ctypes.addressof(ctypes.c_char.in_dll(api, "_PyRuntime")) + dbg.pop("@rt")
-        chk("debug_offsets cookie", ctypes.string_at(rt, 8), b"xdebugpy")
+        # Positions are within _PyRuntimeState, exactly as emitted for the extension.
+        rt = ctypes.addressof(ctypes.c_char.in_dll(api, "_PyRuntime"))
+        chk("debug_offsets cookie", ctypes.string_at(rt + dbg.pop("@cookie"), 8), b"xdebugpy")
+        chk("debug_offsets version", u64(rt + dbg.pop("@version")), sys.hexversion)
         for name, at in dbg.items():
             chk("_PyRuntime.debug_offsets for " + name, u64(rt + at), o[name])
 
@@ -341,7 +371,7 @@ def collect(exe, workdir):
     subprocess.run(["gcc", "-std=gnu11", "-O0", "-w", "-I", inc,
                     "-I", os.path.join(inc, "internal"), src, "-o", binp],
                    check=True)
-    vals, enums, dbg = {}, {}, {}
+    vals, enums, dbg, hdr, rt = {}, {}, {}, {}, None
     for line in run([binp]).splitlines():
         kind, name, *nums = line.split()
         if kind == "off":
@@ -355,7 +385,14 @@ def collect(exe, workdir):
                          f"_Py_DebugOffsets_INIT {init_val}")
             dbg[name] = at
         elif kind == "rt":
-            dbg["@rt"] = int(nums[0])
+            rt = int(nums[0])
+        elif kind == "hdr":
+            hdr[name] = int(nums[0])
+    # Make every debug-offsets position relative to _PyRuntimeState itself.
+    if dbg:
+        dbg = {name: rt + at for name, at in dbg.items()}
+        dbg["@cookie"] = rt + hdr["cookie"]
+        dbg["@version"] = rt + hdr["version"]
     off = {"major": ver[0], "minor": minor, "layout": layout_for(minor)}
     for name in FIELDS:
         off[name] = vals.get(name)
@@ -370,13 +407,13 @@ def collect(exe, workdir):
     if bad:
         sys.exit(f"3.{minor} live check failed:\n  " + "\n  ".join(bad))
     print(f"  {'.'.join(map(str, ver))}: {exe}: compiled, live-checked"
-          + (f", matches _PyRuntime.debug_offsets ({len(dbg) - 1} fields)" if dbg else ""),
+          + (f", matches _PyRuntime.debug_offsets ({len(dbg) - 2} fields)" if dbg else ""),
           flush=True)
-    return ver, off, enums
+    return ver, off, enums, dbg
 
 
 def render(results):
-    versions = ", ".join(".".join(map(str, v)) for v, _, _ in results)
+    versions = ", ".join(".".join(map(str, v)) for v, _, _, _ in results)
     out = [
         "// @generated by scripts/gen_offsets.py -- DO NOT EDIT BY HAND.",
         f"// Source: CPython {versions} headers (GIL builds, x86-64 Linux),",
@@ -388,16 +425,17 @@ def render(results):
     # The 3.11+ owner values other than CSTACK are identical everywhere they
     # exist; emit them once and refuse to if that ever stops being true.
     shared = {}
-    for _, _, enums in results:
+    for _, _, enums, _ in results:
         for name, val in enums.items():
             if name != "FRAME_OWNED_BY_CSTACK" and shared.setdefault(name, val) != val:
                 sys.exit(f"{name} differs between versions; make it per-version")
     for name, val in sorted(shared.items(), key=lambda kv: kv[1]):
         out.append(f"/// `_PyInterpreterFrame.owner` value `{name}` (3.11+; same in all versions).")
+        out.append("#[allow(dead_code)] // emitted for completeness; not every value is used")
         out.append(f"pub const {name}: u8 = {val};")
     out.append("")
     names = []
-    for ver, off, _ in results:
+    for ver, off, _, _ in results:
         cname = f"PY{ver[0]}_{ver[1]}"
         names.append(cname)
         out.append(f"/// Offsets measured from CPython {'.'.join(map(str, ver))}.")
@@ -414,6 +452,31 @@ def render(results):
         out.append("")
     out.append("/// Every generated table, oldest first.")
     out.append(f"pub const ALL: [Offsets; {len(names)}] = [{', '.join(names)}];")
+    out.append("")
+    arms = []
+    for ver, _, _, dbg in results:
+        if not dbg:
+            continue
+        cname = f"DEBUG_OFFSETS_PY{ver[0]}_{ver[1]}"
+        arms.append(f"        {ver[1]} => Some({cname}),")
+        out.append(f"/// Positions within `_PyRuntimeState` of CPython {'.'.join(map(str, ver))}'s")
+        out.append("/// `_PyRuntime.debug_offsets` cookie, version and the entries matching our fields.")
+        out.append(f"pub const {cname}: DebugOffsetsLayout = DebugOffsetsLayout {{")
+        out.append(f"    cookie: {dbg['@cookie']},")
+        out.append(f"    version: {dbg['@version']},")
+        out.append("    checks: &[")
+        for name in DEBUG_CHECKS:
+            out.append(f'        ("{name}", {dbg[name]}),')
+        out.append("    ],")
+        out.append("};")
+        out.append("")
+    out.append("/// The `_PyRuntime.debug_offsets` layout for 3.<minor>, if that version has one (3.13+).")
+    out.append("pub const fn debug_offsets_layout(minor: u8) -> Option<DebugOffsetsLayout> {")
+    out.append("    match minor {")
+    out += arms
+    out.append("        _ => None,")
+    out.append("    }")
+    out.append("}")
     return "\n".join(out) + "\n"
 
 
@@ -435,7 +498,8 @@ def main():
     got = [r[0][1] for r in results]
     # The Rust side names PY3_9..PY3_13 directly; a partial file would break it.
     if got != list(MINORS):
-        sys.exit(f"need exactly one interpreter per minor {MINORS}, got 3.{got}")
+        sys.exit("need exactly one interpreter per minor 3.9..3.13, got "
+                 + ", ".join(f"3.{m}" for m in got))
     text = render(results)
 
     rel = os.path.relpath(OUT, REPO)

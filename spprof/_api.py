@@ -137,7 +137,7 @@ def unregister_thread() -> bool:
 class ThreadProfiler:
     """``with spprof.ThreadProfiler():`` samples the calling thread for the block."""
 
-    def __enter__(self) -> "ThreadProfiler":
+    def __enter__(self) -> ThreadProfiler:
         self._registered = register_thread()
         return self
 
@@ -160,7 +160,7 @@ class Profiler:
         self.memory_limit_mb = memory_limit_mb
         self.profile: Optional[Profile] = None
 
-    def __enter__(self) -> "Profiler":
+    def __enter__(self) -> Profiler:
         start(self.interval_ms, self.output_path, self.memory_limit_mb)
         return self
 

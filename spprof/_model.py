@@ -79,7 +79,7 @@ class Profile:
 
     @classmethod
     def _from_native(cls, data: Any, *, start_time: datetime, end_time: datetime,
-                     interval_ms: float, python_version: str, platform: str) -> "Profile":
+                     interval_ms: float, python_version: str, platform: str) -> Profile:
         frames_raw, stacks_raw, samples_raw, threads = data.columns()
         frames = [Frame(f, file, line, native) for f, file, line, native in frames_raw]
         stacks = {sid: tuple(frames[i] for i in ids) for sid, ids in stacks_raw.items()}

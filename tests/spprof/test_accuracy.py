@@ -45,9 +45,9 @@ def test_three_functions_get_their_measured_share_of_cpu():
 
 def two_loops(n1, n2, clock):
     t0 = clock()
-    for i in range(n1): spin(1)  # noqa: E701  LOOP-ONE
+    for _ in range(n1): spin(1)  # noqa: E701  LOOP-ONE
     t1 = clock()
-    for i in range(n2): spin(1)  # noqa: E701  LOOP-TWO
+    for _ in range(n2): spin(1)  # noqa: E701  LOOP-TWO
     t2 = clock()
     return t1 - t0, t2 - t1
 

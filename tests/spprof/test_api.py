@@ -49,7 +49,7 @@ def test_start_stop_returns_a_profile_with_the_documented_fields():
     assert isinstance(profile.start_time, datetime) and profile.end_time >= profile.start_time
     assert profile.interval_ms == 1
     assert profile.dropped_count == 0
-    assert profile.python_version == "%d.%d.%d" % sys.version_info[:3]
+    assert profile.python_version == "{}.{}.{}".format(*sys.version_info[:3])
     assert profile.platform.startswith("Linux")
     assert len(profile.samples) > 20
     s = profile.samples[0]
@@ -157,7 +157,7 @@ def test_profile_is_stopped_even_when_the_block_raises():
     with pytest.raises(ZeroDivisionError):
         with spprof.Profiler(interval_ms=1) as p:
             burn(0.05)
-            1 / 0
+            raise ZeroDivisionError
     assert not spprof.is_active() and p.profile is not None
 
 

@@ -12,6 +12,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run(*args, cwd=None):
+    # Never the repository root: `python -m` would import the source tree instead of the install.
+    cwd = cwd or Path(__file__).parent
     return subprocess.run([sys.executable, "-m", "spprof", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=120)
 

@@ -199,7 +199,7 @@ mod tests {
             r.commit();
             accepted += 1;
         }
-        assert!(accepted >= 15 && accepted <= 16, "{accepted}");
+        assert!((15..=16).contains(&accepted), "{accepted}");
         assert_eq!(ring.consume(|_| {}), accepted);
         // Wrapping needs padding records; many laps must keep working.
         for lap in 0..1000u64 {
@@ -250,7 +250,7 @@ mod tests {
         let mut last = [None::<u64>; 4];
         let check = |b: &[u64], last: &mut [Option<u64>; 4]| {
             let (p, i) = (b[0], b[1]);
-            assert!(last[p as usize].map_or(true, |l| l < i), "order per producer");
+            assert!(last[p as usize].is_none_or(|l| l < i), "order per producer");
             last[p as usize] = Some(i);
             for (j, &w) in b.iter().enumerate().skip(2) {
                 assert_eq!(w, p ^ i ^ j as u64);

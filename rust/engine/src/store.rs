@@ -219,7 +219,13 @@ impl Store {
     }
 
     /// Append a sample; when the budget does not allow it, count it as dropped and return false.
-    pub fn add_sample(&mut self, timestamp_ns: i64, weight: i64, thread: u32, stack: StackId) -> bool {
+    pub fn add_sample(
+        &mut self,
+        timestamp_ns: i64,
+        weight: i64,
+        thread: u32,
+        stack: StackId,
+    ) -> bool {
         let cost = vec_growth(&self.timestamps_ns, 1)
             + vec_growth(&self.weights, 1)
             + vec_growth(&self.stacks, 1)
@@ -297,11 +303,16 @@ mod tests {
         }
         assert!(s.bytes_used() <= budget, "{} > {budget}", s.bytes_used());
         assert_eq!(kept + s.dropped(), 100_000);
-        assert!(kept > 1000, "a 64 KiB budget holds thousands of samples, kept {kept}");
+        assert!(
+            kept > 1000,
+            "a 64 KiB budget holds thousands of samples, kept {kept}"
+        );
         // New distinct frames are refused as well once the budget is spent.
         let mut refused = false;
         for i in 0..10_000 {
-            if s.intern_frame(&format!("fn{i}"), "x.py", i, false).is_none() {
+            if s.intern_frame(&format!("fn{i}"), "x.py", i, false)
+                .is_none()
+            {
                 refused = true;
                 break;
             }

@@ -65,7 +65,8 @@ mod imp {
         notify(code);
         let original = ORIGINAL.load(Ordering::Acquire);
         // SAFETY: ORIGINAL holds the type's own tp_dealloc, saved before this wrapper was set.
-        let original: unsafe extern "C" fn(*mut ffi::PyObject) = unsafe { std::mem::transmute(original) };
+        let original: unsafe extern "C" fn(*mut ffi::PyObject) =
+            unsafe { std::mem::transmute(original) };
         // SAFETY: forwarding the deallocation exactly as the interpreter asked for it.
         unsafe { original(code) }
     }

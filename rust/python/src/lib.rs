@@ -8,6 +8,7 @@
 //! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python.
 
 mod code_hook;
+mod debug_offsets;
 mod interp;
 mod offsets;
 mod profile_data;
@@ -33,12 +34,20 @@ const MIN_RING_BYTES: usize = 64 << 10;
 /// them again because nothing a caller passes may crash the process.
 #[pyfunction]
 #[pyo3(signature = (interval_ns, memory_limit_bytes, thread_name, signal = libc::SIGPROF))]
-fn start(py: Python<'_>, interval_ns: u64, memory_limit_bytes: usize, thread_name: &str, signal: i32) -> PyResult<()> {
+fn start(
+    py: Python<'_>,
+    interval_ns: u64,
+    memory_limit_bytes: usize,
+    thread_name: &str,
+    signal: i32,
+) -> PyResult<()> {
     if interval_ns < 1_000_000 {
         return Err(PyValueError::new_err("interval must be at least 1 ms"));
     }
     if !(1..=64).contains(&signal) {
-        return Err(PyValueError::new_err(format!("{signal} is not a signal number")));
+        return Err(PyValueError::new_err(format!(
+            "{signal} is not a signal number"
+        )));
     }
     let ring_bytes = (memory_limit_bytes / 4).clamp(MIN_RING_BYTES, MAX_RING_BYTES);
     if memory_limit_bytes < 2 * ring_bytes {
@@ -69,7 +78,13 @@ fn start(py: Python<'_>, interval_ns: u64, memory_limit_bytes: usize, thread_nam
         handler_ns: AtomicU64::new(0),
     });
     let has_qualname = py.version_info() >= (3, 11);
-    let mut s = Session::new(shared, store, resolver::Resolver::new(has_qualname), interval_ns, signal);
+    let mut s = Session::new(
+        shared,
+        store,
+        resolver::Resolver::new(has_qualname),
+        interval_ns,
+        signal,
+    );
     if let Err(e) = register(py, &mut s, thread_name) {
         drop(guard);
         sampler::unpublish();
@@ -134,7 +149,9 @@ fn install_exit_guard(py: Python<'_>, guard: ThreadExitGuard) -> PyResult<()> {
     // SAFETY: GIL held; PyThreadState_GetDict returns a borrowed dict of the current thread.
     let dict = unsafe { pyo3::ffi::PyThreadState_GetDict() };
     if dict.is_null() {
-        return Err(PyRuntimeError::new_err("this thread has no thread-state dict"));
+        return Err(PyRuntimeError::new_err(
+            "this thread has no thread-state dict",
+        ));
     }
     // SAFETY: non-null borrowed reference to a dict, valid while the GIL is held.
     let dict = unsafe { Bound::from_borrowed_ptr(py, dict) }.cast_into::<PyDict>()?;
@@ -190,7 +207,11 @@ fn stop(py: Python<'_>) -> PyResult<ProfileData> {
     sampler::restore_application_handler();
     let interval_ns = s.interval_ns;
     let finished = s.finish(py);
-    Ok(ProfileData::new(finished.store, interval_ns, finished.handler_ns))
+    Ok(ProfileData::new(
+        finished.store,
+        interval_ns,
+        finished.handler_ns,
+    ))
 }
 
 #[pyfunction]
@@ -209,11 +230,17 @@ fn stats(py: Python<'_>) -> PyResult<Option<Py<PyDict>>> {
     let now = threads::clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(s.start_ns);
     let d = PyDict::new(py);
     d.set_item("collected_samples", sh.collected.load(Ordering::Relaxed))?;
-    d.set_item("dropped_samples", sh.dropped.load(Ordering::Relaxed) + s.store.dropped())?;
+    d.set_item(
+        "dropped_samples",
+        sh.dropped.load(Ordering::Relaxed) + s.store.dropped(),
+    )?;
     d.set_item("duration_ns", now.saturating_sub(s.start_ns))?;
     d.set_item("handler_ns", sh.handler_ns.load(Ordering::Relaxed))?;
     d.set_item("threads_sampled", threads::registered_count())?;
-    d.set_item("memory_bytes", s.store.bytes_used() + sh.ring.capacity_bytes())?;
+    d.set_item(
+        "memory_bytes",
+        s.store.bytes_used() + sh.ring.capacity_bytes(),
+    )?;
     Ok(Some(d.unbind()))
 }
 

@@ -5,10 +5,13 @@
 // Included from offsets.rs via include!().
 
 /// `_PyInterpreterFrame.owner` value `FRAME_OWNED_BY_THREAD` (3.11+; same in all versions).
+#[allow(dead_code)] // emitted for completeness; not every value is used
 pub const FRAME_OWNED_BY_THREAD: u8 = 0;
 /// `_PyInterpreterFrame.owner` value `FRAME_OWNED_BY_GENERATOR` (3.11+; same in all versions).
+#[allow(dead_code)] // emitted for completeness; not every value is used
 pub const FRAME_OWNED_BY_GENERATOR: u8 = 1;
 /// `_PyInterpreterFrame.owner` value `FRAME_OWNED_BY_FRAME_OBJECT` (3.11+; same in all versions).
+#[allow(dead_code)] // emitted for completeness; not every value is used
 pub const FRAME_OWNED_BY_FRAME_OBJECT: u8 = 2;
 
 /// Offsets measured from CPython 3.9.18.
@@ -128,3 +131,32 @@ pub const PY3_13: Offsets = Offsets {
 
 /// Every generated table, oldest first.
 pub const ALL: [Offsets; 5] = [PY3_9, PY3_10, PY3_11, PY3_12, PY3_13];
+
+/// Positions within `_PyRuntimeState` of CPython 3.13.0's
+/// `_PyRuntime.debug_offsets` cookie, version and the entries matching our fields.
+pub const DEBUG_OFFSETS_PY3_13: DebugOffsetsLayout = DebugOffsetsLayout {
+    cookie: 0,
+    version: 8,
+    checks: &[
+        ("tstate_frame", 184),
+        ("tstate_thread_id", 192),
+        ("tstate_native_thread_id", 200),
+        ("tstate_next", 168),
+        ("tstate_interp", 176),
+        ("frame_back", 232),
+        ("frame_code", 240),
+        ("frame_instr", 248),
+        ("frame_owner", 264),
+        ("code_code_adaptive", 344),
+        ("code_firstlineno", 312),
+        ("interp_tstate_head", 72),
+    ],
+};
+
+/// The `_PyRuntime.debug_offsets` layout for 3.<minor>, if that version has one (3.13+).
+pub const fn debug_offsets_layout(minor: u8) -> Option<DebugOffsetsLayout> {
+    match minor {
+        13 => Some(DEBUG_OFFSETS_PY3_13),
+        _ => None,
+    }
+}

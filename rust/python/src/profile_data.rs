@@ -81,9 +81,13 @@ impl ProfileData {
         let samples = PyList::empty(py);
         for i in 0..s.len() {
             let stack = s.stacks[i];
-            if !stacks.contains_key(&stack) {
-                let ids = if stack == EMPTY_STACK { vec![] } else { s.stack_frames(stack) };
-                stacks.insert(stack, PyTuple::new(py, ids)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = stacks.entry(stack) {
+                let ids = if stack == EMPTY_STACK {
+                    vec![]
+                } else {
+                    s.stack_frames(stack)
+                };
+                e.insert(PyTuple::new(py, ids)?);
             }
             samples.append((s.timestamps_ns[i], s.thread_ids[i], s.weights[i], stack))?;
         }
@@ -91,7 +95,15 @@ impl ProfileData {
         for t in s.threads() {
             threads.append((t.tid, t.name.as_str()))?;
         }
-        PyTuple::new(py, [frames.into_any(), stacks.into_pyobject(py)?.into_any(), samples.into_any(), threads.into_any()])
+        PyTuple::new(
+            py,
+            [
+                frames.into_any(),
+                stacks.into_pyobject(py)?.into_any(),
+                samples.into_any(),
+                threads.into_any(),
+            ],
+        )
     }
 
     /// Speedscope JSON text.

@@ -43,7 +43,13 @@ impl Resolver {
     }
 
     /// The frame of `code` executing at byte `offset`; `None` when the store's budget is spent.
-    pub fn frame(&mut self, py: Python<'_>, store: &mut Store, code: usize, offset: i64) -> Option<FrameId> {
+    pub fn frame(
+        &mut self,
+        py: Python<'_>,
+        store: &mut Store,
+        code: usize,
+        offset: i64,
+    ) -> Option<FrameId> {
         if code == 0 {
             return store.intern_frame("<unknown>", "<unknown>", 0, false);
         }
@@ -76,7 +82,8 @@ impl Resolver {
             info.first_line
         } else {
             // SAFETY: live code object (module invariant); Addr2Line only reads it.
-            let line = unsafe { ffi::PyCode_Addr2Line(code as *mut ffi::PyCodeObject, offset as i32) };
+            let line =
+                unsafe { ffi::PyCode_Addr2Line(code as *mut ffi::PyCodeObject, offset as i32) };
             if line > 0 {
                 line as u32
             } else {

@@ -101,7 +101,10 @@ pub fn install(signal: i32) -> Result<(), String> {
     PREV_HANDLER.store(old.sa_sigaction, Ordering::SeqCst);
     PREV_FLAGS.store(old.sa_flags as usize, Ordering::SeqCst);
     INSTALLED.store(true, Ordering::SeqCst);
-    *prev = Some(Previous { signal, action: old });
+    *prev = Some(Previous {
+        signal,
+        action: old,
+    });
     Ok(())
 }
 
@@ -190,14 +193,21 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
     // SAFETY: tstate belongs to this very thread, which is stopped inside this handler.
     let total = unsafe { walker.walk(tstate, |_, _| true) };
     let depth = total.min(MAX_DEPTH);
-    let flags = if total > depth { raw::FLAG_TRUNCATED } else { 0 };
+    let flags = if total > depth {
+        raw::FLAG_TRUNCATED
+    } else {
+        0
+    };
     let Some(mut rec) = shared.ring.reserve(raw::body_words(depth)) else {
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
     rec.write(0, start);
     rec.write(1, weight);
-    rec.write(2, raw::pack_thread(s.store_thread.load(Ordering::Relaxed), flags));
+    rec.write(
+        2,
+        raw::pack_thread(s.store_thread.load(Ordering::Relaxed), flags),
+    );
     rec.write(3, depth as u64);
     let mut i = 0;
     // SAFETY: as above; the chain has not changed since the first pass.

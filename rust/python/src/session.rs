@@ -47,7 +47,13 @@ pub fn lock() -> std::sync::MutexGuard<'static, Option<Session>> {
 }
 
 impl Session {
-    pub fn new(shared: Box<Shared>, store: Store, resolver: Resolver, interval_ns: u64, signal: i32) -> Session {
+    pub fn new(
+        shared: Box<Shared>,
+        store: Store,
+        resolver: Resolver,
+        interval_ns: u64,
+        signal: i32,
+    ) -> Session {
         Session {
             shared: sampler::publish(shared),
             store,
@@ -69,7 +75,12 @@ impl Session {
     pub fn drain(&mut self, py: Python<'_>) {
         // SAFETY: see `shared()`; the borrow does not alias the fields mutated below.
         let shared = unsafe { &*self.shared };
-        let (store, resolver, scratch, start) = (&mut self.store, &mut self.resolver, &mut self.scratch, self.start_ns);
+        let (store, resolver, scratch, start) = (
+            &mut self.store,
+            &mut self.resolver,
+            &mut self.scratch,
+            self.start_ns,
+        );
         shared.ring.consume(|body| {
             let Some(raw) = RawSample::parse(body) else {
                 store.add_dropped(1);
@@ -129,7 +140,8 @@ impl Session {
         let shared = sampler::unpublish().expect("the session's shared state is published");
         // A handler may have committed between the drain above and unpublish.
         self.drain(py);
-        self.store.add_dropped(shared.dropped.load(Ordering::Relaxed));
+        self.store
+            .add_dropped(shared.dropped.load(Ordering::Relaxed));
         Finished {
             store: std::mem::take(&mut self.store),
             handler_ns: shared.handler_ns.load(Ordering::Relaxed),

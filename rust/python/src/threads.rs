@@ -108,14 +108,20 @@ pub fn is_registered(tid: i32) -> bool {
 
 /// Register the calling thread: take a slot, create and arm its CPU-time timer.
 /// Returns the registration's token, or None if the thread was already registered.
-pub fn register_current(tstate: usize, store_thread: u32, spec: &TimerSpec) -> Result<Option<usize>, String> {
+pub fn register_current(
+    tstate: usize,
+    store_thread: u32,
+    spec: &TimerSpec,
+) -> Result<Option<usize>, String> {
     let tid = gettid();
     with_registry(|reg| {
         if reg.by_tid.contains_key(&tid) {
             return Ok(None);
         }
         let slot = reg.free.pop().ok_or_else(|| {
-            format!("spprof samples at most {MAX_THREADS} threads at once; unregister finished threads")
+            format!(
+                "spprof samples at most {MAX_THREADS} threads at once; unregister finished threads"
+            )
         })?;
         let s = &SLOTS[slot];
         let generation = s.generation.fetch_add(1, Ordering::AcqRel).wrapping_add(1);

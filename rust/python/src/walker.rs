@@ -20,7 +20,7 @@ pub struct Walker {
 
 #[inline]
 fn plausible(addr: usize) -> bool {
-    addr >= 4096 && addr % 8 == 0 && addr < (1 << 47)
+    addr >= 4096 && addr.is_multiple_of(8) && addr < (1 << 47)
 }
 
 /// Read a word at `base + off`; `None` if `base` is not a plausible pointer.
@@ -61,8 +61,9 @@ impl Walker {
         let first = unsafe { read_usize(tstate, self.off.tstate_frame) }.unwrap_or(0);
         match self.off.layout {
             // SAFETY: a non-null cframe pointer of a live thread state points to a live CFrame.
-            FrameLayout::CFrame => unsafe { read_usize(first, self.off.cframe_current_frame) }
-                .unwrap_or(0),
+            FrameLayout::CFrame => {
+                unsafe { read_usize(first, self.off.cframe_current_frame) }.unwrap_or(0)
+            }
             FrameLayout::FrameObject | FrameLayout::Direct => first,
         }
     }
@@ -110,7 +111,11 @@ impl Walker {
             // SAFETY: frame is a live PyFrameObject; f_lasti is an int inside it.
             let lasti = unsafe { read_i32(frame, off.frame_instr) } as i64;
             // 3.9 counts bytes, 3.10 counts 2-byte code units.
-            return Some(if off.minor >= 10 && lasti >= 0 { lasti * 2 } else { lasti });
+            return Some(if off.minor >= 10 && lasti >= 0 {
+                lasti * 2
+            } else {
+                lasti
+            });
         }
         // SAFETY: frame is a live _PyInterpreterFrame; owner is a byte inside it.
         let owner = unsafe { read_u8(frame, off.frame_owner) };
