@@ -42,7 +42,8 @@ NONE = None  # rendered as usize::MAX / 255: "field does not exist here"
 # Order matters: it is the field order of `Offsets` in offsets.rs.
 FIELDS = (
     "tstate_next", "tstate_interp", "tstate_thread_id",
-    "tstate_native_thread_id", "tstate_frame", "cframe_current_frame",
+    "tstate_native_thread_id", "tstate_dict", "tstate_frame",
+    "cframe_current_frame",
     "frame_back", "frame_code", "frame_instr", "frame_owner", "frame_size",
     "code_code_adaptive", "code_firsttraceable", "code_firstlineno",
     "interp_tstate_head",
@@ -71,6 +72,8 @@ def spec(minor):
         "tstate_thread_id": f"offsetof({ts}, thread_id)",
         "tstate_native_thread_id": (
             f"offsetof({ts}, native_thread_id)" if minor >= 11 else NONE),
+        # Per-thread dict behind PyThreadState_GetDict() (3.9-3.13).
+        "tstate_dict": f"offsetof({ts}, dict)",
         "code_firstlineno": "offsetof(PyCodeObject, co_firstlineno)",
     }
     if layout == "FrameObject":
@@ -126,7 +129,7 @@ def width_asserts(minor):
     ts, fo, fi = "PyThreadState", "PyFrameObject", "_PyInterpreterFrame"
     a = [
         (f"(({ts}*)0)->next", 8), (f"(({ts}*)0)->interp", 8),
-        (f"(({ts}*)0)->thread_id", 8),
+        (f"(({ts}*)0)->thread_id", 8), (f"(({ts}*)0)->dict", 8),
         ("((PyCodeObject*)0)->co_firstlineno", 4),
     ]
     if minor >= 11:
@@ -239,6 +242,7 @@ o = json.loads(sys.argv[1]); dbg = json.loads(sys.argv[2]); minor = sys.version_
 api = ctypes.pythonapi
 api.PyThreadState_Get.restype = ctypes.c_void_p
 api.PyInterpreterState_Get.restype = ctypes.c_void_p
+api.PyThreadState_GetDict.restype = ctypes.c_void_p
 ptr = lambda a: ctypes.c_void_p.from_address(a).value or 0
 u64 = lambda a: ctypes.c_uint64.from_address(a).value
 i32 = lambda a: ctypes.c_int.from_address(a).value
@@ -260,6 +264,10 @@ def probe():
     if minor >= 11:
         chk("tstate.native_thread_id", u64(ts + o["tstate_native_thread_id"]),
             threading.get_native_id())
+    # Borrowed ref; creates the dict on first use, so it is never NULL here.
+    d = api.PyThreadState_GetDict()
+    chk("PyThreadState_GetDict() non-NULL", bool(d), True)
+    chk("tstate.dict", ptr(ts + o["tstate_dict"]), d)
     f = VP.from_address(ptr(ts + o["tstate_frame"]) + o["cframe_current_frame"] if CF else ts + o["tstate_frame"]).value
     back = ptr(f + o["frame_back"])
     if o["layout"] == "FrameObject":

@@ -7,7 +7,9 @@ import functools
 import numbers
 import os
 import platform
+import signal as _signal
 import threading
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -57,9 +59,51 @@ def _check_output_path(output_path: Any) -> None:
             f"output_path must be a str or os.PathLike, not {type(output_path).__name__}")
 
 
+MODES = ("cpu", "wall")
+#: Signals that cannot carry sampling ticks (uncatchable, or used for crashes and job control).
+_FORBIDDEN_SIGNALS = {_signal.SIGKILL, _signal.SIGSTOP, _signal.SIGSEGV, _signal.SIGBUS,
+                      _signal.SIGFPE, _signal.SIGILL, _signal.SIGABRT, _signal.SIGCHLD}
+
+
+def _check_mode_and_signal(mode: Any, signum: Any) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'cpu' (CPU time, the default) or 'wall' (elapsed time), not {mode!r}")
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise TypeError(f"signum must be a signal number (e.g. signal.SIGPROF), not {type(signum).__name__}")
+    if not 1 <= signum < _signal.NSIG or signum in _FORBIDDEN_SIGNALS:
+        raise ValueError(f"signum {signum} cannot carry sampling ticks; use signal.SIGPROF (the default) "
+                         "or a real-time signal such as signal.SIGRTMIN + 1")
+
+
+def _install_thread_start_hook() -> None:
+    """Threads started through ``threading`` register themselves before running their target,
+    so even short-lived threads are sampled from their first instruction. (Threads started any
+    other way are found by the resolver thread's periodic scan.)"""
+    original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+    if getattr(original, "__spprof_hook__", False):
+        return
+
+    def _bootstrap_inner(self: threading.Thread) -> None:
+        if _native is not None and _native.is_active():
+            try:
+                _native.register_thread(self.name)
+            except RuntimeError as exc:  # never break the user's thread over profiling
+                warnings.warn(f"spprof could not sample thread {self.name!r}: {exc}", RuntimeWarning,
+                              stacklevel=1)
+        original(self)
+
+    _bootstrap_inner.__spprof_hook__ = True  # type: ignore[attr-defined]
+    threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+
+
 def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
-          memory_limit_mb: float = 100) -> None:
-    """Start CPU profiling of the calling thread (and threads that call ``register_thread()``).
+          memory_limit_mb: float = 100, *, mode: str = "cpu",
+          signum: int = _signal.SIGPROF) -> None:
+    """Start profiling every Python thread.
+
+    ``mode="cpu"`` (default) samples each thread's CPU time; ``mode="wall"`` samples every thread
+    on the monotonic clock, running or waiting. ``signum`` is the signal that carries the
+    sampling ticks (for applications that use SIGPROF themselves).
 
     Raises ``RuntimeError`` if profiling is already active, ``ValueError`` if ``interval_ms < 1``.
     """
@@ -67,13 +111,18 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     interval = _check_number("interval_ms", interval_ms, 1, "milliseconds")
     limit = _check_number("memory_limit_mb", memory_limit_mb, 0.25, "MB")
     _check_output_path(output_path)
+    _check_mode_and_signal(mode, signum)
     native = _require_native()
     if native.is_active():
         raise RuntimeError(
             "profiling is already active; call spprof.stop() first (spprof.is_active() tells)")
-    native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
-                 threading.current_thread().name)
+    _install_thread_start_hook()
+    _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
+                               threading.current_thread().name, mode == "wall", signum)
     _run = _Run(datetime.now().astimezone(), interval_ms, output_path)
+    if fallback:
+        warnings.warn(f"spprof: CPU-time timers are refused here ({fallback}); sampling wall-clock "
+                      "time instead (see spprof.stats().fallback_reason)", RuntimeWarning, stacklevel=2)
 
 
 def stop() -> Profile:
@@ -118,12 +167,16 @@ def stats() -> Optional[ProfilerStats]:
         threads_sampled=raw["threads_sampled"],
         overhead_pct=100.0 * raw["handler_ns"] / duration_ns,
         memory_bytes=raw["memory_bytes"],
+        mode=raw["mode"],
+        fallback_reason=raw["fallback_reason"],
+        threads_seen=raw["threads_seen"],
     )
 
 
 def register_thread() -> bool:
-    """Sample the calling thread too. Harmless if it already is; False when nothing changed
-    (already registered, or profiling not active)."""
+    """Sample the calling thread. Every Python thread is sampled automatically; this only makes
+    sure of it (e.g. right at a thread's start). Harmless if it already is; False when nothing
+    changed (already sampled, or profiling not active)."""
     if _native is None or not _native.is_active():
         return False
     return _native.register_thread(threading.current_thread().name)
@@ -150,18 +203,23 @@ class Profiler:
     """``with spprof.Profiler(interval_ms=5) as p: ...`` then ``p.profile``."""
 
     def __init__(self, interval_ms: float = 10, output_path: Optional[PathLike] = None,
-                 memory_limit_mb: float = 100) -> None:
+                 memory_limit_mb: float = 100, *, mode: str = "cpu",
+                 signum: int = _signal.SIGPROF) -> None:
         # Validate now, so a bad argument fails where it was written.
         _check_number("interval_ms", interval_ms, 1, "milliseconds")
         _check_number("memory_limit_mb", memory_limit_mb, 0.25, "MB")
         _check_output_path(output_path)
+        _check_mode_and_signal(mode, signum)
         self.interval_ms = interval_ms
         self.output_path = output_path
         self.memory_limit_mb = memory_limit_mb
+        self.mode = mode
+        self.signum = signum
         self.profile: Optional[Profile] = None
 
     def __enter__(self) -> Profiler:
-        start(self.interval_ms, self.output_path, self.memory_limit_mb)
+        start(self.interval_ms, self.output_path, self.memory_limit_mb, mode=self.mode,
+              signum=self.signum)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -169,20 +227,22 @@ class Profiler:
 
 
 def profile(func: Optional[F] = None, *, interval_ms: float = 10,
-            output_path: Optional[PathLike] = None,
-            memory_limit_mb: float = 100) -> Union[F, Callable[[F], F]]:
+            output_path: Optional[PathLike] = None, memory_limit_mb: float = 100,
+            mode: str = "cpu", signum: int = _signal.SIGPROF) -> Union[F, Callable[[F], F]]:
     """Decorator: profile every call of the function (``@spprof.profile`` or
     ``@spprof.profile(interval_ms=..., output_path=...)``). The latest call's profile is the
     wrapper's ``last_profile``. Inside an already running profile, calls just run (the outer
     profile sees them)."""
-    Profiler(interval_ms, output_path, memory_limit_mb)  # validate arguments at decoration time
+    options = dict(interval_ms=interval_ms, output_path=output_path,
+                   memory_limit_mb=memory_limit_mb, mode=mode, signum=signum)
+    Profiler(**options)  # type: ignore[arg-type]  # validate arguments at decoration time
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def outer(*args: Any, **kwargs: Any) -> Any:
             if is_active():
                 return fn(*args, **kwargs)
-            p = Profiler(interval_ms, output_path, memory_limit_mb)
+            p = Profiler(**options)  # type: ignore[arg-type]
             try:
                 with p:
                     return fn(*args, **kwargs)

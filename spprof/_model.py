@@ -41,8 +41,12 @@ class Sample:
     thread_id: int
     thread_name: Optional[str]
     frames: Sequence[Frame]
-    #: CPU time (nanoseconds) this sample stands for: the thread's CPU time since its previous sample.
+    #: Time (nanoseconds) this sample stands for: the thread's CPU time since its previous sample,
+    #: or in wall-clock mode the elapsed time since its previous sample.
     weight_ns: int = 0
+    #: Whether the thread was running (in wall-clock mode: it ran for at least half of the time
+    #: since its previous sample). Always True for CPU-time samples.
+    on_cpu: bool = True
 
 
 @dataclass
@@ -57,6 +61,12 @@ class ProfilerStats:
     overhead_pct: float
     #: Bytes the sampler holds (sample buffer plus the interned profile).
     memory_bytes: int
+    #: "cpu" (thread CPU time) or "wall" (elapsed time).
+    mode: str = "cpu"
+    #: Why CPU-time sampling was refused, when spprof fell back to wall-clock mode.
+    fallback_reason: Optional[str] = None
+    #: Threads seen during the run (including those that have ended).
+    threads_seen: int = 0
 
 
 @dataclass
@@ -70,6 +80,8 @@ class Profile:
     dropped_count: int
     python_version: str
     platform: str
+    #: "cpu" (weights are CPU time) or "wall" (weights are elapsed time).
+    mode: str = "cpu"
     # The native columnar profile the samples were built from, reused by the writers as long as
     # ``samples`` is still the list built from it.
     _data: Any = field(default=None, repr=False, compare=False)
@@ -84,11 +96,11 @@ class Profile:
         frames = [Frame(f, file, line, native) for f, file, line, native in frames_raw]
         stacks = {sid: tuple(frames[i] for i in ids) for sid, ids in stacks_raw.items()}
         samples = [
-            Sample(ts, threads[t][0], threads[t][1], stacks[sid], weight)
-            for ts, t, weight, sid in samples_raw
+            Sample(ts, threads[t][0], threads[t][1], stacks[sid], weight, on_cpu)
+            for ts, t, weight, sid, on_cpu in samples_raw
         ]
         return cls(start_time, end_time, interval_ms, samples, data.dropped, python_version,
-                   platform, data, samples)
+                   platform, "wall" if data.wall else "cpu", data, samples)
 
     def _native(self) -> Any:
         if self._data is not None and self.samples is self._data_samples \
@@ -97,7 +109,7 @@ class Profile:
         from . import _native
 
         return _native.ProfileData.from_samples([
-            (s.timestamp_ns, s.thread_id, s.thread_name or "", s.weight_ns,
+            (s.timestamp_ns, s.thread_id, s.thread_name or "", s.weight_ns, s.on_cpu,
              [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames])
             for s in self.samples
         ])
@@ -106,7 +118,7 @@ class Profile:
 
     @property
     def total_weight_ns(self) -> int:
-        """CPU time the profile accounts for (sum of the samples' weights)."""
+        """Time the profile accounts for (sum of the samples' weights)."""
         return sum(s.weight_ns for s in self.samples)
 
     @property

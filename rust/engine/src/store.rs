@@ -41,6 +41,8 @@ pub struct Store {
     pub weights: Vec<i64>,
     pub stacks: Vec<StackId>,
     pub thread_ids: Vec<u32>,
+    /// Whether the thread was running when sampled (always true for CPU-time samples).
+    pub on_cpu: Vec<bool>,
     dropped: u64,
     budget_bytes: usize,
     string_bytes: usize,
@@ -101,6 +103,7 @@ impl Store {
             + vec_bytes(&self.weights)
             + vec_bytes(&self.stacks)
             + vec_bytes(&self.thread_ids)
+            + vec_bytes(&self.on_cpu)
     }
 
     pub fn budget_bytes(&self) -> usize {
@@ -196,6 +199,14 @@ impl Store {
         self.threads.len() as u32 - 1
     }
 
+    /// Give thread `index` its real name (it was registered before its name was known).
+    pub fn rename_thread(&mut self, index: u32, name: &str) {
+        if let Some(t) = self.threads.get_mut(index as usize) {
+            self.string_bytes += name.len();
+            t.name = name.to_owned();
+        }
+    }
+
     /// Intern the stack `frames` (root first); `None` when the budget is exhausted.
     pub fn intern_stack(&mut self, frames: impl IntoIterator<Item = FrameId>) -> Option<StackId> {
         let mut node = EMPTY_STACK;
@@ -225,11 +236,13 @@ impl Store {
         weight: i64,
         thread: u32,
         stack: StackId,
+        on_cpu: bool,
     ) -> bool {
         let cost = vec_growth(&self.timestamps_ns, 1)
             + vec_growth(&self.weights, 1)
             + vec_growth(&self.stacks, 1)
-            + vec_growth(&self.thread_ids, 1);
+            + vec_growth(&self.thread_ids, 1)
+            + vec_growth(&self.on_cpu, 1);
         if !self.fits(cost) {
             self.dropped += 1;
             return false;
@@ -238,6 +251,7 @@ impl Store {
         self.weights.push(weight);
         self.stacks.push(stack);
         self.thread_ids.push(thread);
+        self.on_cpu.push(on_cpu);
         true
     }
 
@@ -297,7 +311,7 @@ mod tests {
         let stack = s.intern_stack([f]).unwrap();
         let mut kept = 0u64;
         for i in 0..100_000 {
-            if s.add_sample(i, 1, t, stack) {
+            if s.add_sample(i, 1, t, stack, true) {
                 kept += 1;
             }
         }

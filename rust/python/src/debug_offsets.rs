@@ -21,7 +21,6 @@ const COOKIE: &[u8; 8] = b"xdebugpy";
 ///
 /// `off` must describe the running interpreter's minor version: for a 3.13+ layout the
 /// `_PyRuntime` symbol is read as a 3.13+ `_PyRuntimeState`.
-#[allow(dead_code)] // the caller (profile start, interp.rs) is wired separately
 pub fn check(off: &Offsets) -> Result<(), String> {
     let Some(layout) = offsets::debug_offsets_layout(off.minor) else {
         return Ok(());
@@ -41,9 +40,9 @@ pub fn check(off: &Offsets) -> Result<(), String> {
     let cookie = unsafe { std::ptr::read_unaligned(rt.add(layout.cookie) as *const [u8; 8]) };
     if &cookie != COOKIE {
         return Err(format!(
-            "spprof: _PyRuntime.debug_offsets has cookie {:?}, expected {:?}; {differs}",
-            String::from_utf8_lossy(&cookie),
-            String::from_utf8_lossy(COOKIE),
+            "spprof: _PyRuntime.debug_offsets has cookie b\"{}\", expected b\"{}\"; {differs}",
+            cookie.escape_ascii(),
+            COOKIE.escape_ascii(),
         ));
     }
     let read_u64 = |pos: usize| -> u64 {

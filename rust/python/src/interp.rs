@@ -46,6 +46,9 @@ pub fn walker(py: Python<'_>) -> PyResult<Walker> {
              CPython 3.9 to 3.13 only; run under one of those versions"
         ))
     })?;
+    if minor == info.minor {
+        crate::debug_offsets::check(&off).map_err(PyRuntimeError::new_err)?;
+    }
     Ok(Walker {
         off,
         // Taking the address of the static reads nothing.

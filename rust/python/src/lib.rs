@@ -4,6 +4,7 @@
 //! - [`interp`]: version checks and the start-time self-test;
 //! - [`walker`]: the async-signal-safe frame walker;
 //! - [`threads`]: sampled threads and their timers; [`sampler`]: the signal handler;
+//! - [`python_threads`]: finding the interpreter's threads and registering them;
 //! - [`resolver`], [`code_hook`]: code pointers → frames, resolved before code objects die;
 //! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python.
 
@@ -12,6 +13,7 @@ mod debug_offsets;
 mod interp;
 mod offsets;
 mod profile_data;
+mod python_threads;
 mod resolver;
 mod sampler;
 mod session;
@@ -26,28 +28,26 @@ use session::{Session, ACTIVE};
 use spprof_engine::ring::Ring;
 use spprof_engine::store::Store;
 use std::sync::atomic::{AtomicU64, Ordering};
+use threads::Clock;
 
 const MAX_RING_BYTES: usize = 8 << 20;
 const MIN_RING_BYTES: usize = 64 << 10;
 
-/// Start sampling the calling thread. Arguments are validated by the Python layer; this checks
-/// them again because nothing a caller passes may crash the process.
+/// Start sampling every thread of the interpreter. Arguments are validated by the Python layer;
+/// this checks them again because nothing a caller passes may crash the process.
+/// Returns `(mode, fallback_reason)`: mode is "cpu" or "wall".
 #[pyfunction]
-#[pyo3(signature = (interval_ns, memory_limit_bytes, thread_name, signal = libc::SIGPROF))]
+#[pyo3(signature = (interval_ns, memory_limit_bytes, thread_name, wall = false, signal = libc::SIGPROF))]
 fn start(
     py: Python<'_>,
     interval_ns: u64,
     memory_limit_bytes: usize,
     thread_name: &str,
+    wall: bool,
     signal: i32,
-) -> PyResult<()> {
+) -> PyResult<(&'static str, Option<String>)> {
     if interval_ns < 1_000_000 {
         return Err(PyValueError::new_err("interval must be at least 1 ms"));
-    }
-    if !(1..=64).contains(&signal) {
-        return Err(PyValueError::new_err(format!(
-            "{signal} is not a signal number"
-        )));
     }
     let ring_bytes = (memory_limit_bytes / 4).clamp(MIN_RING_BYTES, MAX_RING_BYTES);
     if memory_limit_bytes < 2 * ring_bytes {
@@ -62,38 +62,63 @@ fn start(
     // Before taking the session lock: the self-test runs Python code.
     let walker = interp::walker(py)?;
     interp::self_test(py, &walker)?;
+    let (clock, fallback) = choose_clock(wall).map_err(PyRuntimeError::new_err)?;
     let mut guard = session::lock();
     if guard.is_some() {
         return Err(already_active());
     }
     code_hook::install(py)?;
-    sampler::install(signal).map_err(PyRuntimeError::new_err)?;
+    sampler::install(signal).map_err(PyValueError::new_err)?;
     let ring = Ring::new(ring_bytes);
     let store = Store::new(memory_limit_bytes - ring.capacity_bytes());
     let shared = Box::new(sampler::Shared {
         ring,
         walker,
+        clock,
         collected: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         handler_ns: AtomicU64::new(0),
     });
     let has_qualname = py.version_info() >= (3, 11);
-    let mut s = Session::new(
-        shared,
-        store,
-        resolver::Resolver::new(has_qualname),
-        interval_ns,
-        signal,
-    );
-    if let Err(e) = register(py, &mut s, thread_name) {
-        drop(guard);
+    let resolver = resolver::Resolver::new(has_qualname);
+    let mut s = Session::new(shared, store, resolver, interval_ns, signal);
+    s.fallback = fallback.clone();
+    if let Err(e) = python_threads::register_current(py, &mut s, thread_name) {
+        threads::unregister_all();
+        drop(s); // the shared state goes with unpublish below
         sampler::unpublish();
         return Err(e);
     }
     s.start_drainer();
     *guard = Some(s);
     ACTIVE.store(true, Ordering::Release);
-    Ok(())
+    drop(guard);
+    // The threads that already exist (the resolver thread has no thread state yet: we hold the GIL).
+    python_threads::scan(py, 0)?;
+    let mode = match clock {
+        Clock::Cpu => "cpu",
+        Clock::Wall => "wall",
+    };
+    Ok((mode, fallback))
+}
+
+/// CPU time unless wall time is asked for, or CPU-clock timers are refused here.
+fn choose_clock(wall: bool) -> Result<(Clock, Option<String>), String> {
+    if wall {
+        return Ok((Clock::Wall, None));
+    }
+    match threads::probe(Clock::Cpu) {
+        Ok(()) => Ok((Clock::Cpu, None)),
+        Err(cpu_error) => {
+            threads::probe(Clock::Wall).map_err(|wall_error| {
+                format!(
+                    "spprof cannot sample here: {cpu_error}, and {wall_error}. \
+                     Timers (timer_create) are refused by this environment"
+                )
+            })?;
+            Ok((Clock::Wall, Some(cpu_error)))
+        }
+    }
 }
 
 fn already_active() -> PyErr {
@@ -102,88 +127,30 @@ fn already_active() -> PyErr {
     )
 }
 
-/// Register the calling thread in session `s`; false if it already was.
-fn register(py: Python<'_>, s: &mut Session, name: &str) -> PyResult<bool> {
-    let tid = threads::gettid();
-    if threads::is_registered(tid) {
-        return Ok(false);
-    }
-    let store_thread = s.store.add_thread(tid as u64, name);
-    let spec = threads::TimerSpec {
-        signal: s.signal,
-        interval_ns: s.interval_ns,
-    };
-    let token = threads::register_current(interp::current_tstate(py), store_thread, &spec)
-        .map_err(|e| {
-            PyRuntimeError::new_err(format!(
-                "{e}. spprof needs per-thread CPU-time timers (timer_create); this environment refuses them"
-            ))
-        })?;
-    match token {
-        Some(token) => {
-            install_exit_guard(py, ThreadExitGuard { tid, token })?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
-}
-
-/// Unregisters its thread when dropped. Kept in the thread state's dict, which CPython clears
-/// on the exiting thread itself before freeing the thread state: the timer is gone before the
-/// memory the handler reads.
-#[pyclass]
-struct ThreadExitGuard {
-    tid: i32,
-    token: usize,
-}
-
-impl Drop for ThreadExitGuard {
-    fn drop(&mut self) {
-        threads::unregister_token(self.tid, self.token);
-    }
-}
-
-const GUARD_KEY: &str = "spprof._native.thread_exit_guard";
-
-fn install_exit_guard(py: Python<'_>, guard: ThreadExitGuard) -> PyResult<()> {
-    // SAFETY: GIL held; PyThreadState_GetDict returns a borrowed dict of the current thread.
-    let dict = unsafe { pyo3::ffi::PyThreadState_GetDict() };
-    if dict.is_null() {
-        return Err(PyRuntimeError::new_err(
-            "this thread has no thread-state dict",
-        ));
-    }
-    // SAFETY: non-null borrowed reference to a dict, valid while the GIL is held.
-    let dict = unsafe { Bound::from_borrowed_ptr(py, dict) }.cast_into::<PyDict>()?;
-    dict.set_item(GUARD_KEY, guard)
-}
-
-fn remove_exit_guard(py: Python<'_>) {
-    // SAFETY: as in install_exit_guard.
-    let dict = unsafe { pyo3::ffi::PyThreadState_GetDict() };
-    if !dict.is_null() {
-        // SAFETY: as in install_exit_guard.
-        if let Ok(d) = unsafe { Bound::from_borrowed_ptr(py, dict) }.cast_into::<PyDict>() {
-            let _ = d.del_item(GUARD_KEY);
-        }
-    }
-}
-
+/// Sample the calling thread (a no-op returning false when it already is or nothing runs).
 #[pyfunction]
 fn register_thread(py: Python<'_>, thread_name: &str) -> PyResult<bool> {
     match session::lock().as_mut() {
-        Some(s) => register(py, s, thread_name),
+        Some(s) => python_threads::register_current(py, s, thread_name),
         None => Ok(false),
     }
 }
 
+/// Stop sampling the calling thread (until it calls `register_thread()`); its samples so far
+/// are kept.
 #[pyfunction]
-fn unregister_thread(py: Python<'_>) -> bool {
-    let removed = threads::unregister_current();
-    if removed {
-        remove_exit_guard(py);
+fn unregister_thread() -> bool {
+    let tid = threads::gettid();
+    if let Some(s) = session::lock().as_mut() {
+        s.opted_out.insert(tid);
     }
-    removed
+    threads::unregister_tid(tid)
+}
+
+/// Register every thread not sampled yet; returns how many were added.
+#[pyfunction]
+fn register_all_threads(py: Python<'_>) -> PyResult<usize> {
+    python_threads::scan(py, 0)
 }
 
 #[pyfunction]
@@ -204,13 +171,14 @@ fn stop(py: Python<'_>) -> PyResult<ProfileData> {
     // From here to the end the GIL is held: no code object can be freed before the final drain.
     let s = session::lock().take().expect("session present");
     ACTIVE.store(false, Ordering::Release);
-    sampler::restore_application_handler();
-    let interval_ns = s.interval_ns;
+    sampler::restore_application_handler(s.signal);
+    let (interval_ns, clock) = (s.interval_ns, s.clock);
     let finished = s.finish(py);
     Ok(ProfileData::new(
         finished.store,
         interval_ns,
         finished.handler_ns,
+        clock == Clock::Wall,
     ))
 }
 
@@ -237,10 +205,21 @@ fn stats(py: Python<'_>) -> PyResult<Option<Py<PyDict>>> {
     d.set_item("duration_ns", now.saturating_sub(s.start_ns))?;
     d.set_item("handler_ns", sh.handler_ns.load(Ordering::Relaxed))?;
     d.set_item("threads_sampled", threads::registered_count())?;
+    d.set_item("threads_seen", s.store.threads().len())?;
     d.set_item(
         "memory_bytes",
         s.store.bytes_used() + sh.ring.capacity_bytes(),
     )?;
+    d.set_item(
+        "mode",
+        if s.clock == Clock::Wall {
+            "wall"
+        } else {
+            "cpu"
+        },
+    )?;
+    d.set_item("fallback_reason", s.fallback.clone())?;
+    d.set_item("thread_error", s.thread_error.clone())?;
     Ok(Some(d.unbind()))
 }
 
@@ -256,6 +235,12 @@ fn walk_current_thread(py: Python<'_>) -> PyResult<Vec<usize>> {
 #[pyo3(signature = (minor))]
 fn _pretend_minor_version(minor: Option<u8>) {
     interp::set_minor_override(minor);
+}
+
+/// Test hook: make CPU-clock timers fail as in a sandbox that refuses them.
+#[pyfunction]
+fn _refuse_cpu_timers(refuse: bool) {
+    threads::REFUSE_CPU_TIMERS.store(refuse, Ordering::Relaxed);
 }
 
 /// In a forked child: the parent's session is not ours to continue. Only the forking thread
@@ -276,6 +261,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(register_thread, m)?)?;
+    m.add_function(wrap_pyfunction!(register_all_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_refuse_cpu_timers, m)?)?;
     m.add_function(wrap_pyfunction!(unregister_thread, m)?)?;
     m.add_function(wrap_pyfunction!(walk_current_thread, m)?)?;
     m.add_function(wrap_pyfunction!(_pretend_minor_version, m)?)?;

@@ -37,6 +37,9 @@ pub struct Offsets {
     pub tstate_thread_id: usize,
     /// PyThreadState.native_thread_id; usize::MAX where the field does not exist (3.9, 3.10)
     pub tstate_native_thread_id: usize,
+    /// PyThreadState.dict: the per-thread dict returned by `PyThreadState_GetDict()` (NULL until
+    /// first requested)
+    pub tstate_dict: usize,
     /// FrameObject: offset of `frame`; CFrame: offset of `cframe`; Direct: offset of `current_frame`.
     pub tstate_frame: usize,
     /// CFrame layout only: offset of CFrame.current_frame; usize::MAX otherwise.
@@ -75,6 +78,7 @@ impl Offsets {
             "tstate_interp" => self.tstate_interp,
             "tstate_thread_id" => self.tstate_thread_id,
             "tstate_native_thread_id" => self.tstate_native_thread_id,
+            "tstate_dict" => self.tstate_dict,
             "tstate_frame" => self.tstate_frame,
             "cframe_current_frame" => self.cframe_current_frame,
             "frame_back" => self.frame_back,

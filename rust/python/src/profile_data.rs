@@ -16,30 +16,41 @@ pub struct ProfileData {
     /// Time spent in the signal handler, summed over all samples.
     #[pyo3(get)]
     handler_ns: u64,
+    /// Wall-clock samples (weights are elapsed time) rather than CPU-time samples.
+    #[pyo3(get)]
+    wall: bool,
 }
 
 impl ProfileData {
-    pub fn new(store: Store, interval_ns: u64, handler_ns: u64) -> ProfileData {
+    pub fn new(store: Store, interval_ns: u64, handler_ns: u64, wall: bool) -> ProfileData {
         ProfileData {
             store,
             interval_ns,
             handler_ns,
+            wall,
         }
     }
 }
 
 /// One sample as Python hands it to `from_samples`.
-type SampleIn = (i64, u64, String, i64, Vec<(String, String, u32, bool)>);
+type SampleIn = (
+    i64,
+    u64,
+    String,
+    i64,
+    bool,
+    Vec<(String, String, u32, bool)>,
+);
 
 #[pymethods]
 impl ProfileData {
     /// Build from plain values (a profile assembled or edited in Python):
-    /// `[(timestamp_ns, thread_id, thread_name, weight, [(function, file, line, is_native), ...root→leaf]), ...]`.
+    /// `[(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf]), ...]`.
     #[staticmethod]
     #[pyo3(signature = (samples, interval_ns = 0))]
     fn from_samples(samples: Vec<SampleIn>, interval_ns: u64) -> PyResult<ProfileData> {
         let mut store = Store::new(usize::MAX);
-        for (ts, tid, name, weight, frames) in samples {
+        for (ts, tid, name, weight, on_cpu, frames) in samples {
             let thread = store.add_thread(tid, &name);
             let ids = frames
                 .iter()
@@ -49,9 +60,9 @@ impl ProfileData {
             let stack = store
                 .intern_stack(ids)
                 .ok_or_else(|| PyValueError::new_err("profile too large"))?;
-            store.add_sample(ts, weight, thread, stack);
+            store.add_sample(ts, weight, thread, stack, on_cpu);
         }
-        Ok(ProfileData::new(store, interval_ns, 0))
+        Ok(ProfileData::new(store, interval_ns, 0, false))
     }
 
     fn __len__(&self) -> usize {
@@ -70,7 +81,7 @@ impl ProfileData {
 
     /// `(frames, stacks, samples, threads)` for building the Python dataclasses:
     /// frames `[(function, file, line, is_native)]`; stacks `{stack_id: (frame index, ... root→leaf)}`;
-    /// samples `[(timestamp_ns, thread index, weight, stack_id)]`; threads `[(tid, name)]`.
+    /// samples `[(timestamp_ns, thread index, weight, stack_id, on_cpu)]`; threads `[(tid, name)]`.
     fn columns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let s = &self.store;
         let frames = PyList::empty(py);
@@ -89,7 +100,13 @@ impl ProfileData {
                 };
                 e.insert(PyTuple::new(py, ids)?);
             }
-            samples.append((s.timestamps_ns[i], s.thread_ids[i], s.weights[i], stack))?;
+            samples.append((
+                s.timestamps_ns[i],
+                s.thread_ids[i],
+                s.weights[i],
+                stack,
+                s.on_cpu[i],
+            ))?;
         }
         let threads = PyList::empty(py);
         for t in s.threads() {

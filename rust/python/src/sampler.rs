@@ -9,11 +9,11 @@
 //! handler is inside (`IN_FLIGHT` == 0) before freeing it. A late signal that arrives after that
 //! finds a null pointer and does nothing.
 
-use crate::threads::{self, SLOTS};
+use crate::threads::{self, Clock, SLOTS};
 use crate::walker::Walker;
 use spprof_engine::raw;
 use spprof_engine::ring::Ring;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Frames kept per sample; deeper stacks keep their innermost frames and are marked truncated.
@@ -23,6 +23,8 @@ pub const MAX_DEPTH: usize = 1024;
 pub struct Shared {
     pub ring: Ring,
     pub walker: Walker,
+    /// What a sample's weight measures: CPU time or wall time since the thread's previous sample.
+    pub clock: Clock,
     pub collected: AtomicU64,
     /// Samples lost because the ring was full.
     pub dropped: AtomicU64,
@@ -58,29 +60,30 @@ pub fn forget_after_fork() {
 
 /// The disposition that was in place before ours, to chain to and to restore.
 struct Previous {
-    signal: i32,
     action: libc::sigaction,
 }
 // SAFETY: a sigaction is plain data (a function pointer and flags).
 unsafe impl Send for Previous {}
 
-static PREVIOUS: Mutex<Option<Previous>> = Mutex::new(None);
-/// The previous handler as (address, flags) for the signal handler to read without a lock.
-static PREV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
-static PREV_FLAGS: AtomicUsize = AtomicUsize::new(0);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+const NSIG: usize = 65;
+static PREVIOUS: Mutex<Vec<(i32, Previous)>> = Mutex::new(Vec::new());
+/// The previous handler per signal as (address, flags), for the signal handler to read without
+/// a lock.
+#[allow(clippy::declare_interior_mutable_const)]
+const DEFAULT: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static PREV_HANDLER: [AtomicUsize; NSIG] = [DEFAULT; NSIG];
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_FLAGS: AtomicUsize = AtomicUsize::new(0);
+static PREV_FLAGS: [AtomicUsize; NSIG] = [NO_FLAGS; NSIG];
 
 /// Install the handler for `signal` (idempotent), remembering the previous disposition.
 pub fn install(signal: i32) -> Result<(), String> {
     let mut prev = PREVIOUS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = prev.as_ref() {
-        if p.signal == signal {
-            return Ok(());
-        }
-        return Err(format!(
-            "spprof's handler is installed for signal {}; it cannot switch to {signal} in this process",
-            p.signal
-        ));
+    if !(1..NSIG as i32).contains(&signal) {
+        return Err(format!("{signal} is not a signal number"));
+    }
+    if prev.iter().any(|(s, _)| *s == signal) {
+        return Ok(());
     }
     // SAFETY: sigaction is plain data; zeroed is a valid empty mask and no flags.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -98,28 +101,23 @@ pub fn install(signal: i32) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    PREV_HANDLER.store(old.sa_sigaction, Ordering::SeqCst);
-    PREV_FLAGS.store(old.sa_flags as usize, Ordering::SeqCst);
-    INSTALLED.store(true, Ordering::SeqCst);
-    *prev = Some(Previous {
-        signal,
-        action: old,
-    });
+    PREV_HANDLER[signal as usize].store(old.sa_sigaction, Ordering::SeqCst);
+    PREV_FLAGS[signal as usize].store(old.sa_flags as usize, Ordering::SeqCst);
+    prev.push((signal, Previous { action: old }));
     Ok(())
 }
 
-/// Put back an application's own handler. When the previous disposition was the default (which
-/// for SIGPROF terminates the process) or "ignore", ours stays installed but idle: a timer
-/// signal still pending on some thread after `stop` must not kill the process.
-pub fn restore_application_handler() {
+/// Put back an application's own handler of `signal`. When the previous disposition was the
+/// default (which for SIGPROF terminates the process) or "ignore", ours stays installed but
+/// idle: a timer signal still pending on some thread after `stop` must not kill the process.
+pub fn restore_application_handler(signal: i32) {
     let mut prev = PREVIOUS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = prev.as_ref() {
-        let h = p.action.sa_sigaction;
+    if let Some(i) = prev.iter().position(|(s, _)| *s == signal) {
+        let h = prev[i].1.action.sa_sigaction;
         if h != libc::SIG_DFL && h != libc::SIG_IGN {
             // SAFETY: restoring a disposition that was valid before.
-            unsafe { libc::sigaction(p.signal, &p.action, std::ptr::null_mut()) };
-            INSTALLED.store(false, Ordering::SeqCst);
-            *prev = None;
+            unsafe { libc::sigaction(signal, &prev[i].1.action, std::ptr::null_mut()) };
+            prev.remove(i);
         }
     }
 }
@@ -159,11 +157,14 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
 
 /// Hand a signal that is not one of our timer ticks to whoever handled it before us.
 fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let handler = PREV_HANDLER.load(Ordering::SeqCst);
+    let Some(handler) = PREV_HANDLER.get(signal as usize) else {
+        return;
+    };
+    let handler = handler.load(Ordering::SeqCst);
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
         return; // not ours and nobody else's: dropping it beats terminating the process
     }
-    if PREV_FLAGS.load(Ordering::SeqCst) as i32 & libc::SA_SIGINFO != 0 {
+    if PREV_FLAGS[signal as usize].load(Ordering::SeqCst) as i32 & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
         let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
             unsafe { std::mem::transmute(handler) };
@@ -185,7 +186,15 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
         return;
     };
     let cpu = threads::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
-    let weight = cpu.saturating_sub(s.last_cpu_ns.swap(cpu, Ordering::Relaxed));
+    let cpu_delta = cpu.saturating_sub(s.last_cpu_ns.swap(cpu, Ordering::Relaxed));
+    let (weight, on_cpu) = match shared.clock {
+        Clock::Cpu => (cpu_delta, true),
+        Clock::Wall => {
+            let wall_delta = start.saturating_sub(s.last_wall_ns.swap(start, Ordering::Relaxed));
+            // "On CPU" = it ran for at least half of the time since its previous sample.
+            (wall_delta, cpu_delta.saturating_mul(2) >= wall_delta)
+        }
+    };
     let tstate = s.tstate.load(Ordering::Acquire);
     let walker = &shared.walker;
 
@@ -193,11 +202,10 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
     // SAFETY: tstate belongs to this very thread, which is stopped inside this handler.
     let total = unsafe { walker.walk(tstate, |_, _| true) };
     let depth = total.min(MAX_DEPTH);
-    let flags = if total > depth {
-        raw::FLAG_TRUNCATED
-    } else {
-        0
-    };
+    let mut flags = if on_cpu { raw::FLAG_ON_CPU } else { 0 };
+    if total > depth {
+        flags |= raw::FLAG_TRUNCATED;
+    }
     let Some(mut rec) = shared.ring.reserve(raw::body_words(depth)) else {
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;

@@ -5,13 +5,15 @@
 //! GIL release, so a code-object deallocation (which also runs with the GIL) can always drain
 //! the ring first — see [`crate::code_hook`].
 
+use crate::python_threads;
 use crate::resolver::Resolver;
 use crate::sampler::{self, Shared};
-use crate::threads;
+use crate::threads::{self, Clock, TimerSpec};
 use pyo3::prelude::*;
-use spprof_engine::raw::{RawSample, FLAG_TRUNCATED};
+use spprof_engine::raw::{RawSample, FLAG_ON_CPU, FLAG_TRUNCATED};
 use spprof_engine::store::Store;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,7 +27,16 @@ pub struct Session {
     pub start_ns: u64,
     pub interval_ns: u64,
     pub signal: i32,
+    pub clock: Clock,
+    /// Why CPU-time sampling was not possible, when the session fell back to wall-clock mode.
+    pub fallback: Option<String>,
+    /// The latest failure to register a thread found by the periodic scan.
+    pub thread_error: Option<String>,
+    /// Threads that called `unregister_thread()`: the scan leaves them alone.
+    pub opted_out: HashSet<i32>,
     drainer: Option<Drainer>,
+    /// Kernel tid of the resolver thread (0 until it runs): never sampled itself.
+    pub resolver_tid: Arc<AtomicI32>,
     scratch: Vec<u32>,
 }
 
@@ -54,6 +65,7 @@ impl Session {
         interval_ns: u64,
         signal: i32,
     ) -> Session {
+        let clock = shared.clock;
         Session {
             shared: sampler::publish(shared),
             store,
@@ -61,8 +73,21 @@ impl Session {
             start_ns: threads::clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0),
             interval_ns,
             signal,
+            clock,
+            fallback: None,
+            thread_error: None,
+            opted_out: HashSet::new(),
             drainer: None,
+            resolver_tid: Arc::new(AtomicI32::new(0)),
             scratch: Vec::new(),
+        }
+    }
+
+    pub fn timer_spec(&self) -> TimerSpec {
+        TimerSpec {
+            signal: self.signal,
+            interval_ns: self.interval_ns,
+            clock: self.clock,
         }
     }
 
@@ -103,7 +128,13 @@ impl Session {
                 return store.add_dropped(1);
             };
             let ts = raw.timestamp_ns.saturating_sub(start) as i64;
-            store.add_sample(ts, raw.weight as i64, raw.thread_slot, stack);
+            store.add_sample(
+                ts,
+                raw.weight as i64,
+                raw.thread_slot,
+                stack,
+                raw.flags & FLAG_ON_CPU != 0,
+            );
         });
     }
 
@@ -115,9 +146,13 @@ impl Session {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let shared = self.shared as usize;
         let stop2 = stop.clone();
+        let tid = self.resolver_tid.clone();
         let handle = std::thread::Builder::new()
             .name("spprof-resolver".into())
-            .spawn(move || drainer_loop(shared, &stop2))
+            .spawn(move || {
+                tid.store(threads::gettid(), Ordering::Release);
+                drainer_loop(shared, &stop2)
+            })
             .expect("spawning the resolver thread");
         self.drainer = Some(Drainer { stop, handle });
     }
@@ -164,11 +199,14 @@ pub struct Finished {
 }
 
 /// Resolve in the background so the ring never fills and code objects are resolved while alive:
-/// when the ring is an eighth full, or every 100 ms when it holds anything.
+/// when the ring is an eighth full, or every 100 ms when it holds anything. Every 100 ms also
+/// look for threads that started without passing through `threading`'s start hook.
 fn drainer_loop(shared: usize, stop: &(Mutex<bool>, Condvar)) {
     // SAFETY: the session joins this thread before freeing the Shared.
     let shared = unsafe { &*(shared as *const Shared) };
+    let me = threads::gettid();
     let mut last = Instant::now();
+    let mut last_scan = Instant::now();
     loop {
         {
             let guard = stop.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,6 +217,16 @@ fn drainer_loop(shared: usize, stop: &(Mutex<bool>, Condvar)) {
             if *guard {
                 return;
             }
+        }
+        if last_scan.elapsed() >= Duration::from_millis(100) {
+            Python::attach(|py| {
+                if let Err(e) = python_threads::scan(py, me) {
+                    if let Some(s) = lock().as_mut() {
+                        s.thread_error = Some(e.to_string());
+                    }
+                }
+            });
+            last_scan = Instant::now();
         }
         let busy = shared.ring.used_bytes() * 8 >= shared.ring.capacity_bytes();
         let due = !shared.ring.is_empty() && last.elapsed() >= Duration::from_millis(100);

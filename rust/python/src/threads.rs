@@ -27,15 +27,17 @@ pub fn decode_token(token: usize) -> Option<(usize, u32)> {
 }
 
 /// What the signal handler knows of one thread. All fields are atomics so the handler (a
-/// reader, and the only writer of `last_cpu_ns`) and the registry never race.
+/// reader, and the only writer of `last_*_ns`) and the registry never race.
 pub struct Slot {
     pub generation: AtomicU32,
     pub armed: AtomicBool,
     pub tstate: AtomicUsize,
     /// Index of the thread in the session's store (written into each raw sample).
     pub store_thread: AtomicU32,
-    /// CPU time of the thread at its previous sample: a sample weighs the difference.
+    /// CPU time of the thread at its previous sample.
     pub last_cpu_ns: AtomicU64,
+    /// CLOCK_MONOTONIC at its previous sample (wall-clock mode).
+    pub last_wall_ns: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -45,6 +47,7 @@ const EMPTY_SLOT: Slot = Slot {
     tstate: AtomicUsize::new(0),
     store_thread: AtomicU32::new(0),
     last_cpu_ns: AtomicU64::new(0),
+    last_wall_ns: AtomicU64::new(0),
 };
 
 pub static SLOTS: [Slot; MAX_THREADS] = [EMPTY_SLOT; MAX_THREADS];
@@ -80,6 +83,13 @@ pub fn gettid() -> i32 {
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
+/// The CPU-time clock of thread `tid` of this process (the kernel's `MAKE_THREAD_CPUCLOCK(tid,
+/// CPUCLOCK_SCHED)`, which `pthread_getcpuclockid` also returns). Built from the tid so that no
+/// `pthread_t` of a possibly finished thread is ever dereferenced.
+pub fn cpu_clock_of(tid: i32) -> libc::clockid_t {
+    ((!(tid as u32) << 3) | 6) as libc::clockid_t
+}
+
 pub fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -92,93 +102,155 @@ pub fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
     Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
-fn os_error(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
+/// Which clock drives the timers (and so what a sample's weight measures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The thread's CPU time: idle threads are not sampled.
+    Cpu,
+    /// CLOCK_MONOTONIC: every thread, running or waiting.
+    Wall,
 }
 
 /// What a new timer is armed with.
 pub struct TimerSpec {
     pub signal: i32,
     pub interval_ns: u64,
+    pub clock: Clock,
 }
+
+#[derive(Debug)]
+pub enum RegisterError {
+    /// The environment refuses timers on this clock (e.g. a seccomp filter).
+    Refused(String),
+    /// The thread has exited.
+    Gone,
+    /// Every slot is taken.
+    Full,
+}
+
+impl RegisterError {
+    pub fn message(&self) -> String {
+        match self {
+            RegisterError::Refused(e) => e.clone(),
+            RegisterError::Gone => "the thread has exited".into(),
+            RegisterError::Full => format!(
+                "spprof samples at most {MAX_THREADS} threads at once; unregister finished threads"
+            ),
+        }
+    }
+}
+
+/// Test hook: make timers on CPU clocks fail as they do where a sandbox refuses them.
+pub static REFUSE_CPU_TIMERS: AtomicBool = AtomicBool::new(false);
 
 pub fn is_registered(tid: i32) -> bool {
     with_registry(|r| r.by_tid.contains_key(&tid))
 }
 
-/// Register the calling thread: take a slot, create and arm its CPU-time timer.
-/// Returns the registration's token, or None if the thread was already registered.
-pub fn register_current(
+/// The store index samples of thread `tid` are filed under, if it is registered.
+pub fn store_thread_of(tid: i32) -> Option<u32> {
+    with_registry(|r| {
+        r.by_tid
+            .get(&tid)
+            .map(|e| SLOTS[e.slot].store_thread.load(Ordering::Acquire))
+    })
+}
+
+/// Register thread `tid` (whose thread state is at `tstate`): take a slot, create and arm its
+/// timer. Returns the registration's token, or None if the thread was already registered.
+pub fn register(
+    tid: i32,
     tstate: usize,
     store_thread: u32,
     spec: &TimerSpec,
-) -> Result<Option<usize>, String> {
-    let tid = gettid();
+) -> Result<Option<usize>, RegisterError> {
     with_registry(|reg| {
         if reg.by_tid.contains_key(&tid) {
             return Ok(None);
         }
-        let slot = reg.free.pop().ok_or_else(|| {
-            format!(
-                "spprof samples at most {MAX_THREADS} threads at once; unregister finished threads"
-            )
-        })?;
+        let slot = reg.free.pop().ok_or(RegisterError::Full)?;
         let s = &SLOTS[slot];
         let generation = s.generation.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        let token = encode_token(slot, generation);
         s.tstate.store(tstate, Ordering::Release);
         s.store_thread.store(store_thread, Ordering::Release);
-        let clock = libc::CLOCK_THREAD_CPUTIME_ID;
-        s.last_cpu_ns
-            .store(clock_ns(clock).unwrap_or(0), Ordering::Release);
-        match create_timer(tid, slot, generation, spec) {
-            Ok(timer) => {
-                s.armed.store(true, Ordering::Release);
-                if let Err(e) = arm(&timer, spec.interval_ns) {
-                    s.armed.store(false, Ordering::Release);
-                    // SAFETY: the timer was just created and is owned here.
-                    unsafe { libc::timer_delete(timer.0) };
-                    reg.free.push(slot);
-                    return Err(e);
-                }
-                let token = encode_token(slot, generation);
-                reg.by_tid.insert(tid, Entry { slot, token, timer });
-                Ok(Some(token))
-            }
+        let cpu = clock_ns(cpu_clock_of(tid)).unwrap_or(0);
+        s.last_cpu_ns.store(cpu, Ordering::Release);
+        let now = clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0);
+        s.last_wall_ns.store(now, Ordering::Release);
+        let timer = match create_timer(tid, token, spec) {
+            Ok(t) => t,
             Err(e) => {
                 reg.free.push(slot);
-                Err(e)
+                return Err(e);
             }
+        };
+        s.armed.store(true, Ordering::Release);
+        if let Err(e) = arm(&timer, spec.interval_ns) {
+            s.armed.store(false, Ordering::Release);
+            // SAFETY: the timer was just created and is owned here.
+            unsafe { libc::timer_delete(timer.0) };
+            reg.free.push(slot);
+            return Err(e);
         }
+        reg.by_tid.insert(tid, Entry { slot, token, timer });
+        Ok(Some(token))
     })
 }
 
-fn create_timer(tid: i32, slot: usize, generation: u32, spec: &TimerSpec) -> Result<Timer, String> {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: pthread_self is always valid; clock is a valid out-pointer.
-    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-    if rc != 0 {
-        return Err(format!(
-            "cannot get this thread's CPU clock: {}",
-            std::io::Error::from_raw_os_error(rc)
-        ));
-    }
+/// Whether timers on `clock` can be created here (one is created for this thread and deleted).
+pub fn probe(clock: Clock) -> Result<(), String> {
+    let spec = TimerSpec {
+        signal: libc::SIGPROF,
+        interval_ns: 0,
+        clock,
+    };
+    let timer = create_timer(gettid(), 0, &spec).map_err(|e| e.message())?;
+    // SAFETY: the timer was just created (never armed) and is deleted once.
+    unsafe { libc::timer_delete(timer.0) };
+    Ok(())
+}
+
+fn thread_exists(tid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists in this process.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) == 0 }
+}
+
+fn create_timer(tid: i32, token: usize, spec: &TimerSpec) -> Result<Timer, RegisterError> {
+    let clock = match spec.clock {
+        Clock::Cpu if REFUSE_CPU_TIMERS.load(Ordering::Relaxed) => {
+            return Err(RegisterError::Refused(
+                "timer_create on the thread CPU clock was refused (simulated)".into(),
+            ))
+        }
+        Clock::Cpu => cpu_clock_of(tid),
+        Clock::Wall => libc::CLOCK_MONOTONIC,
+    };
     // SAFETY: sigevent is plain data; all-zero is a valid starting value.
     let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
     sev.sigev_notify = libc::SIGEV_THREAD_ID;
     sev.sigev_signo = spec.signal;
     sev.sigev_value = libc::sigval {
-        sival_ptr: encode_token(slot, generation) as *mut libc::c_void,
+        sival_ptr: token as *mut libc::c_void,
     };
     sev.sigev_notify_thread_id = tid;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     // SAFETY: sev and timer are valid for the call.
     if unsafe { libc::timer_create(clock, &mut sev, &mut timer) } != 0 {
-        return Err(os_error("timer_create on the thread CPU clock was refused"));
+        let err = std::io::Error::last_os_error();
+        if !thread_exists(tid) {
+            return Err(RegisterError::Gone);
+        }
+        let what = match spec.clock {
+            Clock::Cpu => "timer_create on the thread CPU clock was refused",
+            Clock::Wall => "timer_create on CLOCK_MONOTONIC was refused",
+        };
+        return Err(RegisterError::Refused(format!("{what}: {err}")));
     }
     Ok(Timer(timer))
 }
 
-fn arm(timer: &Timer, interval_ns: u64) -> Result<(), String> {
+fn arm(timer: &Timer, interval_ns: u64) -> Result<(), RegisterError> {
     let ts = libc::timespec {
         tv_sec: (interval_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (interval_ns % 1_000_000_000) as libc::c_long,
@@ -189,7 +261,10 @@ fn arm(timer: &Timer, interval_ns: u64) -> Result<(), String> {
     };
     // SAFETY: timer is a live timer owned by the registry; spec is valid.
     if unsafe { libc::timer_settime(timer.0, 0, &spec, std::ptr::null_mut()) } != 0 {
-        return Err(os_error("timer_settime failed"));
+        return Err(RegisterError::Refused(format!(
+            "timer_settime failed: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -199,11 +274,6 @@ fn release(reg: &mut Registry, entry: Entry) {
     // SAFETY: the timer is owned by this entry and deleted exactly once.
     unsafe { libc::timer_delete(entry.timer.0) };
     reg.free.push(entry.slot);
-}
-
-/// Stop sampling the calling thread. Returns false if it was not registered.
-pub fn unregister_current() -> bool {
-    unregister_tid(gettid())
 }
 
 pub fn unregister_tid(tid: i32) -> bool {
