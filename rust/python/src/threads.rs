@@ -143,10 +143,6 @@ impl RegisterError {
 /// Test hook: make timers on CPU clocks fail as they do where a sandbox refuses them.
 pub static REFUSE_CPU_TIMERS: AtomicBool = AtomicBool::new(false);
 
-pub fn is_registered(tid: i32) -> bool {
-    with_registry(|r| r.by_tid.contains_key(&tid))
-}
-
 /// The store index samples of thread `tid` are filed under, if it is registered.
 pub fn store_thread_of(tid: i32) -> Option<u32> {
     with_registry(|r| {
