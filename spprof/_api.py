@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import functools
 import numbers
@@ -75,25 +76,41 @@ def _check_mode_and_signal(mode: Any, signum: Any) -> None:
                          "or a real-time signal such as signal.SIGRTMIN + 1")
 
 
-def _install_thread_start_hook() -> None:
-    """Threads started through ``threading`` register themselves before running their target,
-    so even short-lived threads are sampled from their first instruction. (Threads started any
-    other way are found by the resolver thread's periodic scan.)"""
+def _register_this_thread(name: str) -> None:
+    if _native is not None and _native.is_active():
+        try:
+            _native.register_thread(name)
+        except RuntimeError as exc:  # never break the user's thread over profiling
+            warnings.warn(f"spprof could not sample thread {name!r}: {exc}", RuntimeWarning, stacklevel=3)
+
+
+def _install_thread_start_hooks() -> None:
+    """Threads register themselves before running their target, so even short-lived threads
+    are sampled from their first instruction: ``threading.Thread`` through its bootstrap, raw
+    ``_thread.start_new_thread`` threads through a wrapper of their function. Threads started
+    any other way (e.g. from C) are found by the resolver thread's periodic scan."""
     original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
     if getattr(original, "__spprof_hook__", False):
         return
 
     def _bootstrap_inner(self: threading.Thread) -> None:
-        if _native is not None and _native.is_active():
-            try:
-                _native.register_thread(self.name)
-            except RuntimeError as exc:  # never break the user's thread over profiling
-                warnings.warn(f"spprof could not sample thread {self.name!r}: {exc}", RuntimeWarning,
-                              stacklevel=1)
+        _register_this_thread(self.name)
         original(self)
+
+    start_new_thread = _thread.start_new_thread
+
+    def _start_new_thread(function: Callable[..., Any], args: tuple, kwargs: Any = None) -> int:
+        def run(*a: Any, **kw: Any) -> Any:
+            _register_this_thread(f"Thread {threading.get_native_id()}")
+            return function(*a, **kw)
+
+        return start_new_thread(run, args, kwargs or {})
 
     _bootstrap_inner.__spprof_hook__ = True  # type: ignore[attr-defined]
     threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
+    _thread.start_new_thread = _start_new_thread
+    if hasattr(_thread, "start_new"):  # the old alias
+        _thread.start_new = _start_new_thread  # type: ignore[attr-defined]
 
 
 def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
@@ -116,7 +133,7 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     if native.is_active():
         raise RuntimeError(
             "profiling is already active; call spprof.stop() first (spprof.is_active() tells)")
-    _install_thread_start_hook()
+    _install_thread_start_hooks()
     _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
                                threading.current_thread().name, mode == "wall", signum)
     _run = _Run(datetime.now().astimezone(), interval_ms, output_path)

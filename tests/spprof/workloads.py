@@ -84,3 +84,21 @@ def assert_shares_match(measured: Mapping[str, int], truth: Mapping[str, int], n
         assert abs(got - p) <= bound, (
             f"{name}: profile share {got:.3f}, measured truth {p:.3f}, allowed ±{bound:.3f} "
             f"({n_samples} samples); profile {dict(measured)}, truth {dict(truth)}")
+
+
+def burn_cpu(seconds: float, n: int = 2000) -> None:
+    """Run ``spin`` until this thread has used ``seconds`` of CPU."""
+    deadline = time.thread_time_ns() + int(seconds * 1e9)
+    while time.thread_time_ns() < deadline:
+        spin(n)
+
+
+#: Filled by ``c_thread_body`` (run from a thread created in C): its native id.
+C_THREAD_RESULT: Dict[str, int] = {}
+
+
+def c_thread_body() -> None:
+    import threading
+
+    C_THREAD_RESULT["tid"] = threading.get_native_id()
+    burn_cpu(0.6)  # it is found by the periodic scan, up to ~100 ms after it starts

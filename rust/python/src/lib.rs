@@ -79,8 +79,7 @@ fn start(
         dropped: AtomicU64::new(0),
         handler_ns: AtomicU64::new(0),
     });
-    let has_qualname = py.version_info() >= (3, 11);
-    let resolver = resolver::Resolver::new(has_qualname);
+    let resolver = resolver::Resolver::new(py);
     let mut s = Session::new(shared, store, resolver, interval_ns, signal);
     s.fallback = fallback.clone();
     if let Err(e) = python_threads::register_current(py, &mut s, thread_name) {
@@ -163,11 +162,12 @@ fn stop(py: Python<'_>) -> PyResult<ProfileData> {
             ))
         }
     };
-    threads::unregister_all();
     if let Some(join) = join {
         // The drainer may be waiting for the GIL: release it while joining.
         py.detach(join);
     }
+    // After the join: the drainer's thread scan must not register anything after this.
+    threads::unregister_all();
     // From here to the end the GIL is held: no code object can be freed before the final drain.
     let s = session::lock().take().expect("session present");
     ACTIVE.store(false, Ordering::Release);
@@ -268,6 +268,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_pretend_minor_version, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_class::<ProfileData>()?;
+    // Creates the guard's type now: lazily, pyo3 could release the GIL under the session lock.
+    m.add_class::<python_threads::ThreadExitGuard>()?;
     m.add("MAX_DEPTH", sampler::MAX_DEPTH)?;
     Ok(())
 }

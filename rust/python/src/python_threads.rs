@@ -54,8 +54,8 @@ fn tstate_dict<'py>(py: Python<'py>, off: &Offsets, ts: usize) -> PyResult<Bound
 /// Unregisters its thread when dropped. Kept in the thread state's dict, which CPython clears
 /// on the exiting thread itself before freeing the thread state: the timer is deleted before
 /// the memory the signal handler reads is gone.
-#[pyclass]
-struct ThreadExitGuard {
+#[pyclass(name = "_ThreadExitGuard")]
+pub struct ThreadExitGuard {
     tid: i32,
     token: usize,
 }

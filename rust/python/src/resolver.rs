@@ -21,10 +21,17 @@ struct CodeInfo {
     frames: HashMap<i64, FrameId>,
 }
 
+/// Attribute names, created before the session lock is taken: pyo3's `intern!` may release the
+/// GIL on first use, which must never happen while the lock is held (see `session`).
+struct Names {
+    function: Py<PyString>,
+    file: Py<PyString>,
+    first_line: Py<PyString>,
+}
+
 pub struct Resolver {
     codes: HashMap<usize, CodeInfo>,
-    /// 3.11+ code objects have `co_qualname`.
-    has_qualname: bool,
+    names: Names,
 }
 
 fn attr_string(code: &Borrowed<'_, '_, PyAny>, name: &Bound<'_, PyString>) -> String {
@@ -35,10 +42,20 @@ fn attr_string(code: &Borrowed<'_, '_, PyAny>, name: &Bound<'_, PyString>) -> St
 }
 
 impl Resolver {
-    pub fn new(has_qualname: bool) -> Resolver {
+    pub fn new(py: Python<'_>) -> Resolver {
+        // co_qualname exists from 3.11 on; before, the plain name is all there is.
+        let function = if py.version_info() >= (3, 11) {
+            "co_qualname"
+        } else {
+            "co_name"
+        };
         Resolver {
             codes: HashMap::new(),
-            has_qualname,
+            names: Names {
+                function: PyString::new(py, function).unbind(),
+                file: PyString::new(py, "co_filename").unbind(),
+                first_line: PyString::new(py, "co_firstlineno").unbind(),
+            },
         }
     }
 
@@ -53,24 +70,19 @@ impl Resolver {
         if code == 0 {
             return store.intern_frame("<unknown>", "<unknown>", 0, false);
         }
-        let has_qualname = self.has_qualname;
+        let names = &self.names;
         let info = self.codes.entry(code).or_insert_with(|| {
             // SAFETY: code is a live code object (module invariant); Borrowed takes no reference,
             // which matters when the object is being deallocated right now.
             let obj = unsafe { Borrowed::from_ptr(py, code as *mut ffi::PyObject) };
-            let name_attr = if has_qualname {
-                pyo3::intern!(py, "co_qualname")
-            } else {
-                pyo3::intern!(py, "co_name")
-            };
             let first_line = obj
-                .getattr(pyo3::intern!(py, "co_firstlineno"))
+                .getattr(names.first_line.bind(py))
                 .ok()
                 .and_then(|v| v.extract::<u32>().ok())
                 .unwrap_or(0);
             CodeInfo {
-                function: attr_string(&obj, name_attr),
-                file: attr_string(&obj, pyo3::intern!(py, "co_filename")),
+                function: attr_string(&obj, names.function.bind(py)),
+                file: attr_string(&obj, names.file.bind(py)),
                 first_line,
                 frames: HashMap::new(),
             }

@@ -82,9 +82,15 @@ pub fn install(signal: i32) -> Result<(), String> {
     if !(1..NSIG as i32).contains(&signal) {
         return Err(format!("{signal} is not a signal number"));
     }
-    if prev.iter().any(|(s, _)| *s == signal) {
-        return Ok(());
+    // SAFETY: zeroed out-parameter; a null new action only queries.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+    if current.sa_sigaction == on_signal as *const () as usize {
+        return Ok(()); // still ours (left idle by an earlier session)
     }
+    // Not installed, or replaced since by the application: (re)install over what is there now.
+    prev.retain(|(s, _)| *s != signal);
     // SAFETY: sigaction is plain data; zeroed is a valid empty mask and no flags.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = on_signal as *const () as usize;

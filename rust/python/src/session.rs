@@ -3,7 +3,9 @@
 //!
 //! Locking discipline: `SESSION` is only locked with the GIL held and is never held across a
 //! GIL release, so a code-object deallocation (which also runs with the GIL) can always drain
-//! the ring first — see [`crate::code_hook`].
+//! the ring first — see [`crate::code_hook`]. Nothing done under the lock may release the GIL:
+//! no Python code, no import, and none of pyo3's lazy initializers (`intern!`, first use of a
+//! `#[pyclass]` type), which detach while they wait.
 
 use crate::python_threads;
 use crate::resolver::Resolver;
