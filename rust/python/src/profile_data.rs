@@ -7,10 +7,13 @@ use spprof_engine::collapsed;
 use spprof_engine::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
 use std::collections::HashMap;
+use std::sync::Arc;
 
+/// A finished profile. Immutable: the store is shared (`Arc`) with whatever is built on it
+/// without copying (e.g. Arrow buffers that point into its columns).
 #[pyclass(module = "spprof._native", frozen)]
 pub struct ProfileData {
-    store: Store,
+    store: Arc<Store>,
     #[pyo3(get)]
     interval_ns: u64,
     /// Time spent in the signal handler, summed over all samples.
@@ -22,9 +25,13 @@ pub struct ProfileData {
 }
 
 impl ProfileData {
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     pub fn new(store: Store, interval_ns: u64, handler_ns: u64, wall: bool) -> ProfileData {
         ProfileData {
-            store,
+            store: Arc::new(store),
             interval_ns,
             handler_ns,
             wall,
