@@ -3,8 +3,10 @@
 //! - [`ring`]: the lock-free buffer signal handlers write raw samples into;
 //! - [`raw`]: the layout of one raw sample;
 //! - [`store`]: the columnar, memory-bounded profile (interned frames and stacks);
-//! - [`speedscope`], [`collapsed`]: the writers.
+//! - [`speedscope`], [`collapsed`]: the writers;
+//! - [`analysis`]: top functions, per-thread time, diffs and filters.
 
+pub mod analysis;
 pub mod collapsed;
 pub mod raw;
 pub mod ring;
