@@ -16,13 +16,14 @@ import random
 from spprof import _native
 
 
-def synthetic(n_samples: int, n_stacks: int, seed: int = 0):
+def synthetic(n_samples: int, n_stacks: int, seed: int = 0, depth=None):
+    """Samples for `ProfileData.from_samples`; stacks `depth` frames deep (default: 20 to 40)."""
     rng = random.Random(seed)
     functions = [(f"module{i % 20}.func{i}", f"/app/module{i % 20}.py") for i in range(300)]
     stacks = []
     for _ in range(n_stacks):
-        depth = rng.randint(20, 40)
-        stacks.append([(*functions[rng.randrange(300)], rng.randint(1, 500), False) for _ in range(depth)])
+        n = depth or rng.randint(20, 40)
+        stacks.append([(*functions[rng.randrange(300)], rng.randint(1, 500), False) for _ in range(n)])
     return [(i * 10_000_000, 1 + i % 4, f"thread-{i % 4}", 10_000_000, True, stacks[rng.randrange(n_stacks)])
             for i in range(n_samples)]
 

@@ -20,6 +20,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 FORMATS: Dict[str, Tuple[str, ...]] = {
     "speedscope": (".json", ".speedscope"),
     "collapsed": (".collapsed", ".folded", ".txt"),
+    "svg": (".svg",),
+    "html": (".html", ".htm"),
 }
 
 
@@ -125,6 +127,48 @@ class Profile:
     def duration_s(self) -> float:
         return (self.end_time - self.start_time).total_seconds()
 
+    @property
+    def _unit(self) -> str:
+        return "ns"
+
+    # -- analysis (see spprof.analysis) ---------------------------------------------------------
+
+    def top(self, n: Optional[int] = 20, by: str = "self", group: str = "function") -> Any:
+        """Arrow table of the heaviest functions (or lines, files); see ``spprof.analysis.top``."""
+        from . import analysis
+
+        return analysis.top(self, n, by, group)
+
+    def threads(self) -> Any:
+        """Arrow table of the time per thread; see ``spprof.analysis.threads``."""
+        from . import analysis
+
+        return analysis.threads(self)
+
+    def diff(self, baseline: Profile, group: str = "function") -> Any:
+        """Arrow table of what changed from ``baseline`` to this profile; see ``spprof.analysis.diff``."""
+        from . import analysis
+
+        return analysis.diff(baseline, self, group)
+
+    def between(self, start_ns: int, end_ns: int) -> Profile:
+        """The profile of the samples taken in ``[start_ns, end_ns)`` (ns since profiling started)."""
+        from . import analysis
+
+        return self._derived(analysis.select_window(self, start_ns, end_ns))
+
+    def filter(self, function: Optional[str] = None, file: Optional[str] = None) -> Profile:
+        """The profile of the samples whose stack has a frame matching the ``fnmatch`` patterns
+        (on the qualified function name and the file name), e.g. ``filter(file="*/myapp/*")``."""
+        from . import analysis
+
+        return self._derived(analysis.select_matching(self, function, file))
+
+    def _derived(self, data: Any) -> Profile:
+        return Profile._from_native(data, start_time=self.start_time, end_time=self.end_time,
+                                    interval_ms=self.interval_ms, python_version=self.python_version,
+                                    platform=self.platform)
+
     # -- outputs --------------------------------------------------------------------------------
 
     def to_speedscope(self) -> Dict[str, Any]:
@@ -132,20 +176,81 @@ class Profile:
         return json.loads(self._speedscope_text())
 
     def _speedscope_text(self) -> str:
-        name = f"spprof {self.start_time:%Y-%m-%d %H:%M:%S} (Python {self.python_version})"
-        return self._native().speedscope(name)
+        return self._native().speedscope(self._title())
+
+    def _title(self) -> str:
+        return f"spprof {self.start_time:%Y-%m-%d %H:%M:%S} (Python {self.python_version})"
 
     def to_collapsed(self) -> str:
         """Collapsed stacks: ``root;...;leaf count`` per distinct stack, frames ``function (file:line)``."""
         return self._native().collapsed("count")
 
+    def to_flamegraph_svg(self, title: Optional[str] = None) -> str:
+        """An interactive SVG flame graph (click to zoom, Ctrl-F to search in a browser). Frame
+        widths are the samples' summed weights: time, or bytes for memory profiles."""
+        from ._api import _require_native
+
+        return _require_native().flamegraph_svg(self._native(), title or self._title(), self._unit)
+
+    def to_html(self, title: Optional[str] = None) -> str:
+        """One self-contained HTML page (no network access needed): the flame graph of
+        ``to_flamegraph_svg`` and the 30 functions with the most self time, with their total time."""
+        from ._api import _require_native
+
+        return _require_native().flamegraph_html(self._native(), title or self._title(), self._unit)
+
     def save(self, path: PathLike, format: Optional[str] = None) -> Path:
-        """Write the profile to ``path``; the format comes from ``format`` or the file extension."""
+        """Write the profile to ``path``; the format comes from ``format`` or the file extension:
+        ``"speedscope"`` (.json), ``"collapsed"`` (.collapsed, .folded, .txt), ``"svg"`` (.svg, an
+        interactive flame graph) or ``"html"`` (.html, .htm: the flame graph and a top-functions
+        table in one self-contained page). See ``FORMATS``."""
         path = Path(os.fspath(path))
         fmt = resolve_format(path, format)
-        text = self._speedscope_text() if fmt == "speedscope" else self.to_collapsed()
+        writers = {"speedscope": self._speedscope_text, "collapsed": self.to_collapsed,
+                   "svg": self.to_flamegraph_svg, "html": self.to_html}
+        text = writers[fmt]()
         path.write_text(text, encoding="utf-8")
         return path
+
+    # -- Arrow tables -----------------------------------------------------------------------------
+
+    def to_arrow(self, kind: str = "samples") -> Any:
+        """The profile as an Arrow table: ``"samples"`` (one row per sample) or ``"frames"`` (one
+        row per frame of every sample, root first). The result implements the Arrow PyCapsule
+        interface (``__arrow_c_stream__``), so pyarrow, polars, pandas and duckdb read it without a
+        copy; the weight column is ``weight_<unit>`` (``weight_ns`` here). Schema: README.md."""
+        from . import _native
+
+        return _native.to_arrow(self._native(), kind, f"weight_{self._unit}")
+
+    def to_pyarrow(self, kind: str = "samples") -> Any:
+        """``to_arrow(kind)`` as a ``pyarrow.Table`` (needs pyarrow)."""
+        pa = _import_optional("pyarrow", "to_pyarrow")
+        return pa.table(self.to_arrow(kind))
+
+    def to_pandas(self, kind: str = "samples") -> Any:
+        """``to_arrow(kind)`` as a ``pandas.DataFrame`` (needs pandas and pyarrow); string columns
+        become categoricals, integer columns without nulls are views of the profile's memory."""
+        _import_optional("pandas", "to_pandas")
+        # pandas converts Arrow data through pyarrow, even pandas 3's DataFrame.from_arrow. That one
+        # consolidates the columns into 2-D blocks (a copy); split_blocks keeps them views.
+        pa = _import_optional("pyarrow", "to_pandas")
+        return pa.table(self.to_arrow(kind)).to_pandas(split_blocks=True)
+
+    def to_polars(self, kind: str = "samples") -> Any:
+        """``to_arrow(kind)`` as a ``polars.DataFrame`` (needs polars)."""
+        pl = _import_optional("polars", "to_polars")
+        return pl.DataFrame(self.to_arrow(kind))
+
+
+def _import_optional(module: str, method: str) -> Any:
+    """Import an optional dependency, or say which package to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{method}() needs {module}: pip install {module}") from None
 
 
 def resolve_format(path: Path, format: Optional[str]) -> str:

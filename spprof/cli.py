@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="sampling interval in milliseconds of CPU time (default: 10)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write the profile here (format from the extension: .json speedscope, "
-                        ".collapsed/.folded/.txt collapsed stacks); without it a summary of "
-                        "the hottest functions goes to stderr")
+                        ".collapsed/.folded/.txt collapsed stacks, .svg flame graph, .html/.htm "
+                        "flame graph and top functions); without it a summary of the hottest "
+                        "functions goes to stderr")
     p.add_argument("--format", choices=sorted(FORMATS), help="output format (overrides the extension)")
     p.add_argument("--top", type=int, default=15, metavar="N",
                    help="functions in the summary (default: 15)")
@@ -104,5 +105,7 @@ def _finish(opts: argparse.Namespace) -> None:
         return
     path = profile.save(opts.output, format=opts.format)
     fmt = resolve_format(path, opts.format)
-    hint = " (open it in https://www.speedscope.app)" if fmt == "speedscope" else ""
+    hints = {"speedscope": " (open it in https://www.speedscope.app)",
+             "svg": " (open it in a browser)", "html": " (open it in a browser)"}
+    hint = hints.get(fmt, "")
     print(f"spprof: wrote {len(profile.samples)} samples to {path}{hint}", file=sys.stderr)

@@ -13,21 +13,8 @@ import pytest
 
 import spprof
 from spprof import _native
+from workloads import burn_cpu as burn
 from workloads import spin
-
-
-def burn(seconds=0.2, n=3000):
-    deadline = time.thread_time_ns() + int(seconds * 1e9)
-    while time.thread_time_ns() < deadline:
-        spin(n)
-
-
-@pytest.fixture(autouse=True)
-def no_profile_left_running():
-    yield
-    if spprof.is_active():
-        spprof.stop()
-        pytest.fail("the test left profiling active")
 
 
 def test_native_extension_is_loaded():

@@ -28,7 +28,8 @@ def _background(stop: threading.Event, errors: list) -> list:
     def compiler(k):
         i = 0
         while not stop.is_set():
-            src = f"def g_{k}_{i}():\n    return sum(range(2000))\ng_{k}_{i}()\n"
+            src = (f"def g_{k}_{i}():\n    s = 0\n    for j in range(4000):\n        s += j * j\n"
+                   f"    return s\ng_{k}_{i}()\n")
             exec(compile(src, f"<stress {k} {i}>", "exec"), {})
             i += 1
             if i % 50 == 0:
@@ -73,7 +74,7 @@ def test_start_stop_in_a_loop_while_threads_churn():
         for t in threads:
             t.join()
     assert not errors, errors
-    assert rounds > 50
+    assert rounds > 10
 
 
 def test_long_profile_under_gc_storm_and_thread_churn():

@@ -27,14 +27,6 @@ import workloads
 from workloads import assert_shares_match, burn_cpu
 
 
-@pytest.fixture(autouse=True)
-def no_profile_left_running():
-    yield
-    if spprof.is_active():
-        spprof.stop()
-        pytest.fail("the test left profiling active")
-
-
 def samples_by_tid(profile):
     out = defaultdict(list)
     for s in profile.samples:

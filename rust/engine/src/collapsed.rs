@@ -23,20 +23,37 @@ fn clean(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The text label of a frame, as used in collapsed stacks and flame graphs.
-pub fn frame_label(store: &Store, frame: u32) -> String {
+fn label(store: &Store, frame: u32, with_line: bool) -> String {
     let f = store.frames()[frame as usize];
     let name = clean(store.string(f.function));
     let file = clean(store.string(f.file));
     if f.is_native {
         format!("[native] {name} ({file})")
-    } else {
+    } else if with_line {
         format!("{name} ({file}:{})", f.line)
+    } else {
+        format!("{name} ({file})")
     }
+}
+
+/// The text label of a frame, as used in collapsed stacks and flame graphs.
+pub fn frame_label(store: &Store, frame: u32) -> String {
+    label(store, frame, true)
+}
+
+/// A frame's label without its line, `function (file)`: differential flame graphs use it, so that
+/// the stacks of two versions of a program still match where lines moved.
+pub fn function_label(store: &Store, frame: u32) -> String {
+    label(store, frame, false)
 }
 
 /// Lines sorted by stack text; samples without any frame are left out.
 pub fn write(store: &Store, value: Value) -> String {
+    write_labelled(store, value, frame_label)
+}
+
+/// [`write`] with frames labelled by `label`; stacks whose labels are equal make one line.
+pub fn write_labelled(store: &Store, value: Value, label: fn(&Store, u32) -> String) -> String {
     let mut per_stack: HashMap<u32, i64> = HashMap::new();
     for (i, &stack) in store.stacks.iter().enumerate() {
         if stack != EMPTY_STACK {
@@ -47,7 +64,7 @@ pub fn write(store: &Store, value: Value) -> String {
         }
     }
     let labels: Vec<String> = (0..store.frames().len() as u32)
-        .map(|f| frame_label(store, f))
+        .map(|f| label(store, f))
         .collect();
     let mut lines: Vec<(String, i64)> = per_stack
         .into_iter()
@@ -61,6 +78,13 @@ pub fn write(store: &Store, value: Value) -> String {
         })
         .collect();
     lines.sort();
+    lines.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
+        }
+        same
+    });
     let mut out = String::new();
     for (stack, v) in lines {
         let _ = writeln!(out, "{stack} {v}");

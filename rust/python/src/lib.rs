@@ -7,9 +7,14 @@
 //! - [`python_threads`]: finding the interpreter's threads and registering them;
 //! - [`resolver`], [`code_hook`]: code pointers → frames, resolved before code objects die;
 //! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python.
+//! - [`arrow_py`]: profiles as Arrow tables (the Arrow PyCapsule interface).
+//! - [`flamegraph_py`]: SVG/HTML flame graphs of finished profiles.
 
+mod analysis_py;
+mod arrow_py;
 mod code_hook;
 mod debug_offsets;
+mod flamegraph_py;
 mod interp;
 mod offsets;
 mod profile_data;
@@ -257,6 +262,12 @@ fn after_fork_in_child() {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis_py::analysis_top, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis_py::analysis_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis_py::analysis_diff, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis_py::select_window, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis_py::select_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis_py::frames_of, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
@@ -267,7 +278,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(walk_current_thread, m)?)?;
     m.add_function(wrap_pyfunction!(_pretend_minor_version, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(flamegraph_py::flamegraph_svg, m)?)?;
+    m.add_function(wrap_pyfunction!(flamegraph_py::flamegraph_html, m)?)?;
+    m.add_function(wrap_pyfunction!(flamegraph_py::diff_flamegraph_svg, m)?)?;
     m.add_class::<ProfileData>()?;
+    m.add_function(wrap_pyfunction!(arrow_py::to_arrow, m)?)?;
+    m.add_function(wrap_pyfunction!(arrow_py::_column_address, m)?)?;
+    m.add_class::<arrow_py::ArrowTable>()?;
     // Creates the guard's type now: lazily, pyo3 could release the GIL under the session lock.
     m.add_class::<python_threads::ThreadExitGuard>()?;
     m.add("MAX_DEPTH", sampler::MAX_DEPTH)?;

@@ -29,6 +29,18 @@ impl ProfileData {
         &self.store
     }
 
+    pub fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
+
+    pub fn handler_ns(&self) -> u64 {
+        self.handler_ns
+    }
+
+    pub fn is_wall(&self) -> bool {
+        self.wall
+    }
+
     pub fn new(store: Store, interval_ns: u64, handler_ns: u64, wall: bool) -> ProfileData {
         ProfileData {
             store: Arc::new(store),

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use spprof_engine::raw::{RawSample, FLAG_ON_CPU, FLAG_TRUNCATED};
 use spprof_engine::store::Store;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,8 +37,6 @@ pub struct Session {
     /// Threads that called `unregister_thread()`: the scan leaves them alone.
     pub opted_out: HashSet<i32>,
     drainer: Option<Drainer>,
-    /// Kernel tid of the resolver thread (0 until it runs): never sampled itself.
-    pub resolver_tid: Arc<AtomicI32>,
     scratch: Vec<u32>,
 }
 
@@ -80,7 +78,6 @@ impl Session {
             thread_error: None,
             opted_out: HashSet::new(),
             drainer: None,
-            resolver_tid: Arc::new(AtomicI32::new(0)),
             scratch: Vec::new(),
         }
     }
@@ -148,13 +145,9 @@ impl Session {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let shared = self.shared as usize;
         let stop2 = stop.clone();
-        let tid = self.resolver_tid.clone();
         let handle = std::thread::Builder::new()
             .name("spprof-resolver".into())
-            .spawn(move || {
-                tid.store(threads::gettid(), Ordering::Release);
-                drainer_loop(shared, &stop2)
-            })
+            .spawn(move || drainer_loop(shared, &stop2))
             .expect("spawning the resolver thread");
         self.drainer = Some(Drainer { stop, handle });
     }
@@ -174,6 +167,7 @@ impl Session {
     /// what is left. The GIL must be held from the caller's removal of the session to here.
     pub fn finish(mut self, py: Python<'_>) -> Finished {
         self.drain(py);
+        // `shared` owns what self.shared points to: the drain below still reads it.
         let shared = sampler::unpublish().expect("the session's shared state is published");
         // A handler may have committed between the drain above and unpublish.
         self.drain(py);

@@ -1,0 +1,150 @@
+//! Arrow tables for Python through the Arrow PyCapsule interface: `ArrowTable` hands out C
+//! streams (`__arrow_c_stream__`) over record batches that point into the profile's store, so
+//! pyarrow, polars, pandas and duckdb import them without a copy and without pyarrow being a
+//! dependency of spprof.
+
+use crate::profile_data::ProfileData;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyCapsule;
+use spprof_engine::arrow::arrow_array::ffi::FFI_ArrowSchema;
+use spprof_engine::arrow::arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use spprof_engine::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
+use spprof_engine::arrow::arrow_schema::{ArrowError, SchemaRef};
+use spprof_engine::arrow::{self, Kind, Table, KINDS};
+
+/// A schema and its record batches, exported to any Arrow consumer without a copy.
+/// Each export shares the same buffers; the table can be exported any number of times.
+#[pyclass(module = "spprof._native", name = "ArrowTable", frozen)]
+pub struct ArrowTable {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+impl ArrowTable {
+    pub fn new(table: Table) -> ArrowTable {
+        ArrowTable {
+            schema: table.schema,
+            batches: table.batches,
+        }
+    }
+}
+
+fn arrow_error(e: ArrowError) -> PyErr {
+    PyRuntimeError::new_err(format!("building the Arrow table failed: {e}"))
+}
+
+#[pymethods]
+impl ArrowTable {
+    /// A PyCapsule "arrow_array_stream" over the batches. `requested_schema` is accepted as the
+    /// interface says and ignored: the producer may return its own schema when it does not cast.
+    #[pyo3(signature = (requested_schema = None))]
+    fn __arrow_c_stream__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let _ = requested_schema;
+        let reader = RecordBatchIterator::new(
+            // Clones are reference counts on the same buffers, not copies of the data.
+            self.batches.clone().into_iter().map(Ok),
+            self.schema.clone(),
+        );
+        let stream = FFI_ArrowArrayStream::new(Box::new(reader));
+        // A consumer moves the stream out and sets its `release` to NULL. Dropping the
+        // struct (the capsule destructor) calls `release` only when it is still non-null,
+        // i.e. when nobody consumed the stream.
+        PyCapsule::new_with_value_and_destructor(py, stream, c"arrow_array_stream", |stream, _| {
+            drop(stream)
+        })
+    }
+
+    /// A PyCapsule "arrow_schema" with the table's schema.
+    fn __arrow_c_schema__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
+        let schema = FFI_ArrowSchema::try_from(self.schema.as_ref()).map_err(arrow_error)?;
+        // Same rule as the stream: dropping releases the schema only if it was not moved out.
+        PyCapsule::new_with_value_and_destructor(py, schema, c"arrow_schema", |schema, _| {
+            drop(schema)
+        })
+    }
+
+    #[getter]
+    fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[getter]
+    fn num_batches(&self) -> usize {
+        self.batches.len()
+    }
+
+    #[getter]
+    fn column_names(&self) -> Vec<String> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.num_rows()
+    }
+
+    fn __repr__(&self) -> String {
+        let columns: Vec<String> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect();
+        format!(
+            "<spprof ArrowTable: {} rows in {} batches; {}>",
+            self.num_rows(),
+            self.batches.len(),
+            columns.join(", ")
+        )
+    }
+}
+
+fn parse_kind(kind: &str) -> PyResult<Kind> {
+    Kind::parse(kind).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown Arrow table kind '{kind}'; kinds: {}",
+            KINDS.map(|k| format!("'{k}'")).join(", ")
+        ))
+    })
+}
+
+/// The profile as an Arrow table of `kind` ("samples" or "frames"); the weight column is named
+/// `weight_column` ("weight_ns" for CPU profiles, "weight_bytes" for memory profiles).
+#[pyfunction]
+#[pyo3(signature = (data, kind = "samples", weight_column = arrow::WEIGHT_NS))]
+pub fn to_arrow(
+    py: Python<'_>,
+    data: &Bound<'_, ProfileData>,
+    kind: &str,
+    weight_column: &str,
+) -> PyResult<ArrowTable> {
+    let kind = parse_kind(kind)?;
+    arrow::check_weight_column(weight_column).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let store = data.get().store().clone();
+    let table = py
+        .detach(|| arrow::build(&store, kind, weight_column))
+        .map_err(arrow_error)?;
+    Ok(ArrowTable::new(table))
+}
+
+/// Test hook: the address of a store column that Arrow tables share ("timestamp_ns" or
+/// "weight"), to check that a consumer's buffer is the store's memory.
+#[pyfunction]
+pub fn _column_address(data: &Bound<'_, ProfileData>, column: &str) -> PyResult<usize> {
+    let store = data.get().store();
+    match column {
+        "timestamp_ns" => Ok(store.timestamps_ns.as_ptr() as usize),
+        "weight" | "weight_ns" | "weight_bytes" => Ok(store.weights.as_ptr() as usize),
+        other => Err(PyValueError::new_err(format!(
+            "no shared column '{other}'; shared columns: 'timestamp_ns', 'weight'"
+        ))),
+    }
+}
