@@ -162,7 +162,7 @@ def test_sleeping_thread_has_no_cpu_samples_but_wall_samples():
     assert p.profile.mode == "wall"
     sleeping = samples_by_tid(p.profile)[ids["tid"]]
     expected = 0.6 / 0.005
-    assert 0.5 * expected <= len(sleeping) <= 1.3 * expected, len(sleeping)
+    assert 0.3 * expected <= len(sleeping) <= 1.3 * expected, len(sleeping)  # ticks may be late under load
     assert sum(not s.on_cpu for s in sleeping) >= 0.9 * len(sleeping)
     assert any("sleeper" in f.function_name for s in sleeping for f in s.frames)
     total = sum(s.weight_ns for s in sleeping)

@@ -5,13 +5,17 @@
 //! - [`store`]: the columnar, memory-bounded profile (interned frames and stacks);
 //! - [`speedscope`], [`collapsed`]: the writers;
 //! - [`flamegraph`]: SVG and HTML flame graphs (inferno), differential graphs;
+//! - [`alloc_sampler`], [`heapmap`]: the memory profiler's Poisson byte sampler and unbiased
+//!   weights, and the lock-free set of live sampled addresses;
 //! - [`analysis`]: top functions, per-thread time, diffs and filters.
 //! - [`arrow`]: the profile as Arrow record batches (samples, frames), sharing the store's columns.
 
+pub mod alloc_sampler;
 pub mod analysis;
 pub mod arrow;
 pub mod collapsed;
 pub mod flamegraph;
+pub mod heapmap;
 pub mod raw;
 pub mod ring;
 pub mod speedscope;

@@ -4,6 +4,11 @@
 //! Body layout (in `u64` words):
 //! `[timestamp_ns, weight, thread_slot | flags << 32, depth, (code, instr) * depth]`,
 //! frames leaf first (the order a walk discovers them).
+//!
+//! Memory records (the allocation hooks) use the same layout with the thread word holding the OS
+//! thread id, the weight word the estimated bytes, and two more words after the frames:
+//! `[address, size]`. [`FLAG_ALLOC`] marks a sampled allocation, [`FLAG_FREE`] the free of one
+//! (depth 0, size 0). CPU records have neither flag and no extra words.
 
 pub const HEADER_WORDS: usize = 4;
 pub const WORDS_PER_FRAME: usize = 2;
@@ -12,9 +17,22 @@ pub const WORDS_PER_FRAME: usize = 2;
 pub const FLAG_TRUNCATED: u32 = 1;
 /// Wall-clock mode: the thread was running on a CPU when sampled.
 pub const FLAG_ON_CPU: u32 = 2;
+/// A sampled allocation: `[address, size]` follow the frames.
+pub const FLAG_ALLOC: u32 = 4;
+/// The free of a sampled allocation: `[address, 0]` follow the (empty) frames.
+pub const FLAG_FREE: u32 = 8;
+/// The allocating thread did not hold the GIL, so its Python stack was not read.
+pub const FLAG_NO_STACK: u32 = 16;
+/// Words after the frames of a memory record.
+pub const MEM_EXTRA_WORDS: usize = 2;
 
 pub fn body_words(depth: usize) -> usize {
     HEADER_WORDS + depth * WORDS_PER_FRAME
+}
+
+/// Body words of a memory record of `depth` frames.
+pub fn mem_body_words(depth: usize) -> usize {
+    body_words(depth) + MEM_EXTRA_WORDS
 }
 
 /// A decoded view of one record body.
@@ -24,6 +42,8 @@ pub struct RawSample<'a> {
     pub thread_slot: u32,
     pub flags: u32,
     body: &'a [u64],
+    /// Words after the frames (memory records: address, size).
+    extra: &'a [u64],
 }
 
 impl<'a> RawSample<'a> {
@@ -42,7 +62,14 @@ impl<'a> RawSample<'a> {
             thread_slot: body[2] as u32,
             flags: (body[2] >> 32) as u32,
             body: &body[..body_words(depth)],
+            extra: &body[body_words(depth)..],
         })
+    }
+
+    /// `(address, size)` of a memory record; `None` for a CPU record.
+    pub fn address_size(&self) -> Option<(u64, u64)> {
+        (self.flags & (FLAG_ALLOC | FLAG_FREE) != 0 && self.extra.len() >= MEM_EXTRA_WORDS)
+            .then(|| (self.extra[0], self.extra[1]))
     }
 
     pub fn depth(&self) -> usize {
@@ -59,4 +86,35 @@ impl<'a> RawSample<'a> {
 
 pub fn pack_thread(thread_slot: u32, flags: u32) -> u64 {
     thread_slot as u64 | (flags as u64) << 32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_record_keeps_frames_and_extra_words_apart() {
+        let body = [
+            5,
+            4096,
+            pack_thread(77, FLAG_ALLOC),
+            2,
+            10,
+            1,
+            20,
+            2,
+            0xdead0,
+            300,
+        ];
+        assert_eq!(body.len(), mem_body_words(2));
+        let r = RawSample::parse(&body).unwrap();
+        assert_eq!(
+            r.frames_leaf_first().collect::<Vec<_>>(),
+            [(10, 1), (20, 2)]
+        );
+        assert_eq!(r.address_size(), Some((0xdead0, 300)));
+        assert_eq!(r.thread_slot, 77);
+        let cpu = [5, 1, pack_thread(0, FLAG_ON_CPU), 1, 10, 1];
+        assert_eq!(RawSample::parse(&cpu).unwrap().address_size(), None);
+    }
 }

@@ -36,9 +36,14 @@ impl Ring {
     /// A ring of at least `bytes` bytes (rounded up to a power of two, minimum 4 KiB).
     pub fn new(bytes: usize) -> Ring {
         let words = (bytes.max(4096) / 8).next_power_of_two();
+        // vec![0; n] comes from the allocator already zeroed (fresh pages for a large ring), so
+        // starting a profile does not touch megabytes of memory it may never use.
+        let zeroed = vec![0u64; words].into_boxed_slice();
+        // SAFETY: AtomicU64 has the same size, alignment and bit validity as u64.
+        let words = unsafe { Box::from_raw(Box::into_raw(zeroed) as *mut [AtomicU64]) };
         Ring {
-            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            mask: words as u64 - 1,
+            mask: words.len() as u64 - 1,
+            words,
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
         }

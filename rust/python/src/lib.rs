@@ -9,6 +9,7 @@
 //! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python.
 //! - [`arrow_py`]: profiles as Arrow tables (the Arrow PyCapsule interface).
 //! - [`flamegraph_py`]: SVG/HTML flame graphs of finished profiles.
+//! - [`memprof`]: the memory profiler (allocator-domain hooks, live-heap table).
 
 mod analysis_py;
 mod arrow_py;
@@ -16,6 +17,7 @@ mod code_hook;
 mod debug_offsets;
 mod flamegraph_py;
 mod interp;
+mod memprof;
 mod offsets;
 mod profile_data;
 mod python_threads;
@@ -287,6 +289,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arrow_py::ArrowTable>()?;
     // Creates the guard's type now: lazily, pyo3 could release the GIL under the session lock.
     m.add_class::<python_threads::ThreadExitGuard>()?;
+    memprof::register(m)?;
     m.add("MAX_DEPTH", sampler::MAX_DEPTH)?;
     Ok(())
 }

@@ -110,20 +110,7 @@ impl Session {
                 store.add_dropped(1);
                 return;
             };
-            scratch.clear();
-            if raw.flags & FLAG_TRUNCATED != 0 {
-                match store.intern_frame("<truncated>", "<spprof>", 0, false) {
-                    Some(f) => scratch.push(f),
-                    None => return store.add_dropped(1),
-                }
-            }
-            for (code, offset) in raw.frames_leaf_first().rev() {
-                match resolver.frame(py, store, code as usize, offset as i64) {
-                    Some(f) => scratch.push(f),
-                    None => return store.add_dropped(1),
-                }
-            }
-            let Some(stack) = store.intern_stack(scratch.iter().copied()) else {
+            let Some(stack) = resolve_stack(py, &raw, store, resolver, scratch) else {
                 return store.add_dropped(1);
             };
             let ts = raw.timestamp_ns.saturating_sub(start) as i64;
@@ -189,6 +176,26 @@ impl Session {
     }
 }
 
+/// Resolve the frames of a raw record (CPU or memory) into an interned stack, root first;
+/// `None` when the store's budget is spent. GIL held; every code pointer in `raw` is alive
+/// (resolve-before-free, see [`on_code_destroyed`]).
+pub fn resolve_stack(
+    py: Python<'_>,
+    raw: &RawSample<'_>,
+    store: &mut Store,
+    resolver: &mut Resolver,
+    scratch: &mut Vec<u32>,
+) -> Option<u32> {
+    scratch.clear();
+    if raw.flags & FLAG_TRUNCATED != 0 {
+        scratch.push(store.intern_frame("<truncated>", "<spprof>", 0, false)?);
+    }
+    for (code, offset) in raw.frames_leaf_first().rev() {
+        scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
+    }
+    store.intern_stack(scratch.iter().copied())
+}
+
 pub struct Finished {
     pub store: Store,
     pub handler_ns: u64,
@@ -237,8 +244,10 @@ fn drainer_loop(shared: usize, stop: &(Mutex<bool>, Condvar)) {
     }
 }
 
-/// Called (GIL held) when the code object at `code` is about to be freed.
+/// Called (GIL held) when the code object at `code` is about to be freed: every consumer of raw
+/// records (the CPU session and the memory profiler) drains its ring and forgets `code`.
 pub fn on_code_destroyed(py: Python<'_>, code: usize) {
+    crate::memprof::on_code_destroyed(py, code);
     if !ACTIVE.load(Ordering::Acquire) {
         return;
     }

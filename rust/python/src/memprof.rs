@@ -1,0 +1,875 @@
+//! The memory profiler's CPython side: hooks on CPython's allocator domains, the sampled
+//! allocations' stacks, and the live-heap table built from them.
+//!
+//! Hooks. The allocators of `PYMEM_DOMAIN_RAW`, `MEM` and `OBJ` are wrapped, never replaced:
+//! `PyMem_GetAllocator` saves the current ones (`ctx` of each wrapper points to its saved
+//! allocator) and every call is forwarded to them. The saved allocators live in a static that is
+//! never freed, so a wrapper that another tool (e.g. tracemalloc) wrapped in turn keeps working
+//! after `shutdown()`, which restores the originals only where ours are still installed.
+//!
+//! Hot path (every allocation and free, from `start()` to `shutdown()`): no allocation, no lock,
+//! no Python API, no thread-local. An allocation costs a flag load and the byte countdown of the
+//! [`PoissonSampler`]; a free costs a flag load and one load of the heap map's small counting
+//! filter. Only sampled allocations (and frees of sampled addresses) take the cold path: the
+//! heap map, the stack walk, and a record in the ring.
+//!
+//! Nesting. pymalloc (behind MEM and OBJ) serves requests over 512 bytes with
+//! `PyMem_RawMalloc`, i.e. through our RAW wrapper. Counting those bytes twice would bias the
+//! sampler, so the MEM/OBJ wrappers note the calling thread (its thread pointer, one load of
+//! `%fs:0`) in `OUTER` while they forward, and the RAW wrapper ignores calls nested in them.
+//! MEM and OBJ calls hold the GIL, so at most one thread is inside them at a time.
+//!
+//! Stacks are read with the CPU sampler's [`Walker`] on the calling thread's own thread state,
+//! and only when that thread holds the GIL (always for MEM/OBJ; RAW may be called without it,
+//! and such samples are recorded without a Python stack). Resolution to names happens later with
+//! the GIL (the drainer thread, `get_snapshot()`, or a code object's deallocation, see
+//! [`crate::session::on_code_destroyed`]). Resolution allocates Python objects (attribute
+//! values); those allocations go through the hooks and may be sampled, which is harmless: they
+//! are temporaries, freed at once, so they never show as live.
+
+use crate::interp;
+use crate::profile_data::ProfileData;
+use crate::resolver::Resolver;
+use crate::sampler::MAX_DEPTH;
+use crate::session::resolve_stack;
+use crate::threads::{clock_ns, gettid};
+use crate::walker::Walker;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use spprof_engine::alloc_sampler::{unbiased_weight, PoissonSampler};
+use spprof_engine::heapmap::HeapMap;
+use spprof_engine::raw::{self, RawSample};
+use spprof_engine::ring::Ring;
+use spprof_engine::store::{StackId, Store, EMPTY_STACK};
+use std::cell::UnsafeCell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const RING_BYTES: usize = 4 << 20;
+/// 2^20 slots (8 MiB of address space, touched only where samples land): room for a million
+/// live samples, 64 GiB of live heap at 64 KiB sampling.
+const HEAP_MAP_BITS: u32 = 20;
+const RAW: usize = 0;
+
+/// What the hooks need beyond the statics; created at the first `start()`, never freed (hooks
+/// on any thread may use it at any time until the process ends).
+struct Shared {
+    ring: Ring,
+    map: HeapMap,
+    walker: Walker,
+}
+
+static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+/// New allocations are sampled (between `start()` and `stop()`).
+static SAMPLING: AtomicBool = AtomicBool::new(false);
+/// Frees are matched against the heap map (from `start()` until `shutdown()`).
+static TRACKING: AtomicBool = AtomicBool::new(false);
+static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+static SAMPLER: PoissonSampler = PoissonSampler::new(512 * 1024, 0x5350_5052_4f46_4d45);
+/// Thread pointer of the thread inside our MEM/OBJ wrapper (0: none).
+static OUTER: AtomicUsize = AtomicUsize::new(0);
+/// Samples lost because the ring or the heap map had no room.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Frees of sampled allocations whose record found the ring full (they stay live: a fake leak).
+static LOST_FREES: AtomicU64 = AtomicU64::new(0);
+
+struct Saved(UnsafeCell<[PyMemAllocatorEx; 3]>);
+// SAFETY: written once by `install_hooks` (GIL held) before any wrapper can read it; read-only
+// afterwards.
+unsafe impl Sync for Saved {}
+
+const NO_ALLOCATOR: PyMemAllocatorEx = PyMemAllocatorEx {
+    ctx: std::ptr::null_mut(),
+    malloc: None,
+    calloc: None,
+    realloc: None,
+    free: None,
+};
+static SAVED: Saved = Saved(UnsafeCell::new([NO_ALLOCATOR; 3]));
+
+fn domain(d: usize) -> PyMemAllocatorDomain {
+    match d {
+        0 => PyMemAllocatorDomain::PYMEM_DOMAIN_RAW,
+        1 => PyMemAllocatorDomain::PYMEM_DOMAIN_MEM,
+        _ => PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ,
+    }
+}
+
+#[inline(always)]
+fn saved(d: usize) -> &'static PyMemAllocatorEx {
+    // SAFETY: see `Saved`. The wrappers read the static rather than their `ctx` argument, so a
+    // call that raced with PyMem_SetAllocator copying the struct still forwards correctly.
+    unsafe { &(*SAVED.0.get())[d] }
+}
+
+fn shared() -> Option<&'static Shared> {
+    let p = SHARED.load(Ordering::Acquire);
+    // SAFETY: once published, Shared is never freed.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// A value unique to the calling thread, without a thread-local or a call.
+#[inline(always)]
+fn thread_pointer() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: usize;
+        // SAFETY: the x86-64 TLS ABI stores the thread pointer itself at %fs:0 in every thread;
+        // this is one load from the thread's own control block.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
+                options(nostack, readonly, preserves_flags))
+        };
+        tp
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() as usize }
+    }
+}
+
+/// pymalloc serves requests up to this size from its pools without calling the RAW domain.
+const PYMALLOC_MAX: usize = 512;
+
+/// Start forwarding a call of domain `D` for `size` bytes; `None` for a RAW call nested in our
+/// MEM/OBJ wrapper (its bytes are accounted by the outer call). Small MEM/OBJ requests cannot
+/// reach the RAW domain, so they skip the mark (it is most of the hook's cost otherwise).
+#[inline(always)]
+fn enter<const D: usize>(size: usize) -> Option<usize> {
+    if D == RAW {
+        (OUTER.load(Ordering::Relaxed) != thread_pointer()).then_some(0)
+    } else if size <= PYMALLOC_MAX {
+        Some(usize::MAX)
+    } else {
+        let prev = OUTER.load(Ordering::Relaxed);
+        OUTER.store(thread_pointer(), Ordering::Relaxed);
+        Some(prev)
+    }
+}
+
+#[inline(always)]
+fn leave<const D: usize>(prev: usize) {
+    if D != RAW && prev != usize::MAX {
+        OUTER.store(prev, Ordering::Relaxed);
+    }
+}
+
+extern "C" fn hook_malloc<const D: usize>(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    let a = saved(D);
+    let Some(f) = a.malloc else {
+        return std::ptr::null_mut();
+    };
+    if !TRACKING.load(Ordering::Relaxed) {
+        return f(a.ctx, size);
+    }
+    let Some(prev) = enter::<D>(size) else {
+        return f(a.ctx, size);
+    };
+    let p = f(a.ctx, size);
+    leave::<D>(prev);
+    on_alloc(p, size);
+    p
+}
+
+extern "C" fn hook_calloc<const D: usize>(
+    _ctx: *mut c_void,
+    nelem: usize,
+    elsize: usize,
+) -> *mut c_void {
+    let a = saved(D);
+    let Some(f) = a.calloc else {
+        return std::ptr::null_mut();
+    };
+    if !TRACKING.load(Ordering::Relaxed) {
+        return f(a.ctx, nelem, elsize);
+    }
+    let Some(prev) = enter::<D>(nelem.saturating_mul(elsize)) else {
+        return f(a.ctx, nelem, elsize);
+    };
+    let p = f(a.ctx, nelem, elsize);
+    leave::<D>(prev);
+    on_alloc(p, nelem.saturating_mul(elsize));
+    p
+}
+
+/// realloc = free of the old block + a possibly sampled new one. The old block is forgotten
+/// before forwarding, so no other thread can allocate its address again before we are done
+/// with it; if the realloc then fails (out of memory), that one sample is lost.
+extern "C" fn hook_realloc<const D: usize>(
+    _ctx: *mut c_void,
+    ptr: *mut c_void,
+    size: usize,
+) -> *mut c_void {
+    let a = saved(D);
+    let Some(f) = a.realloc else {
+        return std::ptr::null_mut();
+    };
+    if !TRACKING.load(Ordering::Relaxed) {
+        return f(a.ctx, ptr, size);
+    }
+    // Growing or shrinking may move a block between pymalloc and the RAW domain: always mark.
+    let Some(prev) = enter::<D>(usize::MAX) else {
+        return f(a.ctx, ptr, size);
+    };
+    on_free(ptr);
+    let p = f(a.ctx, ptr, size);
+    leave::<D>(prev);
+    on_alloc(p, size);
+    p
+}
+
+/// The record of a sampled block is written before the block is released, so that a later
+/// allocation of the same address comes after it in the ring.
+extern "C" fn hook_free<const D: usize>(_ctx: *mut c_void, ptr: *mut c_void) {
+    let a = saved(D);
+    let Some(f) = a.free else {
+        return;
+    };
+    // A RAW free nested in pymalloc's free finds nothing (the outer free removed the address),
+    // so frees need no nesting mark.
+    if TRACKING.load(Ordering::Relaxed) {
+        on_free(ptr);
+    }
+    f(a.ctx, ptr)
+}
+
+fn ours<const D: usize>() -> PyMemAllocatorEx {
+    // A pointer into the static, never dereferenced through ctx (see `saved`).
+    let ctx = SAVED
+        .0
+        .get()
+        .cast::<PyMemAllocatorEx>()
+        .wrapping_add(D)
+        .cast();
+    PyMemAllocatorEx {
+        ctx,
+        malloc: Some(hook_malloc::<D>),
+        calloc: Some(hook_calloc::<D>),
+        realloc: Some(hook_realloc::<D>),
+        free: Some(hook_free::<D>),
+    }
+}
+
+fn our_allocator(d: usize) -> PyMemAllocatorEx {
+    match d {
+        0 => ours::<0>(),
+        1 => ours::<1>(),
+        _ => ours::<2>(),
+    }
+}
+
+/// Wrap the three domains (GIL held, once per process).
+fn install_hooks() {
+    // SAFETY: GIL held; SAVED is filled before any of our wrappers is installed, and the
+    // allocator structs are valid in/out parameters.
+    unsafe {
+        let saved = &mut *SAVED.0.get();
+        for (d, slot) in saved.iter_mut().enumerate() {
+            ffi::PyMem_GetAllocator(domain(d), slot);
+        }
+        for d in 0..3 {
+            let mut a = our_allocator(d);
+            ffi::PyMem_SetAllocator(domain(d), &mut a);
+        }
+    }
+}
+
+/// Put the saved allocators back where ours are still the installed ones. Elsewhere someone
+/// wrapped ours: leave them (our wrappers keep forwarding, as they only read the static).
+fn restore_hooks() -> usize {
+    let mut restored = 0;
+    for d in 0..3 {
+        let mut current = NO_ALLOCATOR;
+        // SAFETY: GIL held; valid out-parameter.
+        unsafe { ffi::PyMem_GetAllocator(domain(d), &mut current) };
+        let ours = our_allocator(d);
+        if current.malloc.map(|f| f as usize) == ours.malloc.map(|f| f as usize) {
+            let mut original = *saved(d);
+            // SAFETY: GIL held; the saved struct is the allocator that was installed before ours.
+            unsafe { ffi::PyMem_SetAllocator(domain(d), &mut original) };
+            restored += 1;
+        }
+    }
+    restored
+}
+
+#[inline(always)]
+fn on_alloc(p: *mut c_void, size: usize) {
+    if !p.is_null() && SAMPLING.load(Ordering::Relaxed) && SAMPLER.on_alloc(size) {
+        record_alloc(p as u64, size as u64);
+    }
+}
+
+#[inline(always)]
+fn on_free(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    if let Some(sh) = shared() {
+        if sh.map.may_contain(p as u64) {
+            record_free(sh, p as u64);
+        }
+    }
+}
+
+/// The calling thread's thread state if it holds the GIL, else 0. Both calls read the thread's
+/// interpreter-owned slots (the attached thread state and the GIL-state TSS key): no
+/// allocation, no lock, no Python code.
+fn gil_tstate() -> usize {
+    // SAFETY: see above; neither function has preconditions.
+    let (current, mine) = unsafe {
+        (
+            ffi::compat::PyThreadState_GetUnchecked(),
+            ffi::PyGILState_GetThisThreadState(),
+        )
+    };
+    if !current.is_null() && current == mine {
+        current as usize
+    } else {
+        0
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn record_alloc(addr: u64, size: u64) {
+    let Some(sh) = shared() else {
+        return;
+    };
+    let weight = unbiased_weight(size, SAMPLER.mean());
+    if !sh.map.insert(addr) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let tstate = gil_tstate();
+    let walker = &sh.walker;
+    let total = if tstate != 0 {
+        // SAFETY: tstate is the calling thread's own, and it holds the GIL: its chain is stable.
+        unsafe { walker.walk(tstate, |_, _| true) }
+    } else {
+        0
+    };
+    let depth = total.min(MAX_DEPTH);
+    let mut flags = raw::FLAG_ALLOC;
+    if total > depth {
+        flags |= raw::FLAG_TRUNCATED;
+    }
+    if tstate == 0 {
+        flags |= raw::FLAG_NO_STACK;
+    }
+    let Some(mut rec) = sh.ring.reserve(raw::mem_body_words(depth)) else {
+        sh.map.remove(addr);
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    rec.write(0, clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0));
+    rec.write(1, weight);
+    rec.write(2, raw::pack_thread(gettid() as u32, flags));
+    rec.write(3, depth as u64);
+    let mut i = 0;
+    if tstate != 0 {
+        // SAFETY: as above.
+        unsafe {
+            walker.walk(tstate, |code, offset| {
+                if i >= depth {
+                    return false;
+                }
+                rec.write(raw::HEADER_WORDS + 2 * i, code as u64);
+                rec.write(raw::HEADER_WORDS + 2 * i + 1, offset as u64);
+                i += 1;
+                true
+            })
+        };
+    }
+    while i < depth {
+        rec.write(raw::HEADER_WORDS + 2 * i, 0);
+        i += 1;
+    }
+    rec.write(raw::body_words(depth), addr);
+    rec.write(raw::body_words(depth) + 1, size);
+    rec.commit();
+}
+
+#[cold]
+#[inline(never)]
+fn record_free(sh: &Shared, addr: u64) {
+    if !sh.map.remove(addr) {
+        return;
+    }
+    let Some(mut rec) = sh.ring.reserve(raw::mem_body_words(0)) else {
+        LOST_FREES.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    rec.write(0, clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0));
+    rec.write(1, 0);
+    rec.write(2, raw::pack_thread(0, raw::FLAG_FREE));
+    rec.write(3, 0);
+    rec.write(raw::body_words(0), addr);
+    rec.write(raw::body_words(0) + 1, 0);
+    rec.commit();
+}
+
+// ---- the live heap, resolved with the GIL ---------------------------------------------------
+
+struct Live {
+    timestamp_ns: u64,
+    size: u64,
+    weight: u64,
+    tid: u32,
+    stack: StackId,
+}
+
+struct Drainer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: JoinHandle<()>,
+}
+
+/// Locked only with the GIL held, never across a GIL release (as the CPU session's lock).
+struct MemSession {
+    /// Interned frames and stacks of the samples (no sample rows: `live` holds them).
+    store: Store,
+    resolver: Resolver,
+    live: HashMap<u64, Live>,
+    scratch: Vec<u32>,
+    start_ns: u64,
+    total_samples: u64,
+    freed_samples: u64,
+    /// Frees of addresses sampled by an earlier run (restarted profile) or before a fork.
+    untracked_frees: u64,
+    drainer: Option<Drainer>,
+}
+
+static SESSION: Mutex<Option<MemSession>> = Mutex::new(None);
+/// Mirrors `SESSION.is_some()` for the code-deallocation hook's fast path.
+static HAS_SESSION: AtomicBool = AtomicBool::new(false);
+
+fn lock() -> std::sync::MutexGuard<'static, Option<MemSession>> {
+    SESSION.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MemSession {
+    fn new(resolver: Resolver) -> MemSession {
+        MemSession {
+            store: Store::new(usize::MAX),
+            resolver,
+            live: HashMap::new(),
+            scratch: Vec::new(),
+            start_ns: clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0),
+            total_samples: 0,
+            freed_samples: 0,
+            untracked_frees: 0,
+            drainer: None,
+        }
+    }
+
+    /// A new profile: forget the samples of the previous run.
+    fn reset(&mut self) {
+        self.live.clear();
+        self.start_ns = clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0);
+        self.total_samples = 0;
+        self.freed_samples = 0;
+        self.untracked_frees = 0;
+    }
+
+    /// Resolve every committed record (GIL held); returns how many were consumed.
+    fn drain(&mut self, py: Python<'_>, sh: &Shared) -> usize {
+        let (store, resolver, scratch, live) = (
+            &mut self.store,
+            &mut self.resolver,
+            &mut self.scratch,
+            &mut self.live,
+        );
+        let (mut total, mut freed, mut untracked) = (0, 0, 0);
+        let n = sh.ring.consume(|body| {
+            let Some(raw) = RawSample::parse(body) else {
+                return;
+            };
+            let Some((addr, size)) = raw.address_size() else {
+                return;
+            };
+            if raw.flags & raw::FLAG_FREE != 0 {
+                if live.remove(&addr).is_some() {
+                    freed += 1;
+                } else {
+                    untracked += 1;
+                }
+                return;
+            }
+            let stack = if raw.flags & raw::FLAG_NO_STACK != 0 {
+                store
+                    .intern_frame("<allocated without the GIL>", "<spprof>", 0, false)
+                    .and_then(|f| store.intern_stack([f]))
+            } else {
+                resolve_stack(py, &raw, store, resolver, scratch)
+            };
+            total += 1;
+            live.insert(
+                addr,
+                Live {
+                    timestamp_ns: raw.timestamp_ns,
+                    size,
+                    weight: raw.weight,
+                    tid: raw.thread_slot,
+                    stack: stack.unwrap_or(EMPTY_STACK),
+                },
+            );
+        });
+        self.total_samples += total;
+        self.freed_samples += freed;
+        self.untracked_frees += untracked;
+        n
+    }
+
+    fn estimated_bytes(&self) -> u64 {
+        self.live.values().map(|l| l.weight).sum()
+    }
+
+    fn start_drainer(&mut self) {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("spprof-memprof".into())
+            .spawn(move || drainer_loop(&stop2))
+            .expect("spawning the memory profiler's resolver thread");
+        self.drainer = Some(Drainer { stop, handle });
+    }
+}
+
+/// Resolve in the background so the ring never fills: when it is an eighth full, or every
+/// 100 ms when it holds anything. Runs from `start()` to `shutdown()` (frees keep coming).
+fn drainer_loop(stop: &(Mutex<bool>, Condvar)) {
+    let Some(sh) = shared() else {
+        return;
+    };
+    let mut last = Instant::now();
+    loop {
+        {
+            let guard = stop.0.lock().unwrap_or_else(|e| e.into_inner());
+            let (guard, _) = stop
+                .1
+                .wait_timeout_while(guard, Duration::from_millis(20), |stopped| !*stopped)
+                .unwrap_or_else(|e| e.into_inner());
+            if *guard {
+                return;
+            }
+        }
+        let busy = sh.ring.used_bytes() * 8 >= sh.ring.capacity_bytes();
+        let due = !sh.ring.is_empty() && last.elapsed() >= Duration::from_millis(100);
+        if busy || due {
+            Python::attach(|py| {
+                if let Some(s) = lock().as_mut() {
+                    s.drain(py, sh);
+                }
+            });
+            last = Instant::now();
+        }
+    }
+}
+
+/// Called (GIL held) before the code object at `code` is freed: resolve what refers to it.
+pub fn on_code_destroyed(py: Python<'_>, code: usize) {
+    if !HAS_SESSION.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(sh) = shared() else {
+        return;
+    };
+    // try_lock: the only holder with the GIL could be this thread itself (re-entry).
+    if let Ok(mut guard) = SESSION.try_lock() {
+        if let Some(s) = guard.as_mut() {
+            // A record still being written by a thread without the GIL blocks the ones behind
+            // it; it is a few stores from being committed, so wait for it a little.
+            let mut spins = 0;
+            while !sh.ring.is_empty() && spins < 10_000 {
+                if s.drain(py, sh) == 0 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                }
+            }
+            s.resolver.forget(code);
+        }
+    }
+}
+
+fn runtime_error(msg: &str) -> PyErr {
+    PyRuntimeError::new_err(msg.to_owned())
+}
+
+const SHUT_DOWN_MSG: &str = "memory profiling was shut down (spprof.memprof.shutdown() is final \
+    in a process); start memory profiling in a new process";
+
+/// Start sampling allocations with a mean of `rate_bytes` bytes between samples.
+#[pyfunction]
+fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
+    if rate_bytes < 1024 {
+        return Err(PyValueError::new_err("sampling_rate_kb must be at least 1"));
+    }
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return Err(runtime_error(SHUT_DOWN_MSG));
+    }
+    if SAMPLING.load(Ordering::Acquire) {
+        return Err(runtime_error(
+            "memory profiling is already running; call spprof.memprof.stop() first",
+        ));
+    }
+    // Before the session lock: these run Python code.
+    let walker = interp::walker(py)?;
+    interp::self_test(py, &walker)?;
+    crate::code_hook::install(py)?;
+    let resolver = Resolver::new(py);
+    let sh = match shared() {
+        Some(sh) => sh,
+        None => {
+            let sh = Box::new(Shared {
+                ring: Ring::new(RING_BYTES),
+                map: HeapMap::new(HEAP_MAP_BITS),
+                walker,
+            });
+            SHARED.store(Box::into_raw(sh), Ordering::Release);
+            shared().expect("just published")
+        }
+    };
+    {
+        let mut guard = lock();
+        let s = guard.get_or_insert_with(|| MemSession::new(resolver));
+        s.drain(py, sh);
+        s.reset();
+        if s.drainer.is_none() {
+            s.start_drainer();
+        }
+    }
+    HAS_SESSION.store(true, Ordering::Release);
+    if !INSTALLED.swap(true, Ordering::AcqRel) {
+        install_hooks();
+    }
+    SAMPLER.set_mean(rate_bytes);
+    TRACKING.store(true, Ordering::SeqCst);
+    SAMPLING.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Stop sampling new allocations; frees are still tracked until `shutdown()`.
+#[pyfunction]
+fn memprof_stop(py: Python<'_>) -> PyResult<()> {
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return Err(runtime_error(SHUT_DOWN_MSG));
+    }
+    if !SAMPLING.swap(false, Ordering::SeqCst) {
+        return Err(runtime_error(
+            "memory profiling is not running; call spprof.memprof.start() first",
+        ));
+    }
+    if let (Some(sh), Some(s)) = (shared(), lock().as_mut()) {
+        s.drain(py, sh);
+    }
+    Ok(())
+}
+
+/// Stop everything for good: no sampling, no free tracking, the resolver thread ends, and our
+/// allocator wrappers are removed where nobody wrapped them since. Idempotent.
+#[pyfunction]
+fn memprof_shutdown(py: Python<'_>) -> usize {
+    if SHUT_DOWN.swap(true, Ordering::AcqRel) {
+        return 0;
+    }
+    SAMPLING.store(false, Ordering::SeqCst);
+    TRACKING.store(false, Ordering::SeqCst);
+    let drainer = lock().as_mut().and_then(|s| s.drainer.take());
+    if let Some(d) = drainer {
+        *d.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        d.stop.1.notify_all();
+        // The drainer may be waiting for the GIL: release it while joining.
+        py.detach(|| {
+            let _ = d.handle.join();
+        });
+    }
+    if let (Some(sh), Some(s)) = (shared(), lock().as_mut()) {
+        s.drain(py, sh);
+    }
+    if INSTALLED.load(Ordering::Acquire) {
+        restore_hooks()
+    } else {
+        0
+    }
+}
+
+/// "never", "running", "stopped" or "shutdown".
+#[pyfunction]
+fn memprof_state() -> &'static str {
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        "shutdown"
+    } else if SAMPLING.load(Ordering::Acquire) {
+        "running"
+    } else if HAS_SESSION.load(Ordering::Acquire) {
+        "stopped"
+    } else {
+        "never"
+    }
+}
+
+/// A snapshot for Python: the profile, `(address, size)` per sample, and the total samples.
+type Snapshot = (ProfileData, Vec<(u64, u64)>, u64);
+
+/// The live samples as a profile (weights = estimated bytes, timestamps = allocation time since
+/// start) and `[(address, size)]` in the same order. `names` maps thread ids to names.
+#[pyfunction]
+fn memprof_snapshot(py: Python<'_>, names: HashMap<u64, String>) -> PyResult<Snapshot> {
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return Err(runtime_error(
+            "memory profiling was shut down, so frees are no longer tracked and no snapshot can \
+             be taken; take snapshots before spprof.memprof.shutdown()",
+        ));
+    }
+    let mut guard = lock();
+    let (Some(sh), Some(s)) = (shared(), guard.as_mut()) else {
+        return Err(runtime_error(
+            "memory profiling has not been started; call spprof.memprof.start() first",
+        ));
+    };
+    s.drain(py, sh);
+    let mut out = Store::new(usize::MAX);
+    let mut stacks: HashMap<StackId, StackId> = HashMap::new();
+    let mut rows: Vec<(&u64, &Live)> = s.live.iter().collect();
+    rows.sort_by_key(|(addr, l)| (l.timestamp_ns, **addr));
+    let mut addresses = Vec::with_capacity(rows.len());
+    for (&addr, l) in rows {
+        let tid = l.tid as u64;
+        let name = names
+            .get(&tid)
+            .cloned()
+            .unwrap_or_else(|| format!("Thread {tid}"));
+        let thread = out.add_thread(tid, &name);
+        let stack = match stacks.get(&l.stack) {
+            Some(&id) => id,
+            None => {
+                let frames: Vec<u32> = if l.stack == EMPTY_STACK {
+                    Vec::new()
+                } else {
+                    s.store
+                        .stack_frames(l.stack)
+                        .into_iter()
+                        .filter_map(|f| {
+                            let fr = s.store.frames()[f as usize];
+                            out.intern_frame(
+                                s.store.string(fr.function),
+                                s.store.string(fr.file),
+                                fr.line,
+                                fr.is_native,
+                            )
+                        })
+                        .collect()
+                };
+                let id = out.intern_stack(frames).unwrap_or(EMPTY_STACK);
+                stacks.insert(l.stack, id);
+                id
+            }
+        };
+        let ts = l.timestamp_ns.saturating_sub(s.start_ns) as i64;
+        out.add_sample(ts, l.weight as i64, thread, stack, true);
+        addresses.push((addr, l.size));
+    }
+    Ok((
+        ProfileData::new(out, 0, 0, false),
+        addresses,
+        s.total_samples,
+    ))
+}
+
+/// Counters (a dict); drains first so they are current.
+#[pyfunction]
+fn memprof_stats(py: Python<'_>) -> PyResult<Py<PyDict>> {
+    let d = PyDict::new(py);
+    let mut guard = lock();
+    let (mut total, mut live, mut freed, mut stacks, mut bytes, mut untracked) = (0, 0, 0, 0, 0, 0);
+    if let (Some(sh), Some(s)) = (shared(), guard.as_mut()) {
+        if !SHUT_DOWN.load(Ordering::Acquire) {
+            s.drain(py, sh);
+        }
+        total = s.total_samples;
+        live = s.live.len();
+        freed = s.freed_samples;
+        stacks = s
+            .live
+            .values()
+            .map(|l| l.stack)
+            .collect::<HashSet<_>>()
+            .len();
+        bytes = s.estimated_bytes();
+        untracked = s.untracked_frees;
+    }
+    drop(guard);
+    let sh = shared();
+    d.set_item("total_samples", total)?;
+    d.set_item("live_samples", live)?;
+    d.set_item("freed_samples", freed)?;
+    d.set_item("unique_stacks", stacks)?;
+    d.set_item("estimated_heap_bytes", bytes)?;
+    d.set_item(
+        "heap_map_load_percent",
+        sh.map_or(0.0, |s| s.map.load_percent()),
+    )?;
+    d.set_item("collisions", sh.map_or(0, |s| s.map.collisions()))?;
+    d.set_item("sampling_rate_bytes", SAMPLER.mean())?;
+    d.set_item(
+        "dropped_samples",
+        DROPPED.load(Ordering::Relaxed) + sh.map_or(0, |s| s.map.refused()),
+    )?;
+    d.set_item("lost_frees", LOST_FREES.load(Ordering::Relaxed))?;
+    d.set_item("untracked_frees", untracked)?;
+    d.set_item("heap_map_capacity", sh.map_or(0, |s| s.map.capacity()))?;
+    d.set_item("heap_map_tombstones", sh.map_or(0, |s| s.map.tombstones()))?;
+    d.set_item("state", memprof_state())?;
+    let sources: Vec<&str> = if TRACKING.load(Ordering::Acquire) {
+        vec!["python"]
+    } else {
+        vec![]
+    };
+    d.set_item("sources", sources)?;
+    Ok(d.unbind())
+}
+
+/// In a forked child: memory profiling is stopped and empty there. The hooks stay installed but
+/// only forward; only the forking thread exists, so nothing runs concurrently with this.
+#[pyfunction]
+fn memprof_after_fork_in_child() {
+    SAMPLING.store(false, Ordering::SeqCst);
+    TRACKING.store(false, Ordering::SeqCst);
+    OUTER.store(0, Ordering::Relaxed);
+    if let Some(sh) = shared() {
+        // A thread of the parent may have died in the middle of a record.
+        sh.ring.reset();
+        sh.map.clear();
+    }
+    if let Some(s) = lock().as_mut() {
+        if let Some(d) = s.drainer.take() {
+            std::mem::forget(d); // that thread does not exist in the child
+        }
+        s.reset();
+    }
+}
+
+/// Test hook: make the sampler's draws reproducible.
+#[pyfunction]
+fn _memprof_seed(seed: u64) {
+    SAMPLER.reseed(seed);
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(memprof_start, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_stop, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_state, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_snapshot, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(_memprof_seed, m)?)?;
+    Ok(())
+}

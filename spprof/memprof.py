@@ -1,0 +1,356 @@
+"""spprof.memprof: a sampling memory profiler for Python allocations.
+
+Allocations made through CPython's allocator domains (``PyMem_RawMalloc``, ``PyMem_Malloc``,
+``PyObject_Malloc``: every Python object and buffer) are sampled with exponential (Poisson)
+byte gaps of mean ``sampling_rate_kb``; each sampled allocation records its Python stack and the
+bytes it stands for (an unbiased estimate, see docs/design.md). Frees of sampled addresses are
+matched, so a snapshot holds the live samples and ``estimated_heap_bytes`` estimates the live
+Python heap. Native allocations (``malloc`` from C extensions) need the ``LD_PRELOAD`` library,
+which is not built yet; ``get_stats().sources`` says what is tracked.
+
+Quick start::
+
+    import spprof.memprof as memprof
+    memprof.start(sampling_rate_kb=512)
+    do_work()
+    snapshot = memprof.get_snapshot()
+    print(snapshot.estimated_heap_bytes, snapshot.top_allocators(5))
+    memprof.stop()
+"""
+
+from __future__ import annotations
+
+import atexit
+import numbers
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ._api import _require_native
+from ._model import Frame, PathLike, Profile
+
+__all__ = [
+    "AllocationSample",
+    "FramePointerHealth",
+    "HeapSnapshot",
+    "MemProfStats",
+    "MemoryProfiler",
+    "get_snapshot",
+    "get_stats",
+    "shutdown",
+    "start",
+    "stop",
+]
+
+#: ``StackFrame`` in the usage guide: the same frame type as CPU profiles.
+StackFrame = Frame
+
+
+@dataclass
+class FramePointerHealth:
+    """How trustworthy the stacks are. Python frames are read from the interpreter's own
+    structures, so they are exact; native (C) frames are not captured yet."""
+
+    confidence: str
+    recommendation: Optional[str]
+    python_frames_exact: bool = True
+    native_frames_captured: bool = False
+    #: Samples recorded without a Python stack (RAW-domain allocations by threads without the GIL).
+    samples_without_stack: int = 0
+
+
+@dataclass
+class AllocationSample:
+    """One sampled allocation that is still live. ``stack`` runs root → leaf."""
+
+    address: int
+    size: int
+    #: The mean sampling gap in bytes (the usage guide's "sampling weight").
+    weight: int
+    #: Bytes this sample stands for in the heap estimate: ``size / (1 - exp(-size / weight))``.
+    estimated_bytes: int
+    #: When it was allocated (nanoseconds since memory profiling started).
+    timestamp_ns: int
+    #: Always None in snapshots: they hold live allocations only.
+    lifetime_ns: Optional[int]
+    stack: List[Frame]
+    thread_id: int = 0
+
+
+@dataclass
+class MemProfStats:
+    total_samples: int
+    live_samples: int
+    freed_samples: int
+    unique_stacks: int
+    estimated_heap_bytes: int
+    heap_map_load_percent: float
+    collisions: int
+    sampling_rate_bytes: int
+    #: Allocation sources being tracked: ``["python"]`` (CPython's allocator domains) while
+    #: profiling, ``[]`` before ``start()`` and after ``shutdown()``; "native" needs the
+    #: LD_PRELOAD library (not built yet).
+    sources: List[str] = field(default_factory=list)
+    #: Samples lost because the sample ring or the heap map was full.
+    dropped_samples: int = 0
+    #: Frees of sampled allocations lost to a full ring (those samples stay live: fake leaks).
+    lost_frees: int = 0
+    #: "never", "running", "stopped" or "shutdown".
+    state: str = "never"
+
+
+class _MemoryProfile(Profile):
+    """The live samples as a Profile whose weights are estimated bytes."""
+
+    @property
+    def _unit(self) -> str:
+        return "bytes"
+
+    def _speedscope_text(self) -> str:
+        return self._native().speedscope(self._title(), "bytes")
+
+    def to_collapsed(self) -> str:
+        """Collapsed stacks weighted by estimated live bytes."""
+        return self._native().collapsed("weight")
+
+    def _title(self) -> str:
+        return f"spprof heap {self.start_time:%Y-%m-%d %H:%M:%S} (Python {self.python_version})"
+
+
+@dataclass
+class HeapSnapshot:
+    """Live sampled allocations at one moment."""
+
+    samples: List[AllocationSample]
+    total_samples: int
+    live_samples: int
+    estimated_heap_bytes: int
+    timestamp_ns: int
+    frame_pointer_health: FramePointerHealth
+    _profile: Any = field(default=None, repr=False, compare=False)
+
+    def top_allocators(self, n: int = 10) -> List[Dict[str, Any]]:
+        """The ``n`` allocation sites (leaf Python frame: function, file, line) holding the most
+        estimated live bytes: dicts with ``function``, ``filename``, ``lineno``,
+        ``estimated_bytes``, ``count``, ``percent`` and ``stack`` (the heaviest stack at that site,
+        root → leaf)."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n must be at least 0, got {n}")
+        sites: Dict[Any, Dict[str, Any]] = {}
+        by_stack: Dict[Any, Dict[tuple, int]] = {}
+        for s in self.samples:
+            leaf = s.stack[-1] if s.stack else None
+            key = (leaf.function_name, leaf.filename, leaf.lineno) if leaf else ("<no stack>", "", 0)
+            site = sites.setdefault(key, {"function": key[0], "filename": key[1], "lineno": key[2],
+                                          "estimated_bytes": 0, "count": 0})
+            site["estimated_bytes"] += s.estimated_bytes
+            site["count"] += 1
+            stacks = by_stack.setdefault(key, {})
+            stack = tuple(s.stack)
+            stacks[stack] = stacks.get(stack, 0) + s.estimated_bytes
+        total = self.estimated_heap_bytes or 1
+        out = sorted(sites.values(), key=lambda d: (-d["estimated_bytes"], d["function"]))[:n]
+        for d in out:
+            stacks = by_stack[(d["function"], d["filename"], d["lineno"])]
+            d["stack"] = list(max(stacks.items(), key=lambda kv: kv[1])[0])
+            d["percent"] = 100.0 * d["estimated_bytes"] / total
+        return out
+
+    def to_profile(self) -> Profile:
+        """The live samples as a ``Profile`` (weights in estimated bytes): every CPU-profile
+        output and analysis works on it."""
+        return self._profile
+
+    def save(self, path: PathLike, format: Optional[str] = None) -> Path:
+        """Write the snapshot weighted by estimated live bytes: ``"speedscope"`` (.json, unit
+        bytes), ``"collapsed"`` (.collapsed/.folded/.txt, bytes per stack), ``"svg"`` or
+        ``"html"`` (flame graphs in bytes). The format comes from ``format`` or the extension."""
+        return self._profile.save(path, format)
+
+    def to_speedscope(self) -> Dict[str, Any]:
+        return self._profile.to_speedscope()
+
+    def to_collapsed(self) -> str:
+        return self._profile.to_collapsed()
+
+    def to_flamegraph_svg(self, title: Optional[str] = None) -> str:
+        return self._profile.to_flamegraph_svg(title)
+
+    def to_html(self, title: Optional[str] = None) -> str:
+        return self._profile.to_html(title)
+
+    def to_arrow(self, kind: str = "samples") -> Any:
+        """Arrow table of the live samples (``"samples"`` or ``"frames"``), weight column
+        ``weight_bytes``; see ``Profile.to_arrow``."""
+        return self._profile.to_arrow(kind)
+
+    def to_pyarrow(self, kind: str = "samples") -> Any:
+        return self._profile.to_pyarrow(kind)
+
+    def to_pandas(self, kind: str = "samples") -> Any:
+        return self._profile.to_pandas(kind)
+
+    def to_polars(self, kind: str = "samples") -> Any:
+        return self._profile.to_polars(kind)
+
+
+_lock = threading.Lock()
+_started_at: Optional[datetime] = None
+
+
+def start(sampling_rate_kb: float = 512) -> None:
+    """Start sampling Python allocations, on average one per ``sampling_rate_kb`` KiB allocated.
+
+    Raises ``RuntimeError`` when already running or after ``shutdown()``, ``ValueError`` when
+    ``sampling_rate_kb < 1``, ``TypeError`` when it is not a number."""
+    global _started_at
+    if isinstance(sampling_rate_kb, bool) or not isinstance(sampling_rate_kb, numbers.Real):
+        raise TypeError(
+            f"sampling_rate_kb must be a number of KiB (e.g. 512), not {type(sampling_rate_kb).__name__}")
+    if not sampling_rate_kb >= 1:  # also NaN
+        raise ValueError(
+            f"sampling_rate_kb must be at least 1 (KiB between samples), got {sampling_rate_kb!r}; "
+            "use 512 in production, 64 for more detail")
+    if sampling_rate_kb > 1 << 30:
+        raise ValueError(f"sampling_rate_kb is too large: {sampling_rate_kb!r} (at most {1 << 30})")
+    with _lock:
+        _require_native().memprof_start(int(sampling_rate_kb * 1024))
+        _started_at = datetime.now()
+
+
+def stop() -> None:
+    """Stop sampling new allocations. Frees of sampled allocations are still tracked until
+    ``shutdown()``, so memory freed later does not show as a leak. Raises ``RuntimeError`` when
+    memory profiling is not running."""
+    with _lock:
+        _require_native().memprof_stop()
+
+
+def is_running() -> bool:
+    return _require_native().memprof_state() == "running"
+
+
+def _thread_names() -> Dict[int, str]:
+    names = {}
+    for t in threading.enumerate():
+        if t.native_id is not None:
+            names[t.native_id] = t.name
+    return names
+
+
+def get_snapshot() -> HeapSnapshot:
+    """The live sampled allocations, while running or after ``stop()``. Raises ``RuntimeError``
+    before the first ``start()`` and after ``shutdown()``."""
+    native = _require_native()
+    now = datetime.now()
+    data, addresses, total = native.memprof_snapshot(_thread_names())
+    stats = get_stats()
+    profile = _MemoryProfile._from_native(
+        data, start_time=_started_at or now, end_time=now, interval_ms=0.0,
+        python_version=".".join(map(str, sys.version_info[:3])), platform=sys.platform)
+    rate = stats.sampling_rate_bytes
+    samples = [
+        AllocationSample(addr, size, rate, s.weight_ns, s.timestamp_ns, None, list(s.frames),
+                         s.thread_id)
+        for (addr, size), s in zip(addresses, profile.samples)
+    ]
+    no_stack = sum(1 for s in samples
+                   if s.stack and s.stack[-1].function_name == "<allocated without the GIL>")
+    health = FramePointerHealth(
+        confidence="high" if len(samples) >= 100 else ("medium" if samples else "low"),
+        recommendation=_recommendation(len(samples)),
+        samples_without_stack=no_stack,
+    )
+    return HeapSnapshot(samples, total, len(samples), sum(s.estimated_bytes for s in samples),
+                        time.time_ns(), health, profile)
+
+
+def _recommendation(live: int) -> str:
+    parts = ["Python stacks are read from the interpreter's frame structures and are exact; "
+             "native (C) frames are not captured yet, and allocations by native code need the "
+             "LD_PRELOAD library, which is not built yet."]
+    if live < 100:
+        parts.append(f"Only {live} live samples: estimates are rough; use a lower "
+                     "sampling_rate_kb for more samples.")
+    return " ".join(parts)
+
+
+def get_stats() -> MemProfStats:
+    """Counters of the memory profiler (zeros before ``start()``)."""
+    raw = _require_native().memprof_stats()
+    names = MemProfStats.__dataclass_fields__
+    return MemProfStats(**{k: v for k, v in raw.items() if k in names})
+
+
+def shutdown() -> None:
+    """Stop memory profiling for good: no sampling, no free tracking, allocator hooks removed
+    (where no other tool wrapped them since). One-way: ``start()`` raises afterwards."""
+    with _lock:
+        _require_native().memprof_shutdown()
+
+
+class MemoryProfiler:
+    """``with MemoryProfiler(sampling_rate_kb=256) as mp: ...``; ``mp.snapshot`` after exit is the
+    snapshot taken when the block ended (memory profiling is then stopped)."""
+
+    def __init__(self, sampling_rate_kb: float = 512) -> None:
+        self.sampling_rate_kb = sampling_rate_kb
+        self.snapshot: Optional[HeapSnapshot] = None
+
+    def __enter__(self) -> MemoryProfiler:
+        start(self.sampling_rate_kb)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.snapshot = get_snapshot()
+        finally:
+            stop()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    native = _require_native()
+    if native.memprof_state() != "never":
+        native.memprof_after_fork_in_child()
+
+
+def _shutdown_at_exit() -> None:
+    try:
+        native = _require_native()
+    except RuntimeError:
+        return
+    if native.memprof_state() not in ("never", "shutdown"):
+        native.memprof_shutdown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_shutdown_at_exit)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m spprof.memprof")
+    parser.add_argument("--preload-path", action="store_true",
+                        help="print the path of the LD_PRELOAD library for native allocations")
+    args = parser.parse_args(argv)
+    if args.preload_path:
+        print("spprof: the LD_PRELOAD library (libspprof_alloc.so) is not built yet; "
+              "memprof tracks Python allocations only", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

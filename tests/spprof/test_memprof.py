@@ -1,0 +1,334 @@
+"""spprof.memprof: accuracy against measured ground truth, lifecycle, threads, fork, outputs.
+
+Bounds come from the sampling statistics: an allocation of s bytes is sampled with probability
+p = 1 - exp(-s/R) and then stands for s/p bytes, so the estimate of a set of allocations has
+variance sum(s^2 (1 - p) / p). Assertions allow 4 standard deviations (plus the 10% the issue
+asks for on the total, which the workload keeps well above 4 sigma).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+import spprof
+import spprof.memprof as memprof
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "data" / "speedscope-schema.json").read_text())
+RATE = 64 * 1024
+
+
+@pytest.fixture(autouse=True)
+def memprof_stopped():
+    yield
+    if memprof.is_running():
+        memprof.stop()
+
+
+def sigma(sizes, rate=RATE):
+    var = 0.0
+    for s in sizes:
+        p = -math.expm1(-s / rate)
+        var += s * s * (1 - p) / p
+    return math.sqrt(var)
+
+
+# Three allocating functions, each keeping a known amount alive; the leaf frame of each
+# allocation is the function itself (no comprehension frames).
+def keep_large(out, n=32):
+    for _ in range(n):
+        out.append(bytearray(512 * 1024))
+
+
+def keep_medium(out, n=256):
+    for _ in range(n):
+        out.append(bytes(64 * 1024))
+
+
+def keep_small(out):
+    for _ in range(4000):
+        out.append(bytes(1000))
+
+
+def churn(rounds):
+    """Allocate and free much more than is kept."""
+    for _ in range(rounds):
+        tmp = []
+        for _ in range(200):
+            tmp.append(bytes(4000))
+            tmp.append(bytearray(70_000))
+        del tmp
+
+
+def run_workload():
+    kept = {"keep_large": [], "keep_medium": [], "keep_small": []}
+    for i in range(4):
+        churn(3)
+        keep_large(kept["keep_large"], 48) if i == 0 else None
+        keep_medium(kept["keep_medium"]) if i == 1 else None
+        keep_small(kept["keep_small"]) if i == 2 else None
+    return kept
+
+
+def test_live_heap_estimate_and_split_match_the_truth():
+    gc.collect()
+    memprof.start(sampling_rate_kb=RATE // 1024)
+    kept = run_workload()
+    snap = memprof.get_snapshot()
+    memprof.stop()
+    sizes = {name: [sys.getsizeof(o) for o in objs] for name, objs in kept.items()}
+    truth = {name: sum(s) for name, s in sizes.items()}
+    total_truth = sum(truth.values())
+    all_sizes = [s for v in sizes.values() for s in v]
+    total_sigma = sigma(all_sizes)
+    assert 4 * total_sigma < 0.1 * total_truth  # the workload is large enough for the 10% bound
+    assert snap.live_samples >= 200, snap.live_samples
+    # Live allocations besides the kept objects (their lists, the snapshot's own objects) are
+    # small next to the kept 40 MB; the 10% bound covers them.
+    assert abs(snap.estimated_heap_bytes - total_truth) < 0.1 * total_truth, (
+        snap.estimated_heap_bytes, total_truth, total_sigma)
+    sites = {d["function"]: d for d in snap.top_allocators(20)}
+    for name, t in truth.items():
+        est = sites[name]["estimated_bytes"]
+        assert abs(est - t) < 4 * sigma(sizes[name]) + 0.02 * t, (name, est, t)
+        assert sites[name]["filename"] == __file__
+        assert sites[name]["stack"][-1].function_name == name
+        assert sites[name]["count"] > 0
+    # The churn was freed: it is not live.
+    assert "churn" not in sites or sites["churn"]["estimated_bytes"] < 0.02 * total_truth
+    stats = memprof.get_stats()
+    assert stats.freed_samples > stats.live_samples
+    assert stats.total_samples >= stats.live_samples + stats.freed_samples
+    assert stats.sources == ["python"] and stats.sampling_rate_bytes == RATE
+    assert 0 < stats.heap_map_load_percent < 1
+
+
+def test_memory_freed_after_stop_is_not_live():
+    memprof.start(sampling_rate_kb=64)
+    kept = []
+    keep_large(kept)
+    memprof.stop()
+    before = memprof.get_snapshot()
+    assert before.estimated_heap_bytes >= 0.9 * 32 * 512 * 1024
+    del kept
+    after = memprof.get_snapshot()
+    assert after.estimated_heap_bytes < before.estimated_heap_bytes - 0.9 * 32 * 512 * 1024
+    assert not any(d["function"] == "keep_large" for d in after.top_allocators(50))
+    assert memprof.get_stats().state == "stopped"
+
+
+def test_restart_begins_a_new_profile_and_snapshots_while_running():
+    memprof.start(sampling_rate_kb=64)
+    first = []
+    keep_large(first)
+    running = memprof.get_snapshot()
+    assert any(d["function"] == "keep_large" for d in running.top_allocators(5))
+    memprof.stop()
+    memprof.start(sampling_rate_kb=64)
+    again = memprof.get_snapshot()
+    assert not any(d["function"] == "keep_large" for d in again.top_allocators(50))
+    memprof.stop()
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="at least 1"):
+        memprof.start(sampling_rate_kb=0)
+    with pytest.raises(ValueError):
+        memprof.start(sampling_rate_kb=float("nan"))
+    with pytest.raises(TypeError, match="number"):
+        memprof.start(sampling_rate_kb="512")
+    memprof.start(sampling_rate_kb=512)
+    with pytest.raises(RuntimeError, match="already running.*stop"):
+        memprof.start()
+    memprof.stop()
+    with pytest.raises(RuntimeError, match="not running"):
+        memprof.stop()
+    with pytest.raises(ValueError):
+        memprof.get_snapshot().top_allocators(-1)
+
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_shutdown_is_one_way_and_restores_the_allocators():
+    r = run_python("""
+        import spprof.memprof as m
+        try:
+            m.get_snapshot()
+        except RuntimeError as e:
+            print("before:", "start()" in str(e))
+        print(m.get_stats().sources, m.get_stats().state)
+        m.start(sampling_rate_kb=16)
+        x = [bytes(10000) for _ in range(1000)]
+        print(m.get_stats().sources)
+        m.shutdown()
+        m.shutdown()
+        print(m.get_stats().sources, m.get_stats().state)
+        for call in (m.start, m.get_snapshot, m.stop):
+            try:
+                call()
+            except RuntimeError as e:
+                print("refused:", "new process" in str(e) or "before" in str(e))
+        del x
+        y = [bytes(10000) for _ in range(1000)]  # still allocating fine with the originals back
+        print("ok")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n") == [
+        "before: True", "[] never", "['python']", "[] shutdown",
+        "refused: True", "refused: True", "refused: True", "ok", ""], r.stdout
+
+
+def test_preload_path_says_not_built():
+    r = subprocess.run([sys.executable, "-m", "spprof.memprof", "--preload-path"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "not built yet" in r.stderr
+
+
+def test_context_manager_leaves_a_snapshot():
+    with memprof.MemoryProfiler(sampling_rate_kb=64) as mp:
+        kept = []
+        keep_large(kept)
+    assert not memprof.is_running()
+    assert mp.snapshot is not None and mp.snapshot.live_samples >= 25
+    h = mp.snapshot.frame_pointer_health
+    assert h.confidence in ("low", "medium", "high") and "native" in h.recommendation
+    del kept
+
+
+def test_threads_allocating():
+    results = {}
+
+    def worker(name):
+        out = []
+        keep_large(out)
+        results[name] = out
+
+    memprof.start(sampling_rate_kb=64)
+    threads = [threading.Thread(target=worker, args=(f"alloc-{i}",), name=f"alloc-{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = memprof.get_snapshot()
+    memprof.stop()
+    truth = 3 * 32 * 512 * 1024
+    est = sum(s.estimated_bytes for s in snap.samples if s.stack and s.stack[-1].function_name == "keep_large")
+    assert abs(est - truth) < 0.05 * truth, (est, truth)
+    # Threads that ended before the snapshot are named "Thread <tid>" (names come from threading).
+    assert len(snap.to_speedscope()["profiles"]) >= 3
+    assert len({s.thread_id for s in snap.samples}) >= 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_fork_child_starts_stopped_and_can_profile():
+    memprof.start(sampling_rate_kb=64)
+    kept = []
+    keep_large(kept)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            s = memprof.get_stats()
+            ok = s.state == "stopped" and s.live_samples == 0 and s.sources == []
+            memprof.start(sampling_rate_kb=64)
+            mine = []
+            keep_large(mine)
+            snap = memprof.get_snapshot()
+            memprof.stop()
+            ok = ok and snap.estimated_heap_bytes >= 0.9 * 32 * 512 * 1024
+            code = 0 if ok else 3
+            os.write(w, repr((s.state, s.live_samples, snap.estimated_heap_bytes)).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = os.read(r, 1000)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, msg
+    assert memprof.is_running()  # the parent goes on
+    memprof.stop()
+    del kept
+
+
+def test_cpu_and_memory_profiling_together():
+    spprof.start(interval_ms=1)
+    memprof.start(sampling_rate_kb=64)
+    kept = []
+    for _ in range(20):
+        keep_medium(kept, 64)
+        kept.clear()
+    keep_large(kept)
+    cpu = spprof.stop()
+    snap = memprof.get_snapshot()
+    memprof.stop()
+    assert len(cpu.samples) > 0
+    assert any(d["function"] == "keep_large" for d in snap.top_allocators(5))
+
+
+@pytest.fixture(scope="module")
+def snapshot():
+    memprof.start(sampling_rate_kb=64)
+    kept = []
+    keep_large(kept)
+    keep_medium(kept)
+    snap = memprof.get_snapshot()
+    memprof.stop()
+    del kept
+    return snap
+
+
+def test_speedscope_is_in_bytes_and_validates(snapshot, tmp_path):
+    path = snapshot.save(tmp_path / "heap.json")
+    doc = json.loads(path.read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert all(p["unit"] == "bytes" for p in doc["profiles"])
+    total = sum(sum(p["weights"]) for p in doc["profiles"])
+    assert total == snapshot.estimated_heap_bytes
+
+
+def test_collapsed_svg_html_in_bytes(snapshot, tmp_path):
+    text = snapshot.save(tmp_path / "heap.collapsed").read_text()
+    weights = {}
+    for line in text.splitlines():
+        stack, w = line.rsplit(" ", 1)
+        weights[stack] = int(w)
+    with_stack = sum(s.estimated_bytes for s in snapshot.samples if s.stack)
+    assert sum(weights.values()) == with_stack
+    assert any("keep_large" in k for k in weights)
+    svg = snapshot.save(tmp_path / "heap.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "keep_large" in svg and "bytes" in svg
+    html = snapshot.save(tmp_path / "heap.html").read_text()
+    assert "<html" in html.lower() and "keep_medium" in html
+
+
+def test_arrow_has_weight_bytes(snapshot):
+    t = snapshot.to_arrow()
+    assert "weight_bytes" in t.column_names and len(t) == snapshot.live_samples
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table(t)
+    assert table.column("weight_bytes").to_pylist() == [s.estimated_bytes for s in snapshot.samples]
+
+
+def test_samples_carry_addresses_sizes_and_stacks(snapshot):
+    big = [s for s in snapshot.samples if s.stack and s.stack[-1].function_name == "keep_large"]
+    assert big
+    for s in big:
+        assert s.size >= 512 * 1024 and s.address % 8 == 0 and s.lifetime_ns is None
+        assert s.weight == 64 * 1024
+        assert s.size <= s.estimated_bytes < s.size * 1.01
+        assert s.stack[-1].filename == __file__ and s.stack[-1].lineno > 0
