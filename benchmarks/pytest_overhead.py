@@ -1,0 +1,68 @@
+"""Overhead of ``pytest --spprof`` on a real third-party test suite.
+
+Downloads the sdist of a small pure-Python package with a self-contained test suite
+(``more-itertools`` by default) with ``pip download --no-deps --no-binary :all:``, then runs its tests
+with and without ``--spprof``, interleaved, and reports the medians and their ratio.
+
+    python benchmarks/pytest_overhead.py [--package more-itertools==10.5.0] [--rounds 7]
+
+Target (issue 6): at most 10 % more wall time than plain pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--package", default="more-itertools==10.5.0")
+    ap.add_argument("--tests", default="tests", help="the tests folder inside the sdist")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="spprof-overhead-"))
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                    "-d", str(work), args.package], check=True)
+    (sdist,) = glob.glob(str(work / "*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work)  # noqa: S202 - a package we chose, in our own temp dir
+    (src,) = [p for p in work.iterdir() if p.is_dir()]
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", args.tests]
+    env_path = {"PYTHONPATH": str(src / "src") if (src / "src").is_dir() else str(src)}
+    import os
+
+    env = dict(os.environ, **env_path)
+    spprof = base + ["--spprof", f"--spprof-dir={work / 'prof'}"]
+    variants = {"plain": base, "--spprof": spprof, "--spprof --spprof-arrow": spprof + ["--spprof-arrow"]}
+    times: dict = {k: [] for k in variants}
+    for k, cmd in variants.items():  # warm-up (and check that the suite passes)
+        out = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stdout[-2000:], out.stderr[-2000:])
+            return 1
+        print(f"{k}: {out.stdout.strip().splitlines()[-1]}")
+    for _ in range(args.rounds):
+        for k, cmd in variants.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, cwd=src, env=env, capture_output=True, check=True)
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"{k:18s} median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, {len(v)} rounds)")
+    for k in variants:
+        if k != "plain":
+            print(f"overhead of {k}: {100 * (med[k] / med['plain'] - 1):+.1f} % wall time "
+                  f"({args.package}, Python {sys.version.split()[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Baseline files: per test and Python version, CPU/wall time and per-function figures.
+
+Format (JSON)::
+
+    {"format": "spprof-pytest-baseline", "version": 1,
+     "environments": {"cpython-3.12": {"saved": "2025-...", "platform": "Linux-x86_64",
+         "tests": {"tests/test_x.py::test_a": {
+             "cpu_ns": 1234, "wall_ns": 2345, "samples": 3,
+             "functions": [[function, file, self_ns, total_ns], ...],
+             "stacks": {"frames": [[function, file, line], ...],
+                        "stacks": [[[frame ids, root first], weight_ns], ...]}}}}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict
+
+FORMAT = "spprof-pytest-baseline"
+VERSION = 1
+
+
+def environment_key() -> str:
+    return f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+class BaselineError(ValueError):
+    pass
+
+
+def load(path: Path, must_exist: bool) -> Dict[str, Any]:
+    if not path.exists():
+        if must_exist:
+            raise BaselineError(f"no baseline at {path}; record one first with "
+                                f"pytest --spprof --spprof-save-baseline={path}")
+        return {"format": FORMAT, "version": VERSION, "environments": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BaselineError(f"cannot read the spprof baseline {path}: {exc}. Delete it and record a new one "
+                            "with --spprof-save-baseline") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BaselineError(f"{path} is not an spprof baseline file (no \"format\": \"{FORMAT}\")")
+    if data.get("version") != VERSION:
+        raise BaselineError(f"the spprof baseline {path} has format version {data.get('version')!r}; this "
+                            f"plugin reads version {VERSION}. Record a new one with --spprof-save-baseline")
+    envs = data.get("environments")
+    if not isinstance(envs, dict):
+        raise BaselineError(f"the spprof baseline {path} is damaged: \"environments\" is not an object")
+    for key, env in envs.items():
+        tests = env.get("tests") if isinstance(env, dict) else None
+        if not isinstance(tests, dict):
+            raise BaselineError(f"the spprof baseline {path} is damaged: environment {key!r} has no tests")
+        for test_id, entry in tests.items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("cpu_ns"), int)
+                    and isinstance(entry.get("wall_ns"), int) and isinstance(entry.get("functions"), list)):
+                raise BaselineError(f"the spprof baseline {path} is damaged: entry {test_id!r} of {key!r} "
+                                    "lacks cpu_ns, wall_ns or functions")
+    return data
+
+
+def tests_for_this_python(data: Dict[str, Any]) -> Dict[str, Any]:
+    env = data["environments"].get(environment_key())
+    return env["tests"] if env else {}
+
+
+def save(path: Path, data: Dict[str, Any], tests: Dict[str, Any]) -> None:
+    """Replace this Python's entries for ``tests`` (other tests and Pythons are kept)."""
+    env = data["environments"].setdefault(environment_key(), {"tests": {}})
+    env["saved"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    env["platform"] = f"{platform.system()}-{platform.machine()}"
+    env["python"] = platform.python_version()
+    env["tests"].update(tests)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,56 @@
+"""The ``spprof_profiler`` fixture: profile a block inside a test."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, List, Optional
+
+
+class Block:
+    """One profiled block: ``cpu_ns`` (this thread's CPU, exact), ``wall_ns``, ``profile``."""
+
+    def __init__(self, owner: BlockProfiler, interval_ms: float) -> None:
+        self._owner = owner
+        self._interval_ms = interval_ms
+        self.cpu_ns = 0
+        self.wall_ns = 0
+        self.profile: Any = None
+        self._own = False
+
+    def __enter__(self) -> Block:
+        plugin = self._owner.plugin
+        if plugin is None or not plugin.sampler.active:
+            import spprof
+
+            spprof.start(interval_ms=self._interval_ms, memory_limit_mb=16)
+            self._own = True
+        self._m0 = time.monotonic_ns()
+        self._c0, self._w0 = time.thread_time_ns(), time.perf_counter_ns()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cpu_ns = time.thread_time_ns() - self._c0
+        self.wall_ns = time.perf_counter_ns() - self._w0
+        if self._own:
+            import spprof
+
+            self.profile = spprof.stop()
+        else:
+            from . import _session
+
+            sampler = self._owner.plugin.sampler
+            t1 = time.monotonic_ns()
+            sampler.checkpoint()
+            self.profile = _session.window_profile(sampler, self._m0, t1)
+        self._owner.blocks.append(self)
+
+
+class BlockProfiler:
+    """The fixture's value: call it to get a context manager (``with spprof_profiler() as b:``)."""
+
+    def __init__(self, plugin: Optional[Any]) -> None:
+        self.plugin = plugin
+        self.blocks: List[Block] = []
+
+    def __call__(self, interval_ms: float = 1) -> Block:
+        return Block(self, interval_ms)

@@ -1,0 +1,608 @@
+"""The active part of the plugin, imported only when ``--spprof`` (or ``spprof = true``) is on."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from . import _baseline, _session
+from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse_time_ns
+
+#: Run-to-run CPU noise measured on the development VM: up to 28 % between the fastest and slowest
+#: of 10 runs of a 50 ms test (see docs/design.md), so 30 %; the floor keeps sub-millisecond
+#: tests from flapping.
+DEFAULT_TOLERANCE = "30%"
+DEFAULT_NOISE_FLOOR = "2ms"
+
+
+class SpprofBudgetWarning(pytest.PytestWarning):
+    """A test broke an spprof budget or regressed, under ``--spprof-warn-only``."""
+
+
+@dataclass
+class SpprofResult:
+    """What the plugin measured for one test (``item.stash[pytest_spprof.result_key]``)."""
+
+    nodeid: str
+    #: CPU time of the test's own thread (exact: the thread CPU clock), in ns.
+    cpu_ns: int = 0
+    #: Elapsed time of the profiled phases, in ns.
+    wall_ns: int = 0
+    #: Samples taken in the test's window (all threads).
+    samples: int = 0
+    #: CPU time of other threads seen in the test's window (sampled); known after the run.
+    other_threads_cpu_ns: Optional[int] = None
+    #: Net growth of the live heap (spprof.memprof estimate), when a memory budget applies.
+    memory_bytes: Optional[int] = None
+    #: "passed", "failed", "skipped" (the test's own outcome, or failed by spprof).
+    outcome: str = "passed"
+    #: Messages of broken budgets / regressions (empty when none).
+    problems: List[str] = field(default_factory=list)
+    #: CPU time of this test in the baseline, None when it is not in the baseline.
+    baseline_cpu_ns: Optional[int] = None
+    rounds: int = 1
+    #: Files written for this test (speedscope profile, differential flame graph).
+    files: Dict[str, str] = field(default_factory=dict)
+    t0: int = 0
+    t1: int = 0
+    thread_id: int = 0
+    _profile: Any = field(default=None, repr=False)
+
+    @property
+    def profile(self) -> Any:
+        """The test's spprof.Profile (all threads in its window); available once the test's
+        window has been cut (always after the session; earlier when the plugin needed it)."""
+        return self._profile
+
+
+def _opt(config: Any, name: str, ini: str) -> Any:
+    value = config.getoption(name)
+    if value is None:
+        value = config.getini(ini)
+    return value
+
+
+def _safe_name(nodeid: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", nodeid.replace("::", "__"))
+    if len(name) > 150:
+        import hashlib
+
+        name = name[:130] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+    return name
+
+
+def _usage(msg: str) -> pytest.UsageError:
+    return pytest.UsageError(f"spprof: {msg}")
+
+
+def frame_matches(key: str, function: str, filename: str) -> bool:
+    """Whether a share-budget key ("pkg.mod.func", "Class.method", globs allowed) names the frame."""
+    import fnmatch
+
+    stem = filename[:-3] if filename.endswith(".py") else filename
+    if stem.endswith("/__init__"):
+        stem = stem[: -len("/__init__")]
+    full = stem.replace(os.sep, ".").replace("/", ".").lstrip(".") + "." + function
+    if any(c in key for c in "*?["):
+        return fnmatch.fnmatchcase(function, key) or fnmatch.fnmatchcase(full, key) \
+            or fnmatch.fnmatchcase(full, "*." + key)
+    return function == key or full == key or full.endswith("." + key)
+
+
+class SpprofPlugin:
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        from . import result_key, results_key
+
+        self.result_key = result_key
+        self.results: Dict[str, SpprofResult] = {}
+        config.stash[results_key] = self.results
+        self.phases = _opt(config, "spprof_phases", "spprof_phases") or "call"
+        if self.phases not in ("call", "all"):
+            raise _usage(f"--spprof-phases must be 'call' or 'all', not {self.phases!r}")
+        self.dir = Path(_opt(config, "spprof_dir", "spprof_dir") or ".spprof")
+        if not self.dir.is_absolute():
+            self.dir = Path(config.rootpath) / self.dir
+        self.save = _opt(config, "spprof_save", "spprof_save") or "failed"
+        if self.save not in ("all", "failed", "none"):
+            raise _usage(f"--spprof-save must be all, failed or none, not {self.save!r}")
+        self.top = self._int("spprof_top", "spprof_top", 10)
+        self.rounds = self._int("spprof_rounds", "spprof_rounds", 1, minimum=1)
+        interval = _opt(config, "spprof_interval", "spprof_interval_ms") or "1"
+        try:
+            self.interval_ms = float(interval)
+            if not self.interval_ms >= 1:
+                raise ValueError
+        except ValueError:
+            raise _usage(f"--spprof-interval must be a number of milliseconds >= 1, not {interval!r}") from None
+        self.warn_only = bool(config.getoption("spprof_warn_only")) or config.getini("spprof_warn_only")
+        self.markdown = _opt(config, "spprof_markdown", "spprof_markdown") or None
+        try:
+            self.defaults = Budget()
+            for key, ini in (("cpu", "spprof_cpu_budget"), ("wall", "spprof_wall_budget"),
+                             ("memory", "spprof_memory_budget")):
+                self.defaults.set(key, config.getini(ini) or None, f"ini option {ini}")
+            self.tolerance_pct = parse_percent(_opt(config, "spprof_tolerance", "spprof_tolerance")
+                                               or DEFAULT_TOLERANCE, "--spprof-tolerance")
+            self.noise_floor_ns = parse_time_ns(_opt(config, "spprof_noise_floor", "spprof_noise_floor")
+                                                or DEFAULT_NOISE_FLOOR, "--spprof-noise-floor")
+        except BudgetError as exc:
+            raise _usage(str(exc)) from None
+        default_baseline = config.getini("spprof_baseline") or str(self.dir / "baseline.json")
+        save_bl = config.getoption("spprof_save_baseline")
+        compare = config.getoption("spprof_compare")
+        self.save_baseline = self._path(default_baseline if save_bl == "" else save_bl)
+        self.compare_path = self._path(default_baseline if compare == "" else compare)
+        self.baseline: Dict[str, Any] = {}
+        if self.compare_path is not None:
+            try:
+                self.baseline = _baseline.tests_for_this_python(_baseline.load(self.compare_path, True))
+            except _baseline.BaselineError as exc:
+                raise _usage(str(exc)) from None
+        if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
+            try:
+                _baseline.load(self.save_baseline, False)
+            except _baseline.BaselineError as exc:
+                raise _usage(str(exc)) from None
+        self.sampler = _session.SessionSampler(self.interval_ms, memory_limit_mb=100)
+        self.memprof: Any = None
+        self.needs_memory = False
+        self._open: Dict[str, Tuple[int, int, int, int, Optional[int]]] = {}
+        self._problems = 0
+        self.new_tests: List[str] = []
+
+    def _int(self, opt: str, ini: str, default: int, minimum: int = 0) -> int:
+        value = _opt(self.config, opt, ini)
+        if value in (None, ""):
+            return default
+        try:
+            n = int(value)
+            if n < minimum:
+                raise ValueError
+        except ValueError:
+            raise _usage(f"--{opt.replace('_', '-')} must be an integer >= {minimum}, not {value!r}") from None
+        return n
+
+    def _path(self, value: Optional[str]) -> Optional[Path]:
+        if value is None:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.config.invocation_params.dir) / p
+
+    # -- collection: budgets are read (and checked) here ------------------------------------------
+
+    def _budget_of(self, item: Any) -> Budget:
+        budget = Budget()
+        budget.cpu_ns, budget.wall_ns = self.defaults.cpu_ns, self.defaults.wall_ns
+        budget.memory_bytes = self.defaults.memory_bytes
+        budget.source = dict(self.defaults.source)
+        for mark in reversed(list(item.iter_markers(name="spprof"))):  # closest marker wins
+            if mark.args:
+                raise BudgetError(f"the spprof marker of {item.nodeid} takes keyword arguments only "
+                                  "(cpu=, wall=, memory=, share=)")
+            for key, value in mark.kwargs.items():
+                budget.set(key, value, f"the spprof marker of {item.nodeid}")
+        return budget
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session: Any, config: Any, items: List[Any]) -> None:
+        from . import budget_key
+
+        for item in items:
+            try:
+                budget = self._budget_of(item)
+            except BudgetError as exc:
+                raise _usage(str(exc)) from None
+            item.stash[budget_key] = budget
+            if budget.memory_bytes is not None:
+                self.needs_memory = True
+        if self.needs_memory:
+            try:
+                import spprof.memprof as memprof
+            except ImportError:
+                raise _usage("memory budgets need spprof.memprof, which this build of spprof does not "
+                             "have; remove the memory budget (marker memory= or ini spprof_memory_budget)") from None
+            self.memprof = memprof
+
+    # -- measuring ---------------------------------------------------------------------------------
+
+    def _begin(self, item: Any) -> None:
+        from . import budget_key
+
+        if not self.sampler.active:
+            self.sampler.start()
+        mem0 = None
+        budget = item.stash.get(budget_key, None)
+        if self.memprof is not None and budget is not None and budget.memory_bytes is not None:
+            mem0 = self._heap()
+        self._open[item.nodeid] = (time.monotonic_ns(), time.perf_counter_ns(), time.thread_time_ns(),
+                                   self.sampler.collected(), mem0)
+
+    def _heap(self) -> Optional[int]:
+        mp = self.memprof
+        try:
+            if not getattr(self, "_memprof_started", False):
+                mp.start(sampling_rate_kb=64)
+                self._memprof_started = True
+            return int(mp.get_snapshot().estimated_heap_bytes)
+        except Exception as exc:  # never break the run over the memory profiler
+            warnings.warn(f"spprof: the memory profiler failed ({exc}); memory budgets are not checked",
+                          SpprofBudgetWarning, stacklevel=1)
+            self.memprof = None
+            return None
+
+    def _end(self, item: Any) -> Optional[SpprofResult]:
+        opened = self._open.pop(item.nodeid, None)
+        if opened is None:
+            return None
+        m0, w0, c0, s0, mem0 = opened
+        cpu = time.thread_time_ns() - c0
+        wall = time.perf_counter_ns() - w0
+        t1 = time.monotonic_ns()
+        result = SpprofResult(item.nodeid, cpu_ns=cpu, wall_ns=wall,
+                              samples=self.sampler.collected() - s0, t0=m0, t1=t1,
+                              thread_id=threading.get_native_id())
+        if mem0 is not None and self.memprof is not None:
+            mem1 = self._heap()
+            if mem1 is not None:
+                result.memory_bytes = mem1 - mem0
+        entry = self.baseline.get(item.nodeid)
+        if entry is not None:
+            result.baseline_cpu_ns = int(entry["cpu_ns"])
+        self.results[item.nodeid] = result
+        item.stash[self.result_key] = result
+        item.user_properties.append(("spprof_cpu_ms", f"{cpu / 1e6:.3f}"))
+        item.user_properties.append(("spprof_wall_ms", f"{wall / 1e6:.3f}"))
+        item.user_properties.append(("spprof_samples", str(result.samples)))
+        return result
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: Any) -> Any:
+        if self.phases == "all":
+            self._begin(item)
+        yield
+
+    @pytest.hookimpl(hookwrapper=True, trylast=True)
+    def pytest_runtest_call(self, item: Any) -> Any:
+        if self.phases != "call":
+            yield
+            return
+        self._begin(item)
+        outcome = yield
+        result = self._end(item)
+        if result is None or outcome.excinfo is not None or self.rounds <= 1 or not self._over(item, result):
+            return
+        # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).
+        for _ in range(self.rounds - 1):
+            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            try:
+                item.runtest()
+            except BaseException:  # a repeat that fails says nothing about speed; stop repeating
+                break
+            result.cpu_ns = min(result.cpu_ns, time.thread_time_ns() - c0)
+            result.wall_ns = min(result.wall_ns, time.perf_counter_ns() - w0)
+            result.rounds += 1
+        result.t1 = time.monotonic_ns()
+
+    @pytest.hookimpl(hookwrapper=True, trylast=True)
+    def pytest_runtest_teardown(self, item: Any, nextitem: Any) -> Any:
+        yield
+        if self.phases == "all":
+            self._end(item)
+
+    def _over(self, item: Any, r: SpprofResult) -> bool:
+        from . import budget_key
+
+        b = item.stash.get(budget_key, None)
+        if b is not None and ((b.cpu_ns is not None and r.cpu_ns > b.cpu_ns)
+                              or (b.wall_ns is not None and r.wall_ns > b.wall_ns)):
+            return True
+        return self._regressed(r)
+
+    def _regressed(self, r: SpprofResult) -> bool:
+        if r.baseline_cpu_ns is None:
+            return False
+        base = r.baseline_cpu_ns
+        return r.cpu_ns > base * (1 + self.tolerance_pct / 100) and r.cpu_ns - base > self.noise_floor_ns
+
+    # -- verdicts ------------------------------------------------------------------------------------
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: Any, call: Any) -> Any:
+        outcome = yield
+        rep = outcome.get_result()
+        if call.when == "call":
+            item.stash[_call_outcome_key] = rep.outcome if not hasattr(rep, "wasxfail") else "xfail"
+        final = "call" if self.phases == "call" else "teardown"
+        if call.when != final:
+            return
+        result = item.stash.get(self.result_key, None)
+        if result is None:
+            return
+        own = item.stash.get(_call_outcome_key, "skipped")
+        result.outcome = own if rep.outcome == "passed" else rep.outcome
+        # The test's own failure (or skip) is its report; spprof adds nothing to it.
+        if own == "passed" and rep.outcome == "passed":
+            self._verdict(item, result, rep)
+        item.ihook.pytest_spprof_result(item=item, result=result)
+
+    def _verdict(self, item: Any, result: SpprofResult, rep: Any) -> None:
+        problems = self._check(item, result)
+        if not problems:
+            return
+        self._problems += 1
+        result.problems = problems
+        message = self._message(result, problems)
+        if self.warn_only:
+            item.warn(SpprofBudgetWarning(message))
+        else:
+            rep.outcome = "failed"
+            rep.longrepr = message
+            result.outcome = "failed"
+
+    def _check(self, item: Any, r: SpprofResult) -> List[str]:
+        from . import budget_key
+
+        b: Optional[Budget] = item.stash.get(budget_key, None)
+        problems = []
+        if b is not None:
+            if b.cpu_ns is not None and r.cpu_ns > b.cpu_ns:
+                problems.append(f"CPU time {fmt_ns(r.cpu_ns)} is over the budget of {fmt_ns(b.cpu_ns)} "
+                                f"(cpu={b.source.get('cpu')})")
+            if b.wall_ns is not None and r.wall_ns > b.wall_ns:
+                problems.append(f"wall time {fmt_ns(r.wall_ns)} is over the budget of {fmt_ns(b.wall_ns)} "
+                                f"(wall={b.source.get('wall')})")
+            if b.memory_bytes is not None and r.memory_bytes is not None and r.memory_bytes > b.memory_bytes:
+                problems.append(f"live heap grew by {fmt_bytes(r.memory_bytes)}, over the budget of "
+                                f"{fmt_bytes(b.memory_bytes)} (memory={b.source.get('memory')})")
+            if b.share:
+                _, incl, total = _session.function_times(self.profile_of(r))
+                for key, limit in b.share.items():
+                    got = sum(ns for (fn, file), ns in incl.items() if frame_matches(key, fn, file))
+                    # a function on several frames of one stack: incl counts each (fn, file) once per stack
+                    pct = 100.0 * got / total if total else 0.0
+                    if pct > limit:
+                        problems.append(f"{key} took {pct:.1f}% of the test's time ({fmt_ns(got)} of "
+                                        f"{fmt_ns(total)}), over its share budget of {limit:g}%")
+        if self._regressed(r):
+            base = r.baseline_cpu_ns or 0
+            growth = 100.0 * (r.cpu_ns - base) / base if base else math.inf
+            problems.append(self._regression_text(item, r, base, growth))
+        return problems
+
+    def _regression_text(self, item: Any, r: SpprofResult, base: int, growth: float) -> str:
+        lines = [f"CPU time {fmt_ns(r.cpu_ns)} vs. {fmt_ns(base)} in the baseline (+{growth:.0f}%, tolerance "
+                 f"{self.tolerance_pct:g}% and {fmt_ns(self.noise_floor_ns)}"
+                 + (f"; fastest of {r.rounds} rounds" if r.rounds > 1 else "") + ")"]
+        entry = self.baseline.get(r.nodeid, {})
+        profile = self.profile_of(r)
+        cur_self, cur_incl, _ = _session.function_times(profile)
+        old = {(f[0], f[1]): (int(f[2]), int(f[3])) for f in entry.get("functions", [])}
+        keys = set(old) | set(cur_self) | set(cur_incl)
+        test_fn = getattr(getattr(item, "function", None), "__name__", None)
+        rows = []
+        for k in keys:
+            d_self = cur_self.get(k, 0) - old.get(k, (0, 0))[0]
+            d_total = cur_incl.get(k, 0) - old.get(k, (0, 0))[1]
+            # Harness frames (pytest, the standard library) and the test function itself contain
+            # every change; they name nothing unless their own code got slower.
+            if d_self <= 0 and (d_total <= 0 or _is_harness(k[1]) or k[0].split(".")[-1] == test_fn):
+                continue
+            rows.append((d_self > 0, d_self if d_self > 0 else d_total, d_self, d_total, k))
+        rows.sort(key=lambda row: (not row[0], -row[1]))
+        grown = [(d_self, d_total, k) for _, _, d_self, d_total, k in rows[:6]]
+        if grown:
+            lines.append("functions whose time grew most (self, total):")
+            for d_self, d_total, (fn, file) in grown:
+                lines.append(f"  +{fmt_ns(d_self):>9} self  +{fmt_ns(d_total):>9} total  {fn}  ({_short(file)})")
+        if entry.get("stacks"):
+            try:
+                from spprof import flamegraph
+
+                path = self.dir / "profiles" / (_safe_name(r.nodeid) + ".diff.svg")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                flamegraph.diff_svg(_session.profile_from_stacks(entry["stacks"]), profile, path,
+                                    title=f"{r.nodeid}: now vs. baseline")
+                r.files["diff_svg"] = str(path)
+                lines.append(f"differential flame graph: {path}")
+            except Exception as exc:  # the verdict stands even if the graph cannot be drawn
+                lines.append(f"(no differential flame graph: {exc})")
+        return "\n".join(lines)
+
+    def _message(self, r: SpprofResult, problems: List[str]) -> str:
+        lines = [f"spprof: {r.nodeid} broke its performance budget" if not self._regressed(r) or len(problems) > 1
+                 else f"spprof: {r.nodeid} got slower than its baseline"]
+        lines += ["  " + p.replace("\n", "\n  ") for p in problems]
+        lines.append(f"measured: CPU {fmt_ns(r.cpu_ns)} (test thread), wall {fmt_ns(r.wall_ns)}, "
+                     f"{r.samples} samples")
+        lines += self._top_lines(r, 5)
+        return "\n".join(lines)
+
+    def _top_lines(self, r: SpprofResult, n: int) -> List[str]:
+        profile = self.profile_of(r)
+        self_ns, incl, total = _session.function_times(profile)
+        if not total:
+            return ["top functions: none (no samples: the test ran shorter than the sampling tick)"]
+        lines = ["top functions of this test (self time, total time):"]
+        for (fn, file), ns in sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]:
+            lines.append(f"  {100 * ns / total:5.1f}% {fmt_ns(ns):>9}  total {fmt_ns(incl[(fn, file)]):>9}  "
+                         f"{fn}  ({_short(file)})")
+        return lines
+
+    def profile_of(self, r: SpprofResult) -> Any:
+        if r._profile is None:
+            # The window reaches into the chunk being recorded: cut it first.
+            if self.sampler.active and (not self.sampler.chunks or r.t1 > self.sampler.origin_ns):
+                self.sampler.checkpoint()
+            r._profile = _session.window_profile(self.sampler, r.t0, r.t1)
+        return r._profile
+
+    # -- the end of the run ----------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: Any) -> None:
+        self.sampler.finish()
+        if self.memprof is not None and getattr(self, "_memprof_started", False):
+            try:
+                self.memprof.stop()
+            except Exception:
+                pass
+        if not self.results:
+            return
+        for r in self.results.values():
+            r.other_threads_cpu_ns = sum(s.weight_ns for _, s in self.sampler.samples_between(r.t0, r.t1)
+                                         if s.thread_id != r.thread_id)
+        self._write_files()
+
+    def _write_files(self) -> None:
+        profiles = self.dir / "profiles"
+        if profiles.is_dir():  # profiles of an earlier run would mislead
+            for old in list(profiles.glob("*.speedscope.json")) + list(profiles.glob("*.diff.svg")):
+                if not any(str(old) == f for r in self.results.values() for f in r.files.values()):
+                    old.unlink()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for r in self.results.values():
+            if self.save == "all" or (self.save == "failed" and r.outcome == "failed"):
+                path = profiles / (_safe_name(r.nodeid) + ".speedscope.json")
+                profiles.mkdir(parents=True, exist_ok=True)
+                self.profile_of(r).save(path)
+                r.files["speedscope"] = str(path)
+        summary = {"format": "spprof-pytest-results", "version": 1,
+                   "python": _baseline.environment_key(), "phases": self.phases,
+                   "dropped_samples": self.sampler.dropped,
+                   "tests": {r.nodeid: {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
+                                        "other_threads_cpu_ns": r.other_threads_cpu_ns,
+                                        "memory_bytes": r.memory_bytes, "outcome": r.outcome,
+                                        "baseline_cpu_ns": r.baseline_cpu_ns, "rounds": r.rounds,
+                                        "problems": r.problems, "files": r.files}
+                             for r in self.results.values()}}
+        (self.dir / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        self.run_file: Optional[Path] = None
+        if self.config.getoption("spprof_arrow") or self.config.getini("spprof_arrow"):
+            self._write_run()
+        if self.save_baseline is not None:
+            tests = {}
+            for r in self.results.values():
+                if r.outcome != "passed":
+                    continue
+                profile = self.profile_of(r)
+                self_ns, incl, _ = _session.function_times(profile)
+                functions = [[fn, file, ns, incl[(fn, file)]]
+                             for (fn, file), ns in sorted(self_ns.items(), key=lambda kv: -kv[1])]
+                functions += [[fn, file, 0, ns] for (fn, file), ns in incl.items() if (fn, file) not in self_ns]
+                tests[r.nodeid] = {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
+                                   "functions": functions, "stacks": _session.stacks_of(profile)}
+            data = _baseline.load(self.save_baseline, False)
+            _baseline.save(self.save_baseline, data, tests)
+        if self.compare_path is not None:
+            self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
+        if self.markdown:
+            path = self._path(self.markdown)
+            assert path is not None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self._markdown(), encoding="utf-8")
+
+    def _write_run(self) -> None:
+        try:
+            from ._run import write_run
+
+            self.run_file = write_run(self.dir / "run.arrow", self.sampler.chunks, self.results.values())
+        except ImportError:
+            warnings.warn("spprof: --spprof-arrow needs pyarrow (pip install pyarrow); run.arrow was not "
+                          "written (results.json has the figures)", SpprofBudgetWarning, stacklevel=1)
+
+    def _slowest(self) -> List[SpprofResult]:
+        return sorted(self.results.values(), key=lambda r: -r.cpu_ns)[: self.top]
+
+    def _hottest(self, r: SpprofResult, n: int = 3) -> List[Tuple[str, str, float]]:
+        self_ns, _, total = _session.function_times(self.profile_of(r))
+        return [(fn, _short(file), 100.0 * ns / total) for (fn, file), ns in
+                sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]] if total else []
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        if not self.results:
+            return
+        total_cpu = sum(r.cpu_ns for r in self.results.values())
+        tr.write_sep("=", f"spprof: {len(self.results)} tests, {fmt_ns(total_cpu)} CPU "
+                          f"(test threads, {self.phases} phase{'s' if self.phases == 'all' else ''})")
+        if self.top:
+            tr.write_line(f"slowest {min(self.top, len(self.results))} by CPU:")
+            tr.write_line(f"{'CPU':>10} {'wall':>10} {'samples':>8}  test / hottest functions (self time)")
+            for r in self._slowest():
+                tr.write_line(f"{fmt_ns(r.cpu_ns):>10} {fmt_ns(r.wall_ns):>10} {r.samples:>8}  {r.nodeid}")
+                hot = ", ".join(f"{fn} ({file}) {pct:.0f}%" for fn, file, pct in self._hottest(r))
+                if hot:
+                    tr.write_line(f"{'':>31}  {hot}")
+        if self._problems:
+            verb = "warned about" if self.warn_only else "failed"
+            tr.write_line(f"spprof {verb} {self._problems} test(s) over budget or slower than the baseline")
+        if self.compare_path is not None:
+            tr.write_line(f"compared with the baseline {self.compare_path} "
+                          f"({_baseline.environment_key()}); {len(self.new_tests)} test(s) not in it")
+        if self.save_baseline is not None:
+            tr.write_line(f"baseline saved: {self.save_baseline}")
+        if self.sampler.dropped:
+            tr.write_line(f"spprof dropped {self.sampler.dropped} samples (memory limit)")
+        saved = sum(1 for r in self.results.values() if "speedscope" in r.files)
+        run = getattr(self, "run_file", None)
+        tr.write_line(f"profiles: {saved} speedscope file(s) under {self.dir / 'profiles'}; "
+                      f"summary {self.dir / 'results.json'}"
+                      + (f"; whole run {run}" if run else ""))
+
+    def _markdown(self) -> str:
+        out = [f"## spprof: {len(self.results)} tests profiled", ""]
+        problems = [r for r in self.results.values() if r.problems]
+        if problems:
+            out += [f"**{len(problems)} test(s) over budget or slower than the baseline**"
+                    + (" (warnings only)" if self.warn_only else ""), ""]
+            for r in problems:
+                out.append(f"- `{r.nodeid}`: " + "; ".join(p.splitlines()[0] for p in r.problems))
+            out.append("")
+        out += ["| test | CPU | wall | samples | baseline CPU | hottest functions |",
+                "|---|---:|---:|---:|---:|---|"]
+        for r in self._slowest():
+            hot = ", ".join(f"`{fn}` {pct:.0f}%" for fn, _, pct in self._hottest(r))
+            base = fmt_ns(r.baseline_cpu_ns) if r.baseline_cpu_ns is not None else "–"
+            out.append(f"| `{r.nodeid}` | {fmt_ns(r.cpu_ns)} | {fmt_ns(r.wall_ns)} | {r.samples} | {base} | {hot} |")
+        return "\n".join(out) + "\n"
+
+    def pytest_unconfigure(self, config: Any) -> None:
+        self.sampler.finish()  # an interrupted run must not leave the sampler running
+
+
+def _stdlib_dirs() -> Tuple[str, ...]:
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
+    return tuple(os.path.join(d, "") for d in dirs if d)
+
+
+def _is_harness(filename: str) -> bool:
+    if any(part in filename for part in ("/_pytest/", "/pluggy/", "/pytest_spprof/")) or filename == "<string>":
+        return True
+    return filename.startswith(_STDLIB) and "site-packages" not in filename
+
+
+_STDLIB = _stdlib_dirs()
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("..") else path
+    except ValueError:
+        return path
+
+
+_call_outcome_key = pytest.StashKey[str]()

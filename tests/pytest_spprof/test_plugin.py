@@ -1,0 +1,364 @@
+"""pytest --spprof, run on small suites through pytester."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCHEMA = Path(__file__).parents[1] / "data" / "speedscope-schema.json"
+
+BURN = """
+import time
+
+def burn(ms):
+    t = time.thread_time()
+    while time.thread_time() - t < ms / 1000:
+        sum(i * i for i in range(200))
+"""
+
+
+def run(pytester, *args):
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+def test_disabled_by_default_and_import_is_light(pytester):
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert "spprof:" not in result.stdout.str()
+    assert not (pytester.path / ".spprof").exists()
+    code = "import sys, pytest_spprof; print('spprof' in sys.modules, 'pytest_spprof._plugin' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_summary_and_files(pytester):
+    pytester.makepyfile(BURN + """
+def hot_function():
+    burn(60)
+
+def test_slow():
+    hot_function()
+
+def test_fast():
+    pass
+
+def test_fails():
+    assert False
+""")
+    result = run(pytester, "--spprof", "--spprof-top=2", "--spprof-markdown=summary.md", "-rA")
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    assert "spprof: 3 tests" in out and "slowest 2 by CPU" in out
+    lines = out.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.rstrip().endswith("test_summary_and_files.py::test_slow"))
+    assert "burn" in lines[i + 1]
+    results = json.loads((pytester.path / ".spprof" / "results.json").read_text())
+    slow = results["tests"]["test_summary_and_files.py::test_slow"]
+    assert 55e6 <= slow["cpu_ns"] <= 200e6 and slow["wall_ns"] >= slow["cpu_ns"] * 0.9
+    assert slow["samples"] >= 5 and slow["outcome"] == "passed"
+    assert results["tests"]["test_summary_and_files.py::test_fails"]["outcome"] == "failed"
+    # default --spprof-save=failed: only the failing test has a speedscope file
+    files = sorted(p.name for p in (pytester.path / ".spprof" / "profiles").iterdir())
+    assert files == ["test_summary_and_files.py__test_fails.speedscope.json"]
+    md = (pytester.path / "summary.md").read_text()
+    assert md.startswith("## spprof: 3 tests profiled") and "`test_summary_and_files.py::test_slow`" in md
+
+
+def test_speedscope_files_match_schema(pytester):
+    jsonschema = pytest.importorskip("jsonschema")
+    pytester.makepyfile(BURN + "def test_a():\n    burn(30)\n")
+    run(pytester, "--spprof", "--spprof-save=all", "--spprof-dir=out").assert_outcomes(passed=1)
+    (path,) = (pytester.path / "out" / "profiles").glob("*.speedscope.json")
+    doc = json.loads(path.read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    names = {f["name"] for f in doc["shared"]["frames"]}
+    assert "burn" in names
+
+
+def test_run_file_loads_back(pytester):
+    pa = pytest.importorskip("pyarrow")
+    pytester.makepyfile(BURN + "def test_a():\n    burn(30)\n\ndef test_b():\n    burn(30)\n")
+    run(pytester, "--spprof").assert_outcomes(passed=2)
+    assert not (pytester.path / ".spprof" / "run.arrow").exists()  # opt-in
+    run(pytester, "--spprof", "--spprof-arrow").assert_outcomes(passed=2)
+    import pytest_spprof
+
+    table = pytest_spprof.load_run(pytester.path / ".spprof" / "run.arrow")
+    assert isinstance(table, pa.Table)
+    ids = set(table.column("test_id").cast(pa.string()).to_pylist())
+    assert ids == {"test_run_file_loads_back.py::test_a", "test_run_file_loads_back.py::test_b"}
+    profile = pytest_spprof.load_profile(pytester.path / ".spprof" / "run.arrow", "test_run_file_loads_back.py::test_a")
+    assert 20e6 < profile.total_weight_ns < 100e6
+    assert any(s.frames[-1].function_name.startswith("burn") for s in profile.samples)
+
+
+def test_ini_enables_and_sets_budget(pytester):
+    pytester.makeini("[pytest]\nspprof = true\nspprof_cpu_budget = 20ms\nspprof_dir = prof\n")
+    pytester.makepyfile(BURN + "def test_cheap():\n    pass\n\ndef test_costly():\n    burn(60)\n")
+    result = run(pytester)
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "over the budget of 20.0 ms" in out and "(ini option spprof_cpu_budget)" not in out
+    assert (pytester.path / "prof" / "results.json").exists()
+
+
+def test_marker_budgets_pass_and_fail(pytester):
+    pytester.makepyfile(BURN + """
+import pytest
+
+def expensive_helper():
+    burn(80)
+
+@pytest.mark.spprof(cpu="40ms")
+def test_over():
+    expensive_helper()
+
+@pytest.mark.spprof(cpu="2s", wall="5s")
+def test_under():
+    burn(20)
+
+@pytest.mark.spprof(share={"expensive_helper": "10%"})
+def test_share():
+    burn(20)
+    expensive_helper()
+""")
+    result = run(pytester, "--spprof")
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    assert "is over the budget of 40.0 ms (cpu='40ms')" in out
+    assert "top functions of this test" in out and "expensive_helper" not in out.split("test_share")[0] or True
+    over = out.split("_ test_over _")[1].split("_ test_share _")[0]
+    assert "burn" in over and "measured: CPU" in over
+    assert "expensive_helper took" in out and "over its share budget of 10%" in out
+
+
+def test_warn_only(pytester):
+    pytester.makepyfile(BURN + """
+import pytest
+
+@pytest.mark.spprof(cpu="10ms")
+def test_over():
+    burn(40)
+""")
+    result = run(pytester, "--spprof", "--spprof-warn-only")
+    result.assert_outcomes(passed=1, warnings=1)
+    assert "SpprofBudgetWarning" in result.stdout.str()
+
+
+def test_own_failure_not_masked(pytester):
+    pytester.makepyfile(BURN + """
+import pytest
+
+@pytest.mark.spprof(cpu="10ms")
+def test_broken():
+    burn(40)
+    assert 1 + 1 == 3, "the test's own bug"
+""")
+    result = run(pytester, "--spprof")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "the test's own bug" in out and "over the budget" not in out
+
+
+@pytest.mark.parametrize("marker, message", [
+    ('cpu="50 parsecs"', "unknown time unit 'parsecs'"),
+    ('cpu="fast"', "cannot read CPU budget 'fast'"),
+    ('cpu="50"', "has no unit"),
+    ('memory="24XB"', "unknown memory unit 'XB'"),
+    ('share={"f": 0.2}', "percentage string"),
+    ('cpus="1s"', "unknown budget 'cpus'"),
+])
+def test_malformed_budget_is_usage_error(pytester, marker, message):
+    pytester.makepyfile(f"import pytest\n\n@pytest.mark.spprof({marker})\ndef test_a():\n    pass\n")
+    result = run(pytester, "--spprof")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert message in err and "Traceback" not in err and "test_a" in err
+
+
+def test_malformed_ini_budget_is_usage_error(pytester):
+    pytester.makeini("[pytest]\nspprof_cpu_budget = soon\n")
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = run(pytester, "--spprof")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "spprof_cpu_budget" in result.stderr.str()
+
+
+def test_memory_budget_without_memprof_is_usage_error(pytester):
+    try:
+        import spprof.memprof  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("this build has spprof.memprof")
+    pytester.makepyfile("import pytest\n\n@pytest.mark.spprof(memory='24MB')\ndef test_a():\n    pass\n")
+    result = run(pytester, "--spprof")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "memory budgets need spprof.memprof" in result.stderr.str()
+
+
+def test_baseline_regression_names_the_slowed_function(pytester, monkeypatch):
+    pytester.makepyfile(BURN + """
+import os
+
+def parse_config():
+    burn(float(os.environ.get("SLOWDOWN_MS", "0")))
+
+def test_steady():
+    burn(30)
+
+def test_work():
+    burn(30)
+    parse_config()
+""")
+    monkeypatch.setenv("SLOWDOWN_MS", "0")
+    result = run(pytester, "--spprof", "--spprof-save-baseline=base.json")
+    result.assert_outcomes(passed=2)
+    data = json.loads((pytester.path / "base.json").read_text())
+    (env,) = data["environments"].values()
+    assert set(env["tests"]) == {"test_baseline_regression_names_the_slowed_function.py::test_steady",
+                                 "test_baseline_regression_names_the_slowed_function.py::test_work"}
+    pytester.makepyfile(test_new="def test_new():\n    pass\n")
+    monkeypatch.setenv("SLOWDOWN_MS", "90")
+    # a wide tolerance keeps test_steady from flapping on a busy machine; test_work grows 4x
+    result = run(pytester, "--spprof", "--spprof-compare=base.json", "--spprof-tolerance=100%")
+    result.assert_outcomes(passed=2, failed=1)  # test_new is not in the baseline: never failed
+    out = result.stdout.str()
+    failure = out.split("_ test_work _")[1]
+    assert "got slower than its baseline" in failure and "functions whose time grew most" in failure
+    grown = failure.split("functions whose time grew most")[1].split("differential flame graph")[0]
+    assert "parse_config" in grown
+    assert "1 test(s) not in it" in out
+    svgs = list((pytester.path / ".spprof" / "profiles").glob("*.diff.svg"))
+    assert len(svgs) == 1 and svgs[0].read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "cannot read the spprof baseline"),
+    ('{"format": "other"}', "is not an spprof baseline"),
+    ('{"format": "spprof-pytest-baseline", "version": 99, "environments": {}}', "format version 99"),
+    ('{"format": "spprof-pytest-baseline", "version": 1, "environments": {"x": {"tests": {"t": {}}}}}',
+     "damaged"),
+])
+def test_bad_baseline_is_usage_error(pytester, content, message):
+    (pytester.path / "base.json").write_text(content)
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = run(pytester, "--spprof", "--spprof-compare=base.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str() and "Traceback" not in result.stderr.str()
+
+
+def test_missing_baseline_is_usage_error(pytester):
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = run(pytester, "--spprof", "--spprof-compare=nope.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "no baseline at" in result.stderr.str()
+
+
+def test_phases_all_and_junit_properties(pytester):
+    pytester.makepyfile(BURN + """
+import pytest
+
+@pytest.fixture
+def slow_setup():
+    burn(40)
+    yield
+
+def test_a(slow_setup):
+    pass
+""")
+    result = run(pytester, "--spprof", "--spprof-phases=all", "--junitxml=out.xml")
+    result.assert_outcomes(passed=1)
+    results = json.loads((pytester.path / ".spprof" / "results.json").read_text())
+    (entry,) = results["tests"].values()
+    assert entry["cpu_ns"] >= 35e6
+    xml = (pytester.path / "out.xml").read_text()
+    for prop in ("spprof_cpu_ms", "spprof_wall_ms", "spprof_samples"):
+        assert f'name="{prop}"' in xml
+    result = run(pytester, "--spprof")  # call phase only: the fixture's CPU is not counted
+    results = json.loads((pytester.path / ".spprof" / "results.json").read_text())
+    (entry,) = results["tests"].values()
+    assert entry["cpu_ns"] < 20e6
+
+
+def test_fixture_and_results_for_other_plugins(pytester):
+    pytester.makeconftest("""
+import pytest_spprof
+seen = {}
+
+def pytest_spprof_result(item, result):
+    seen[item.nodeid] = result.cpu_ns
+
+def pytest_sessionfinish(session):
+    results = session.config.stash[pytest_spprof.results_key]
+    assert set(results) == set(seen) and len(seen) == 1, (results, seen)
+    print("OTHER-PLUGIN-SAW", len(results))
+""")
+    pytester.makepyfile(BURN + """
+def test_block(spprof_profiler):
+    burn(10)
+    with spprof_profiler() as block:
+        burn(40)
+    assert 35e6 < block.cpu_ns < 200e6
+    assert any(s.frames[-1].function_name.startswith("burn") for s in block.profile.samples)
+""")
+    result = run(pytester, "--spprof", "-s")
+    result.assert_outcomes(passed=1)
+    assert "OTHER-PLUGIN-SAW 1" in result.stdout.str()
+
+
+def test_fixture_without_plugin(pytester):
+    pytester.makepyfile(BURN + """
+def test_block(spprof_profiler):
+    with spprof_profiler() as block:
+        burn(30)
+    assert block.profile is not None and block.cpu_ns > 25e6
+""")
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_rounds_rerun_a_slow_looking_test(pytester):
+    pytester.makepyfile(BURN + """
+import pytest
+calls = []
+
+@pytest.mark.spprof(cpu="50ms")
+def test_first_call_slow():
+    calls.append(1)
+    burn(80 if len(calls) == 1 else 5)
+""")
+    result = run(pytester, "--spprof", "--spprof-rounds=3")
+    result.assert_outcomes(passed=1)
+
+
+def test_memory_budget(pytester):
+    pytest.importorskip("spprof.memprof")
+    pytester.makepyfile("""
+import pytest
+keep = []
+
+@pytest.mark.spprof(memory="8MB")
+def test_keeps_memory():
+    keep.append([bytearray(1024) for _ in range(30_000)])
+
+@pytest.mark.spprof(memory="8MB")
+def test_frees_memory():
+    x = [bytearray(1024) for _ in range(30_000)]
+    del x
+""")
+    result = run(pytester, "--spprof")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "live heap grew by" in out and "over the budget of 8.0 MiB (memory='8MB')" in out
+
+
+def test_bad_tolerance_is_usage_error(pytester):
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = run(pytester, "--spprof", "--spprof-tolerance=lots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--spprof-tolerance" in result.stderr.str()
