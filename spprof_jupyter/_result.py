@@ -120,6 +120,11 @@ class SpprofResult:
             return self.memory
         raise ValueError("this result holds no profile")
 
+    def _profile(self) -> Profile:
+        """A Profile to analyse: the CPU profile, or the heap snapshot as a profile in bytes."""
+        data = self._data()
+        return data if isinstance(data, Profile) else data.to_profile()
+
     def _cpu(self, what: str) -> Profile:
         if self.profile is None:
             raise ValueError(f"{what} needs a CPU profile; this cell was profiled with --memory only "
@@ -156,7 +161,7 @@ class SpprofResult:
 
     def top(self, n: Optional[int] = DEFAULT_TOP, by: str = "self", group: str = "function") -> Any:
         """``Profile.top``: Arrow table of the ``n`` heaviest functions (or lines, files)."""
-        return self._data().top(n, by, group)
+        return self._profile().top(n, by, group)
 
     def threads(self) -> Any:
         """``Profile.threads``: Arrow table of the time per thread."""
@@ -165,8 +170,8 @@ class SpprofResult:
     def diff(self, other: Any, group: str = "function") -> Any:
         """What changed from ``other`` (the baseline: another result, or a ``Profile``) to this
         result: ``Profile.diff``, the functions that got slower first."""
-        baseline = other._data() if isinstance(other, SpprofResult) else other
-        return self._data().diff(baseline, group)
+        baseline = other._profile() if isinstance(other, SpprofResult) else other
+        return self._profile().diff(baseline, group)
 
     def save(self, path: Any, format: Optional[str] = None) -> Any:
         """Write the profile (the heap snapshot if only memory was profiled) to ``path``; the format

@@ -32,7 +32,8 @@ def test_disabled_by_default_and_import_is_light(pytester):
     assert "spprof:" not in result.stdout.str()
     assert not (pytester.path / ".spprof").exists()
     code = "import sys, pytest_spprof; print('spprof' in sys.modules, 'pytest_spprof._plugin' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=pytester.path).stdout
     assert out.split() == ["False", "False"]
 
 

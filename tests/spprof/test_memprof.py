@@ -158,8 +158,9 @@ def test_errors():
 
 
 def run_python(code):
+    # Away from the repository root, where `python -c` would import the source tree.
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, cwd=Path(__file__).parent)
 
 
 def test_shutdown_is_one_way_and_restores_the_allocators():
@@ -193,7 +194,7 @@ def test_shutdown_is_one_way_and_restores_the_allocators():
 
 def test_preload_path_says_not_built():
     r = subprocess.run([sys.executable, "-m", "spprof.memprof", "--preload-path"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent)
     assert r.returncode != 0 and "not built yet" in r.stderr
 
 

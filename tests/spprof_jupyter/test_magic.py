@@ -221,6 +221,44 @@ def test_memory_option(ip):
     assert r.profile is not None and r.memory is not None
 
 
+KEEP = """
+def keep_buffers(n):
+    kept = []
+    for _ in range(n):
+        kept.append(bytearray(64 * 1024))
+        scratch = bytearray(256 * 1024)  # freed again
+    return kept
+"""
+
+
+def test_memory_option_estimates_the_live_heap(ip):
+    memprof = _memprof()
+    if memprof is None:
+        pytest.skip("this build has no spprof.memprof")
+    ok(ip, KEEP)
+    r = ok(ip, "%%spprof --memory 64\nkept = keep_buffers(160)\n")  # 10 MiB kept, 40 MiB freed
+    truth = 160 * (64 * 1024)
+    assert isinstance(r.memory, memprof.HeapSnapshot) and r.profile is None
+    assert ip.user_ns["_spprof"] is r and r.memory_rate_kb == 64
+    assert not memprof.is_running()
+    assert 0.7 * truth <= r.memory.estimated_heap_bytes <= 1.3 * truth, r.memory.estimated_heap_bytes
+    assert r.memory.top_allocators(1)[0]["function"] == "keep_buffers"
+    assert "keep_buffers" in set(r.to_pandas("frames").function)  # the tables come from the snapshot
+    assert "Memory flame graph" in r._repr_html_()
+    pa = pytest.importorskip("pyarrow")
+    top = pa.table(r.top(3)).to_pylist()  # a memory-only result analyses the snapshot, in bytes
+    assert top[0]["function"] == "keep_buffers" and top[0]["self_bytes"] > 0.5 * truth
+    assert pa.table(r.diff(r)).column("delta_self_bytes").to_pylist()[0] == 0
+
+    r = ok(ip, "%%spprof --memory 64 --cpu\nkept = keep_buffers(160)\nhot()\n")
+    assert isinstance(r.memory, memprof.HeapSnapshot) and r.profile is not None
+    assert 0.7 * truth <= r.memory.estimated_heap_bytes <= 1.3 * truth, r.memory.estimated_heap_bytes
+    assert "hot" in leaf_functions(r.profile)
+    assert r.profile.mode == "cpu" and not spprof.is_active()
+    page = r._repr_html_()
+    assert "CPU flame graph" in page and "Memory flame graph" in page
+
+
 def _srcdocs(page):
     return [html.unescape(m) for m in re.findall(r'srcdoc="([^"]*)"', page)]
 

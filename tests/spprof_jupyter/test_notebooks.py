@@ -31,8 +31,8 @@ def kernel_spec_manager(tmp_path_factory):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (spprof tests)",
         "language": "python",
-        "env": {"IPYTHONDIR": str(root / "ipython"), "PYTHONPATH": os.pathsep.join(
-            p for p in (str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")) if p)},
+        # No repository path: the kernel must import the installed spprof, not the source tree.
+        "env": {"IPYTHONDIR": str(root / "ipython"), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
     }))
     return KernelSpecManager(kernel_dirs=[str(root)])
 
@@ -43,7 +43,7 @@ def notebooks():
 
 def test_the_notebooks_exist():
     names = {p.name for p in notebooks()}
-    assert {"quickstart.ipynb", "analysis.ipynb"} <= names
+    assert {"quickstart.ipynb", "analysis.ipynb", "memory.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)
