@@ -2,7 +2,7 @@
 
     python benchmarks/overhead.py [--rounds 7] [--seconds 1.0] [--json out.json]
 
-Runs are interleaved (baseline, 10 ms, 1 ms, baseline, ...) so that drift of the machine hits all
+Runs are interleaved (baseline, 10 ms, 1 ms, then rotated each round) so that drift of the machine hits all
 configurations alike; each figure is the median over the rounds, and the overhead is the ratio of
 medians against the baseline measured in the same run. The cost of one sample is reported two ways:
 the time spent inside the signal handler (measured by the handler itself) and the whole extra wall
@@ -76,8 +76,11 @@ def main(argv=None):
     samples = {k: [] for k in configs}
     handler_ns = {k: [] for k in configs}
     timed(iterations, None)  # warm-up
-    for _ in range(opts.rounds):
-        for name, interval in configs.items():
+    order = list(configs)
+    for r in range(opts.rounds):
+        # Rotate the order each round so that no configuration always runs first (position bias).
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            interval = configs[name]
             elapsed, profile = timed(iterations, interval)
             walls[name].append(elapsed)
             if profile is not None:
