@@ -6,9 +6,11 @@
 //! - [`threads`]: sampled threads and their timers; [`sampler`]: the signal handler;
 //! - [`python_threads`]: finding the interpreter's threads and registering them;
 //! - [`resolver`], [`code_hook`]: code pointers → frames, resolved before code objects die;
-//! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python.
-//! - [`arrow_py`]: profiles as Arrow tables (the Arrow PyCapsule interface).
-//! - [`flamegraph_py`]: SVG/HTML flame graphs of finished profiles.
+//! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python;
+//!   [`stop_signal`]: how the background resolver threads are stopped;
+//! - [`arrow_py`]: profiles as Arrow tables (the Arrow PyCapsule interface);
+//! - [`analysis_py`]: top functions, threads, diffs and filters (`spprof.analysis`);
+//! - [`flamegraph_py`]: SVG/HTML flame graphs of finished profiles;
 //! - [`memprof`]: the memory profiler (allocator-domain hooks, live-heap table).
 
 mod analysis_py;
@@ -24,6 +26,7 @@ mod python_threads;
 mod resolver;
 mod sampler;
 mod session;
+mod stop_signal;
 mod threads;
 mod walker;
 

@@ -32,6 +32,7 @@ use crate::profile_data::ProfileData;
 use crate::resolver::Resolver;
 use crate::sampler::MAX_DEPTH;
 use crate::session::resolve_stack;
+use crate::stop_signal::StopSignal;
 use crate::threads::{clock_ns, gettid};
 use crate::walker::Walker;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -47,7 +48,7 @@ use std::cell::UnsafeCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -374,25 +375,8 @@ fn record_alloc(addr: u64, size: u64) {
     rec.write(1, weight);
     rec.write(2, raw::pack_thread(gettid() as u32, flags));
     rec.write(3, depth as u64);
-    let mut i = 0;
-    if tstate != 0 {
-        // SAFETY: as above.
-        unsafe {
-            walker.walk(tstate, |code, offset| {
-                if i >= depth {
-                    return false;
-                }
-                rec.write(raw::HEADER_WORDS + 2 * i, code as u64);
-                rec.write(raw::HEADER_WORDS + 2 * i + 1, offset as u64);
-                i += 1;
-                true
-            })
-        };
-    }
-    while i < depth {
-        rec.write(raw::HEADER_WORDS + 2 * i, 0);
-        i += 1;
-    }
+    // SAFETY: as above.
+    unsafe { walker.write_frames(tstate, depth, &mut rec) };
     rec.write(raw::body_words(depth), addr);
     rec.write(raw::body_words(depth) + 1, size);
     rec.commit();
@@ -428,7 +412,7 @@ struct Live {
 }
 
 struct Drainer {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<StopSignal>,
     handle: JoinHandle<()>,
 }
 
@@ -533,7 +517,7 @@ impl MemSession {
     }
 
     fn start_drainer(&mut self) {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new(StopSignal::default());
         let stop2 = stop.clone();
         let handle = std::thread::Builder::new()
             .name("spprof-memprof".into())
@@ -545,21 +529,14 @@ impl MemSession {
 
 /// Resolve in the background so the ring never fills: when it is an eighth full, or every
 /// 100 ms when it holds anything. Runs from `start()` to `shutdown()` (frees keep coming).
-fn drainer_loop(stop: &(Mutex<bool>, Condvar)) {
+fn drainer_loop(stop: &StopSignal) {
     let Some(sh) = shared() else {
         return;
     };
     let mut last = Instant::now();
     loop {
-        {
-            let guard = stop.0.lock().unwrap_or_else(|e| e.into_inner());
-            let (guard, _) = stop
-                .1
-                .wait_timeout_while(guard, Duration::from_millis(20), |stopped| !*stopped)
-                .unwrap_or_else(|e| e.into_inner());
-            if *guard {
-                return;
-            }
+        if stop.sleep(Duration::from_millis(20)) {
+            return;
         }
         let busy = sh.ring.used_bytes() * 8 >= sh.ring.capacity_bytes();
         let due = !sh.ring.is_empty() && last.elapsed() >= Duration::from_millis(100);
@@ -684,8 +661,7 @@ fn memprof_shutdown(py: Python<'_>) -> usize {
     TRACKING.store(false, Ordering::SeqCst);
     let drainer = lock().as_mut().and_then(|s| s.drainer.take());
     if let Some(d) = drainer {
-        *d.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        d.stop.1.notify_all();
+        d.stop.stop();
         // The drainer may be waiting for the GIL: release it while joining.
         py.detach(|| {
             let _ = d.handle.join();

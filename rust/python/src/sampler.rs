@@ -223,24 +223,8 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
         raw::pack_thread(s.store_thread.load(Ordering::Relaxed), flags),
     );
     rec.write(3, depth as u64);
-    let mut i = 0;
     // SAFETY: as above; the chain has not changed since the first pass.
-    unsafe {
-        walker.walk(tstate, |code, offset| {
-            if i >= depth {
-                return false;
-            }
-            rec.write(raw::HEADER_WORDS + 2 * i, code as u64);
-            rec.write(raw::HEADER_WORDS + 2 * i + 1, offset as u64);
-            i += 1;
-            true
-        })
-    };
-    // Zero code = "unknown frame" for the resolver, should the second pass ever see fewer frames.
-    while i < depth {
-        rec.write(raw::HEADER_WORDS + 2 * i, 0);
-        i += 1;
-    }
+    unsafe { walker.write_frames(tstate, depth, &mut rec) };
     rec.commit();
     shared.collected.fetch_add(1, Ordering::Relaxed);
     if let Some(end) = threads::clock_ns(libc::CLOCK_MONOTONIC) {

@@ -10,13 +10,14 @@
 use crate::python_threads;
 use crate::resolver::Resolver;
 use crate::sampler::{self, Shared};
+use crate::stop_signal::StopSignal;
 use crate::threads::{self, Clock, TimerSpec};
 use pyo3::prelude::*;
 use spprof_engine::raw::{RawSample, FLAG_ON_CPU, FLAG_TRUNCATED};
 use spprof_engine::store::Store;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,7 @@ pub static SESSION: Mutex<Option<Session>> = Mutex::new(None);
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 struct Drainer {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<StopSignal>,
     handle: JoinHandle<()>,
 }
 
@@ -129,7 +130,7 @@ impl Session {
     }
 
     pub fn start_drainer(&mut self) {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new(StopSignal::default());
         let shared = self.shared as usize;
         let stop2 = stop.clone();
         let handle = std::thread::Builder::new()
@@ -143,8 +144,7 @@ impl Session {
     pub fn take_drainer(&mut self) -> Option<impl FnOnce()> {
         self.drainer.take().map(|d| {
             move || {
-                *d.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
-                d.stop.1.notify_all();
+                d.stop.stop();
                 let _ = d.handle.join();
             }
         })
@@ -204,22 +204,15 @@ pub struct Finished {
 /// Resolve in the background so the ring never fills and code objects are resolved while alive:
 /// when the ring is an eighth full, or every 100 ms when it holds anything. Every 100 ms also
 /// look for threads that started without passing through `threading`'s start hook.
-fn drainer_loop(shared: usize, stop: &(Mutex<bool>, Condvar)) {
+fn drainer_loop(shared: usize, stop: &StopSignal) {
     // SAFETY: the session joins this thread before freeing the Shared.
     let shared = unsafe { &*(shared as *const Shared) };
     let me = threads::gettid();
     let mut last = Instant::now();
     let mut last_scan = Instant::now();
     loop {
-        {
-            let guard = stop.0.lock().unwrap_or_else(|e| e.into_inner());
-            let (guard, _) = stop
-                .1
-                .wait_timeout_while(guard, Duration::from_millis(20), |stopped| !*stopped)
-                .unwrap_or_else(|e| e.into_inner());
-            if *guard {
-                return;
-            }
+        if stop.sleep(Duration::from_millis(20)) {
+            return;
         }
         if last_scan.elapsed() >= Duration::from_millis(100) {
             Python::attach(|py| {

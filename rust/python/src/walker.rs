@@ -5,6 +5,8 @@
 //! cap so a corrupt (cyclic) chain cannot loop forever.
 
 use crate::offsets::{FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR};
+use spprof_engine::raw::HEADER_WORDS;
+use spprof_engine::ring::Reservation;
 
 /// No Python program has a deeper stack than this; it also bounds a walk over a corrupt chain.
 const MAX_WALK: usize = 100_000;
@@ -98,6 +100,34 @@ impl Walker {
             frame = next;
         }
         visited
+    }
+
+    /// Write the innermost `depth` frames into a raw sample record (`(code, offset)` word pairs
+    /// after the header), zero-filling what the chain does not provide (code 0 = "unknown frame"
+    /// for the resolver). `tstate == 0` writes only unknown frames.
+    ///
+    /// # Safety
+    /// As for [`Walker::walk`].
+    pub unsafe fn write_frames(&self, tstate: usize, depth: usize, rec: &mut Reservation<'_>) {
+        let mut i = 0;
+        if tstate != 0 {
+            // SAFETY: forwarded caller contract.
+            unsafe {
+                self.walk(tstate, |code, offset| {
+                    if i >= depth {
+                        return false;
+                    }
+                    rec.write(HEADER_WORDS + 2 * i, code as u64);
+                    rec.write(HEADER_WORDS + 2 * i + 1, offset as u64);
+                    i += 1;
+                    true
+                })
+            };
+        }
+        while i < depth {
+            rec.write(HEADER_WORDS + 2 * i, 0);
+            i += 1;
+        }
     }
 
     /// The executing instruction's byte offset, or `None` for a frame that `sys._getframe()`
