@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from _timing import calibrate
+
 
 class Point:
     def __init__(self, x, y):
@@ -76,17 +78,6 @@ def run_child(config, iterations):
     return json.loads(out.stdout)
 
 
-def calibrate(seconds):
-    n = 16
-    while True:
-        t0 = time.perf_counter()
-        workload(n)
-        dt = time.perf_counter() - t0
-        if dt > 0.2:
-            return max(1, int(n * seconds / dt))
-        n *= 2
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
@@ -104,7 +95,7 @@ def main():
         configs.append("memray")
     except ImportError:
         print("memray is not installed: leaving it out", file=sys.stderr)
-    iterations = calibrate(args.seconds)
+    iterations = calibrate(workload, args.seconds, start=16)
     times = {c: [] for c in configs}
     samples = {}
     for _ in range(args.rounds):

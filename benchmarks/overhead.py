@@ -19,6 +19,8 @@ import statistics
 import sys
 import time
 
+from _timing import calibrate
+
 import spprof
 
 
@@ -40,17 +42,6 @@ def workload(iterations):
         mixed(5000)
 
 
-def calibrate(seconds):
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        workload(n)
-        dt = time.perf_counter() - t0
-        if dt > 0.2:
-            return max(1, int(n * seconds / dt))
-        n *= 2
-
-
 def timed(iterations, interval_ms):
     if interval_ms is None:
         t0 = time.perf_counter()
@@ -70,7 +61,7 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the figures here")
     opts = ap.parse_args(argv)
 
-    iterations = calibrate(opts.seconds)
+    iterations = calibrate(workload, opts.seconds)
     configs = {"baseline": None, "10 ms": 10, "1 ms": 1}
     walls = {k: [] for k in configs}
     samples = {k: [] for k in configs}
