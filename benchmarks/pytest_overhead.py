@@ -41,7 +41,7 @@ def main() -> int:
 
     env = dict(os.environ, **env_path)
     spprof = base + ["--spprof", f"--spprof-dir={work / 'prof'}"]
-    variants = {"plain": base, "--spprof": spprof, "--spprof --spprof-arrow": spprof + ["--spprof-arrow"]}
+    variants = {"plain": base, "--spprof": spprof, "--spprof --spprof-no-arrow": spprof + ["--spprof-no-arrow"]}
     times: dict = {k: [] for k in variants}
     for k, cmd in variants.items():  # warm-up (and check that the suite passes)
         out = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)

@@ -14,6 +14,11 @@ For other plugins: ``item.stash[pytest_spprof.result_key]`` is the ``SpprofResul
 (cpu_ns, wall_ns, samples, outcome, problems, baseline_cpu_ns, files; ``.profile`` once cut), and
 ``config.stash[pytest_spprof.results_key]`` maps node ids to them. The hook
 ``pytest_spprof_result(item, result)`` is called when a test's figures are final.
+
+Under pytest-xdist each worker profiles its own tests (budgets and baseline comparisons are
+decided there, the hook is called there); the controller merges the workers' results, baselines
+and run files at the end of the session, and fills its ``config.stash[results_key]`` then
+(without ``.profile``: the profiles stay in the workers, their files in ``--spprof-dir``).
 """
 
 from __future__ import annotations
@@ -60,9 +65,8 @@ def pytest_addoption(parser: Any) -> None:
     add("--spprof-rounds", default=None, metavar="N",
         help="re-run the call of a test that looks over budget or regressed up to N-1 times; "
              "the fastest round counts (default 1)")
-    add("--spprof-arrow", action="store_true", default=False,
-        help="also write the whole run as one Arrow IPC file, run.arrow, with a test_id column "
-             "(needs pyarrow; importing it costs ~0.5 s; ini: spprof_arrow)")
+    add("--spprof-no-arrow", action="store_true", default=False,
+        help="do not write the whole run as one Arrow IPC file, run.arrow (ini: spprof_arrow = false)")
     add("--spprof-markdown", default=None, metavar="PATH",
         help="write a Markdown summary (for a CI job summary)")
     parser.addini("spprof", "profile every test with spprof", type="bool", default=False)
@@ -79,7 +83,7 @@ def pytest_addoption(parser: Any) -> None:
                         ("spprof_markdown", "Markdown summary path")):
         parser.addini(name, f"spprof: {help_}", default="")
     parser.addini("spprof_warn_only", "spprof: warn instead of failing", type="bool", default=False)
-    parser.addini("spprof_arrow", "spprof: write the whole-run Arrow file", type="bool", default=False)
+    parser.addini("spprof_arrow", "spprof: write the whole-run Arrow file run.arrow", type="bool", default=True)
 
 
 def pytest_addhooks(pluginmanager: Any) -> None:

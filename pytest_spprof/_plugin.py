@@ -53,10 +53,25 @@ class SpprofResult:
     rounds: int = 1
     #: Files written for this test (speedscope profile, differential flame graph).
     files: Dict[str, str] = field(default_factory=dict)
+    #: The test's hottest functions by self time: (function, file, percent of its samples).
+    hottest: List[Tuple[str, str, float]] = field(default_factory=list)
     t0: int = 0
     t1: int = 0
     thread_id: int = 0
     _profile: Any = field(default=None, repr=False)
+
+    _RECORDED = ("cpu_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "outcome",
+                 "baseline_cpu_ns", "rounds", "problems", "files", "hottest")
+
+    def record(self) -> Dict[str, Any]:
+        """The figures as JSON (results.json, and what an xdist worker hands the controller)."""
+        return {"nodeid": self.nodeid, **{k: getattr(self, k) for k in self._RECORDED}}
+
+    @classmethod
+    def from_record(cls, record: Dict[str, Any]) -> SpprofResult:
+        r = cls(record["nodeid"], **{k: record[k] for k in cls._RECORDED if k != "hottest"})
+        r.hottest = [tuple(h) for h in record["hottest"]]
+        return r
 
     @property
     def profile(self) -> Any:
@@ -160,6 +175,8 @@ class SpprofPlugin:
         self._open: Dict[str, Tuple[int, int, int, int, Optional[int]]] = {}
         self._problems = 0
         self.new_tests: List[str] = []
+        self.dropped = 0
+        self.run_file: Optional[Path] = None
 
     def _int(self, opt: str, ini: str, default: int, minimum: int = 0) -> int:
         value = _opt(self.config, opt, ini)
@@ -448,6 +465,39 @@ class SpprofPlugin:
         return r._profile
 
     # -- the end of the run ----------------------------------------------------------------------------
+    #
+    # Without xdist one process does everything. Under xdist each worker finishes its own tests
+    # (profile files, hottest functions, baseline entries) and leaves a part (JSON, and its run
+    # file) in a directory the controller named; the controller merges the parts into the usual
+    # outputs once every worker is done.
+
+    def _role(self) -> str:
+        if hasattr(self.config, "workerinput"):
+            return "worker"
+        return "controller" if self.config.pluginmanager.has_plugin("dsession") else "single"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:  # xdist, controller: tell workers where parts go
+        node.workerinput["spprof_parts"] = str(self._parts_dir())
+
+    def _parts_dir(self) -> Path:
+        given = getattr(self.config, "workerinput", {}).get("spprof_parts")
+        if given:
+            return Path(given)
+        if not hasattr(self, "_parts"):
+            import tempfile
+
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._parts = Path(tempfile.mkdtemp(prefix=".xdist-parts-", dir=self.dir))
+        return self._parts
+
+    def pytest_sessionstart(self, session: Any) -> None:
+        if self._role() == "worker":
+            return
+        profiles = self.dir / "profiles"
+        if profiles.is_dir():  # profiles of an earlier run would mislead
+            for old in list(profiles.glob("*.speedscope.json")) + list(profiles.glob("*.diff.svg")):
+                old.unlink()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: Any) -> None:
@@ -455,55 +505,103 @@ class SpprofPlugin:
         if self.memprof is not None and getattr(self, "_memprof_started", False):
             try:
                 self.memprof.stop()
-            except Exception:
-                pass
-        if not self.results:
+            except Exception as exc:  # the figures are taken; only say that stopping failed
+                warnings.warn(f"spprof: stopping the memory profiler failed: {exc}", SpprofBudgetWarning,
+                              stacklevel=1)
+        role = self._role()
+        if role == "controller":
+            self._merge_parts()
             return
+        self._finish_tests()
+        baseline_tests = self._baseline_entries() if self.save_baseline is not None else {}
+        if role == "worker":
+            self._write_part(baseline_tests)
+        elif self.results:
+            run = self._write_run() if self.arrow else None
+            self._write_outputs(self.sampler.dropped, baseline_tests, run)
+
+    @property
+    def arrow(self) -> bool:
+        return not self.config.getoption("spprof_no_arrow") and bool(self.config.getini("spprof_arrow"))
+
+    def _finish_tests(self) -> None:
+        """What needs this process's samples: other threads' time, hottest functions, profile files."""
+        profiles = self.dir / "profiles"
         for r in self.results.values():
             r.other_threads_cpu_ns = sum(s.weight_ns for _, s in self.sampler.samples_between(r.t0, r.t1)
                                          if s.thread_id != r.thread_id)
-        self._write_files()
-
-    def _write_files(self) -> None:
-        profiles = self.dir / "profiles"
-        if profiles.is_dir():  # profiles of an earlier run would mislead
-            for old in list(profiles.glob("*.speedscope.json")) + list(profiles.glob("*.diff.svg")):
-                if not any(str(old) == f for r in self.results.values() for f in r.files.values()):
-                    old.unlink()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for r in self.results.values():
+            r.hottest = self._hottest(r)
             if self.save == "all" or (self.save == "failed" and r.outcome == "failed"):
                 path = profiles / (_safe_name(r.nodeid) + ".speedscope.json")
                 profiles.mkdir(parents=True, exist_ok=True)
                 self.profile_of(r).save(path)
                 r.files["speedscope"] = str(path)
+
+    def _baseline_entries(self) -> Dict[str, Any]:
+        tests = {}
+        for r in self.results.values():
+            if r.outcome != "passed":
+                continue
+            profile = self.profile_of(r)
+            self_ns, incl, _ = _session.function_times(profile)
+            functions = [[fn, file, ns, incl[(fn, file)]]
+                         for (fn, file), ns in sorted(self_ns.items(), key=lambda kv: -kv[1])]
+            functions += [[fn, file, 0, ns] for (fn, file), ns in incl.items() if (fn, file) not in self_ns]
+            tests[r.nodeid] = {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
+                               "functions": functions, "stacks": _session.stacks_of(profile)}
+        return tests
+
+    def _write_run(self) -> Optional[Path]:
+        from ._run import write_run
+
+        name = f"{self.config.workerinput['workerid']}.arrow" if self._role() == "worker" else "run.arrow"
+        folder = self._parts_dir() if self._role() == "worker" else self.dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_run(folder / name, self.sampler.chunks, self.results.values())
+
+    def _write_part(self, baseline_tests: Dict[str, Any]) -> None:
+        run = self._write_run() if self.arrow and self.results else None
+        part = {"tests": [r.record() for r in self.results.values()], "dropped": self.sampler.dropped,
+                "baseline": baseline_tests, "run": str(run) if run else None}
+        path = self._parts_dir() / f"{self.config.workerinput['workerid']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(part), encoding="utf-8")
+
+    def _merge_parts(self) -> None:
+        import shutil
+
+        folder = self._parts_dir()
+        dropped, baseline_tests, runs = 0, {}, []
+        for path in sorted(folder.glob("*.json")):
+            part = json.loads(path.read_text(encoding="utf-8"))
+            for record in part["tests"]:
+                r = SpprofResult.from_record(record)
+                self.results[r.nodeid] = r
+                self._problems += bool(r.problems)
+            dropped += part["dropped"]
+            baseline_tests.update(part["baseline"])
+            if part["run"]:
+                runs.append(Path(part["run"]))
+        run = None
+        if runs:
+            from ._run import merge_runs
+
+            run = merge_runs(self.dir / "run.arrow", runs)
+        if self.results:
+            self._write_outputs(dropped, baseline_tests, run)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _write_outputs(self, dropped: int, baseline_tests: Dict[str, Any], run: Optional[Path]) -> None:
+        """The run's files, from the results of this process or of every xdist worker."""
+        self.dropped, self.run_file = dropped, run
+        self.dir.mkdir(parents=True, exist_ok=True)
         summary = {"format": "spprof-pytest-results", "version": 1,
-                   "python": _baseline.environment_key(), "phases": self.phases,
-                   "dropped_samples": self.sampler.dropped,
-                   "tests": {r.nodeid: {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
-                                        "other_threads_cpu_ns": r.other_threads_cpu_ns,
-                                        "memory_bytes": r.memory_bytes, "outcome": r.outcome,
-                                        "baseline_cpu_ns": r.baseline_cpu_ns, "rounds": r.rounds,
-                                        "problems": r.problems, "files": r.files}
-                             for r in self.results.values()}}
+                   "python": _baseline.environment_key(), "phases": self.phases, "dropped_samples": dropped,
+                   "tests": {r.nodeid: r.record() for r in self.results.values()}}
         (self.dir / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        self.run_file: Optional[Path] = None
-        if self.config.getoption("spprof_arrow") or self.config.getini("spprof_arrow"):
-            self._write_run()
         if self.save_baseline is not None:
-            tests = {}
-            for r in self.results.values():
-                if r.outcome != "passed":
-                    continue
-                profile = self.profile_of(r)
-                self_ns, incl, _ = _session.function_times(profile)
-                functions = [[fn, file, ns, incl[(fn, file)]]
-                             for (fn, file), ns in sorted(self_ns.items(), key=lambda kv: -kv[1])]
-                functions += [[fn, file, 0, ns] for (fn, file), ns in incl.items() if (fn, file) not in self_ns]
-                tests[r.nodeid] = {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
-                                   "functions": functions, "stacks": _session.stacks_of(profile)}
             data = _baseline.load(self.save_baseline, False)
-            _baseline.save(self.save_baseline, data, tests)
+            _baseline.save(self.save_baseline, data, baseline_tests)
         if self.compare_path is not None:
             self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
         if self.markdown:
@@ -512,21 +610,12 @@ class SpprofPlugin:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(self._markdown(), encoding="utf-8")
 
-    def _write_run(self) -> None:
-        try:
-            from ._run import write_run
-
-            self.run_file = write_run(self.dir / "run.arrow", self.sampler.chunks, self.results.values())
-        except ImportError:
-            warnings.warn("spprof: --spprof-arrow needs pyarrow (pip install pyarrow); run.arrow was not "
-                          "written (results.json has the figures)", SpprofBudgetWarning, stacklevel=1)
-
     def _slowest(self) -> List[SpprofResult]:
         return sorted(self.results.values(), key=lambda r: -r.cpu_ns)[: self.top]
 
     def _hottest(self, r: SpprofResult, n: int = 3) -> List[Tuple[str, str, float]]:
         self_ns, _, total = _session.function_times(self.profile_of(r))
-        return [(fn, _short(file), 100.0 * ns / total) for (fn, file), ns in
+        return [(fn, _short(file), round(100.0 * ns / total, 1)) for (fn, file), ns in
                 sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]] if total else []
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -541,7 +630,7 @@ class SpprofPlugin:
             tr.write_line(f"{'CPU':>10} {'wall':>10} {'samples':>8}  test / hottest functions (self time)")
             for r in self._slowest():
                 tr.write_line(f"{fmt_ns(r.cpu_ns):>10} {fmt_ns(r.wall_ns):>10} {r.samples:>8}  {r.nodeid}")
-                hot = ", ".join(f"{fn} ({file}) {pct:.0f}%" for fn, file, pct in self._hottest(r))
+                hot = ", ".join(f"{fn} ({file}) {pct:.0f}%" for fn, file, pct in r.hottest)
                 if hot:
                     tr.write_line(f"{'':>31}  {hot}")
         if self._problems:
@@ -552,10 +641,10 @@ class SpprofPlugin:
                           f"({_baseline.environment_key()}); {len(self.new_tests)} test(s) not in it")
         if self.save_baseline is not None:
             tr.write_line(f"baseline saved: {self.save_baseline}")
-        if self.sampler.dropped:
-            tr.write_line(f"spprof dropped {self.sampler.dropped} samples (memory limit)")
+        if self.dropped:
+            tr.write_line(f"spprof dropped {self.dropped} samples (memory limit)")
         saved = sum(1 for r in self.results.values() if "speedscope" in r.files)
-        run = getattr(self, "run_file", None)
+        run = self.run_file
         tr.write_line(f"profiles: {saved} speedscope file(s) under {self.dir / 'profiles'}; "
                       f"summary {self.dir / 'results.json'}"
                       + (f"; whole run {run}" if run else ""))
@@ -572,7 +661,7 @@ class SpprofPlugin:
         out += ["| test | CPU | wall | samples | baseline CPU | hottest functions |",
                 "|---|---:|---:|---:|---:|---|"]
         for r in self._slowest():
-            hot = ", ".join(f"`{fn}` {pct:.0f}%" for fn, _, pct in self._hottest(r))
+            hot = ", ".join(f"`{fn}` {pct:.0f}%" for fn, _, pct in r.hottest)
             base = fmt_ns(r.baseline_cpu_ns) if r.baseline_cpu_ns is not None else "–"
             out.append(f"| `{r.nodeid}` | {fmt_ns(r.cpu_ns)} | {fmt_ns(r.wall_ns)} | {r.samples} | {base} | {hot} |")
         return "\n".join(out) + "\n"
@@ -589,7 +678,8 @@ def _stdlib_dirs() -> Tuple[str, ...]:
 
 
 def _is_harness(filename: str) -> bool:
-    if any(part in filename for part in ("/_pytest/", "/pluggy/", "/pytest_spprof/")) or filename == "<string>":
+    if any(part in filename for part in ("/_pytest/", "/pluggy/", "/pytest_spprof/", "/xdist/", "/execnet/")) \
+            or filename == "<string>":
         return True
     return filename.startswith(_STDLIB) and "site-packages" not in filename
 

@@ -82,20 +82,29 @@ def test_speedscope_files_match_schema(pytester):
 
 
 def test_run_file_loads_back(pytester):
-    pa = pytest.importorskip("pyarrow")
     pytester.makepyfile(BURN + "def test_a():\n    burn(30)\n\ndef test_b():\n    burn(30)\n")
-    run(pytester, "--spprof").assert_outcomes(passed=2)
-    assert not (pytester.path / ".spprof" / "run.arrow").exists()  # opt-in
-    run(pytester, "--spprof", "--spprof-arrow").assert_outcomes(passed=2)
+    run(pytester, "--spprof", "--spprof-no-arrow").assert_outcomes(passed=2)
+    assert not (pytester.path / ".spprof" / "run.arrow").exists()
+    run(pytester, "--spprof").assert_outcomes(passed=2)  # written by default
+    path = pytester.path / ".spprof" / "run.arrow"
+    assert path.exists()
+    pa = pytest.importorskip("pyarrow")
     import pytest_spprof
 
-    table = pytest_spprof.load_run(pytester.path / ".spprof" / "run.arrow")
+    table = pytest_spprof.load_run(path)
     assert isinstance(table, pa.Table)
     ids = set(table.column("test_id").cast(pa.string()).to_pylist())
     assert ids == {"test_run_file_loads_back.py::test_a", "test_run_file_loads_back.py::test_b"}
-    profile = pytest_spprof.load_profile(pytester.path / ".spprof" / "run.arrow", "test_run_file_loads_back.py::test_a")
+    profile = pytest_spprof.load_profile(path, "test_run_file_loads_back.py::test_a")
     assert 20e6 < profile.total_weight_ns < 100e6
     assert any(s.frames[-1].function_name.startswith("burn") for s in profile.samples)
+    results = json.loads((pytester.path / ".spprof" / "results.json").read_text())["tests"]
+    # every sample of a test's window is in the file: leaf rows add up to the test's samples
+    leaves = table.filter(table.column("is_leaf")).to_pylist()
+    for test_id, figures in results.items():  # (the counter and the timestamps may differ at the edges)
+        assert abs(sum(1 for row in leaves if row["test_id"] == test_id) - figures["samples"]) <= 1
+    pl = pytest.importorskip("polars")
+    assert pl.read_ipc(path).height == table.num_rows
 
 
 def test_ini_enables_and_sets_budget(pytester):
@@ -363,3 +372,61 @@ def test_bad_tolerance_is_usage_error(pytester):
     result = run(pytester, "--spprof", "--spprof-tolerance=lots")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--spprof-tolerance" in result.stderr.str()
+
+
+XDIST_SUITE = BURN + """
+import os
+import pytest
+
+def parse_config():
+    burn(float(os.environ.get("SLOWDOWN_MS", "0")))
+
+@pytest.mark.parametrize("n", range(4))
+def test_steady(n):
+    burn(30)
+
+def test_work():
+    burn(30)
+    parse_config()
+
+@pytest.mark.spprof(cpu="5ms")
+def test_over():
+    burn(30)
+"""
+
+
+def test_xdist_workers_profile_and_the_controller_merges(pytester, monkeypatch):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_x=XDIST_SUITE)
+    monkeypatch.setenv("SLOWDOWN_MS", "0")
+    result = run(pytester, "-n", "2", "--spprof", "--spprof-save-baseline=base.json",
+                 "--spprof-markdown=summary.md", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=5, failed=1)
+    out = result.stdout.str()
+    assert "CPU time" in out.split("_ test_over _")[1] and "over the budget of 5.0 ms" in out
+    assert "spprof: 6 tests" in out and "slowest" in out and "burn" in out
+    results = json.loads((pytester.path / ".spprof" / "results.json").read_text())["tests"]
+    assert len(results) == 6 and all(r["cpu_ns"] > 20e6 and r["samples"] > 0 for r in results.values())
+    assert results["test_x.py::test_over"]["outcome"] == "failed"
+    (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
+    assert len(env["tests"]) == 5 and "test_x.py::test_over" not in env["tests"]  # passed tests only
+    assert "test_x.py::test_work" in (pytester.path / "summary.md").read_text()
+    assert (pytester.path / "junit.xml").read_text().count('name="spprof_cpu_ms"') == 6
+    assert not list((pytester.path / ".spprof").glob(".xdist-parts-*"))  # parts are cleaned up
+    pa = pytest.importorskip("pyarrow")
+    import pytest_spprof
+
+    table = pytest_spprof.load_run(pytester.path / ".spprof" / "run.arrow")
+    leaves = table.filter(table.column("is_leaf"))
+    assert set(leaves.column("test_id").cast(pa.string()).to_pylist()) == set(results)
+    assert len(set(leaves.column("sample_id").to_pylist())) == leaves.num_rows  # unique across workers
+    # results count samples by the sampler's counter, the file by timestamp: a sample at a window's
+    # edge may fall on either side
+    assert abs(leaves.num_rows - sum(r["samples"] for r in results.values())) <= len(results)
+
+    monkeypatch.setenv("SLOWDOWN_MS", "90")
+    result = run(pytester, "-n", "2", "--spprof", "--spprof-compare=base.json", "--spprof-tolerance=100%")
+    result.assert_outcomes(passed=4, failed=2)  # test_over (budget) and test_work (regression)
+    failure = result.stdout.str().split("_ test_work _")[1]
+    assert "got slower than its baseline" in failure
+    assert "parse_config" in failure.split("functions whose time grew most")[1].split("differential")[0]

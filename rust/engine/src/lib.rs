@@ -9,6 +9,7 @@
 //!   weights, and the lock-free set of live sampled addresses;
 //! - [`analysis`]: top functions, per-thread time, diffs and filters.
 //! - [`arrow`]: the profile as Arrow record batches (samples, frames), sharing the store's columns.
+//! - [`run_file`]: the pytest plugin's whole-run Arrow IPC file.
 
 pub mod alloc_sampler;
 pub mod analysis;
@@ -18,5 +19,6 @@ pub mod flamegraph;
 pub mod heapmap;
 pub mod raw;
 pub mod ring;
+pub mod run_file;
 pub mod speedscope;
 pub mod store;

@@ -4,7 +4,7 @@
 //! dependency of spprof.
 
 use crate::profile_data::ProfileData;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use spprof_engine::arrow::arrow_array::ffi::FFI_ArrowSchema;
@@ -12,6 +12,10 @@ use spprof_engine::arrow::arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use spprof_engine::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
 use spprof_engine::arrow::arrow_schema::{ArrowError, SchemaRef};
 use spprof_engine::arrow::{self, Kind, Table, KINDS};
+use spprof_engine::run_file::{self, Chunk, Window};
+use spprof_engine::store::Store;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A schema and its record batches, exported to any Arrow consumer without a copy.
 /// Each export shares the same buffers; the table can be exported any number of times.
@@ -147,4 +151,62 @@ pub fn _column_address(data: &Bound<'_, ProfileData>, column: &str) -> PyResult<
             "no shared column '{other}'; shared columns: 'timestamp_ns', 'weight'"
         ))),
     }
+}
+
+fn run_file_error(path: &Path, e: ArrowError) -> PyErr {
+    match e {
+        ArrowError::IoError(msg, _) => {
+            PyOSError::new_err(format!("cannot write {}: {msg}", path.display()))
+        }
+        other => PyValueError::new_err(format!("{}: {other}", path.display())),
+    }
+}
+
+/// Write the pytest plugin's whole-run Arrow IPC file (see `spprof_engine::run_file`): the
+/// samples of `chunks` (profile, CLOCK_MONOTONIC origin of its timestamps) that fall inside one
+/// of `windows` (t0, t1, index into `test_ids`), sorted by t0. Returns the samples written.
+#[pyfunction]
+pub fn write_run(
+    py: Python<'_>,
+    path: PathBuf,
+    chunks: Vec<(Bound<'_, ProfileData>, i64)>,
+    mut windows: Vec<(i64, i64, i32)>,
+    test_ids: Vec<String>,
+) -> PyResult<u64> {
+    windows.sort_unstable();
+    if let Some(&(_, _, bad)) = windows
+        .iter()
+        .find(|w| w.2 < 0 || w.2 as usize >= test_ids.len())
+    {
+        return Err(PyValueError::new_err(format!(
+            "window test index {bad} is outside the {} test ids",
+            test_ids.len()
+        )));
+    }
+    let stores: Vec<(Arc<Store>, i64)> = chunks
+        .iter()
+        .map(|(data, origin)| (data.get().store().clone(), *origin))
+        .collect();
+    let windows: Vec<Window> = windows
+        .into_iter()
+        .map(|(t0, t1, test)| Window { t0, t1, test })
+        .collect();
+    py.detach(|| {
+        let chunks: Vec<Chunk> = stores
+            .iter()
+            .map(|(store, origin_ns)| Chunk {
+                store,
+                origin_ns: *origin_ns,
+            })
+            .collect();
+        run_file::write(&path, &chunks, &windows, &test_ids)
+    })
+    .map_err(|e| run_file_error(&path, e))
+}
+
+/// Join run files (one per pytest-xdist worker) into one; returns the samples in it.
+#[pyfunction]
+pub fn merge_runs(py: Python<'_>, path: PathBuf, parts: Vec<PathBuf>) -> PyResult<u64> {
+    py.detach(|| run_file::merge(&path, &parts))
+        .map_err(|e| run_file_error(&path, e))
 }

@@ -289,6 +289,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ProfileData>()?;
     m.add_function(wrap_pyfunction!(arrow_py::to_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(arrow_py::_column_address, m)?)?;
+    m.add_function(wrap_pyfunction!(arrow_py::write_run, m)?)?;
+    m.add_function(wrap_pyfunction!(arrow_py::merge_runs, m)?)?;
     m.add_class::<arrow_py::ArrowTable>()?;
     // Creates the guard's type now: lazily, pyo3 could release the GIL under the session lock.
     m.add_class::<python_threads::ThreadExitGuard>()?;
