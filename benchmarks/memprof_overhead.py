@@ -1,7 +1,13 @@
-"""Memory-profiler overhead: wall time of an allocation-heavy pure-Python workload with and
-without spprof.memprof, next to tracemalloc (and memray when it is installed).
+"""Memory-profiler overhead: wall time of an allocation-heavy workload with and without
+spprof.memprof, next to tracemalloc (and memray when it is installed).
 
-    python benchmarks/memprof_overhead.py [--rounds 7] [--seconds 1.0] [--json out.json]
+    python benchmarks/memprof_overhead.py [--workload python|numpy] [--rounds 7] [--seconds 1.0]
+                                          [--json out.json]
+
+Workloads: ``python`` (pure Python: small objects, dicts, strings, buffers; ~20 M allocations/s)
+and ``numpy`` (array arithmetic making temporaries: native allocations through malloc). Configs
+marked ``+preload`` run with ``LD_PRELOAD=libspprof_alloc.so`` (native allocations tracked);
+``baseline+preload`` is the library loaded and the profiler never started (its idle cost).
 
 Every run is a fresh interpreter (a child process), because allocator hooks stay installed until
 ``shutdown()`` and tracking frees after ``stop()`` is part of the contract: a baseline measured
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +50,27 @@ def workload(iterations):
     return len(keep)
 
 
-def child(config, iterations):
+def numpy_workload(iterations):
+    import numpy as np
+
+    a = np.arange(20_000, dtype=np.float64)
+    total = 0.0
+    for i in range(iterations):
+        b = a * 1.5 + i                       # temporaries: 160 KB each
+        c = np.sqrt(b[::2]) - np.sin(b[1::2])
+        d = np.concatenate([c, c[:100]])
+        total += float(d.sum()) + float(np.cumsum(d[:1000])[-1])
+        small = [np.array([i, i + 1.0]) for _ in range(20)]   # many small arrays
+        total += small[-1][0]
+    return total
+
+
+WORKLOADS = {"python": workload, "numpy": numpy_workload}
+
+
+def child(config, iterations, workload_name):
+    run = WORKLOADS[workload_name]
+    config = config.split("+")[0]
     if config == "tracemalloc":
         import tracemalloc
 
@@ -57,24 +84,29 @@ def child(config, iterations):
         import spprof.memprof as memprof
 
         memprof.start(sampling_rate_kb=int(config.split("-")[1]))
+    if workload_name == "numpy":
+        import numpy  # noqa: F401  (imported before the clock starts)
     t0 = time.perf_counter()
-    workload(iterations)
+    run(iterations)
     dt = time.perf_counter() - t0
     extra = {}
     if config.startswith("spprof"):
         stats = memprof.get_stats()
-        extra = {"samples": stats.total_samples}
+        extra = {"samples": stats.total_samples, "sources": stats.sources}
     elif config == "memray":
         tracker.__exit__(None, None, None)
-        import os
-
         os.unlink("/tmp/spprof-bench.memray")
     print(json.dumps({"seconds": dt, **extra}))
 
 
-def run_child(config, iterations):
-    out = subprocess.run([sys.executable, __file__, "--child", config, "--iterations", str(iterations)],
-                         capture_output=True, text=True, check=True)
+def run_child(config, iterations, workload_name):
+    env = dict(os.environ)
+    if config.endswith("+preload"):
+        import spprof.memprof
+
+        env["LD_PRELOAD"] = spprof.memprof.preload_path()
+    out = subprocess.run([sys.executable, __file__, "--child", config, "--iterations", str(iterations),
+                          "--workload", workload_name], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)
 
 
@@ -85,35 +117,38 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--child")
     ap.add_argument("--iterations", type=int)
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="python")
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.iterations)
-    configs = ["baseline", "spprof-512", "spprof-64", "tracemalloc"]
+        return child(args.child, args.iterations, args.workload)
+    configs = ["baseline", "spprof-512", "spprof-64", "baseline+preload", "spprof-512+preload",
+               "spprof-64+preload", "tracemalloc"]
     try:
         import memray  # noqa: F401
 
         configs.append("memray")
     except ImportError:
         print("memray is not installed: leaving it out", file=sys.stderr)
-    iterations = calibrate(workload, args.seconds, start=16)
+    iterations = calibrate(WORKLOADS[args.workload], args.seconds, start=16)
     times = {c: [] for c in configs}
     samples = {}
     for _ in range(args.rounds):
         for c in configs:
-            r = run_child(c, iterations)
+            r = run_child(c, iterations, args.workload)
             times[c].append(r["seconds"])
             if "samples" in r:
                 samples[c] = r["samples"]
     base = statistics.median(times["baseline"])
-    result = {"python": sys.version.split()[0], "iterations": iterations, "rounds": args.rounds,
-              "configs": {}}
-    print(f"Python {result['python']}, {iterations} iterations, median of {args.rounds} interleaved runs")
+    result = {"python": sys.version.split()[0], "workload": args.workload, "iterations": iterations,
+              "rounds": args.rounds, "configs": {}}
+    print(f"Python {result['python']}, {args.workload} workload, {iterations} iterations, "
+          f"median of {args.rounds} interleaved runs")
     for c in configs:
         med = statistics.median(times[c])
         result["configs"][c] = {"median_s": med, "overhead_pct": 100 * (med / base - 1),
                                 "samples": samples.get(c)}
         extra = f"  ({samples[c]} samples)" if c in samples else ""
-        print(f"  {c:12s} {med:8.3f} s  {100 * (med / base - 1):+7.2f} %{extra}")
+        print(f"  {c:20s} {med:8.3f} s  {100 * (med / base - 1):+7.2f} %{extra}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -5,8 +5,12 @@ Allocations made through CPython's allocator domains (``PyMem_RawMalloc``, ``PyM
 byte gaps of mean ``sampling_rate_kb``; each sampled allocation records its Python stack and the
 bytes it stands for (an unbiased estimate, see docs/design.md). Frees of sampled addresses are
 matched, so a snapshot holds the live samples and ``estimated_heap_bytes`` estimates the live
-Python heap. Native allocations (``malloc`` from C extensions) need the ``LD_PRELOAD`` library,
-which is not built yet; ``get_stats().sources`` says what is tracked.
+Python heap. Native allocations (``malloc`` from C extensions, numpy buffers, any library) are
+tracked too when the process runs with the ``LD_PRELOAD`` library shipped with spprof::
+
+    LD_PRELOAD=$(python -m spprof.memprof --preload-path) python app.py
+
+``get_stats().sources`` says what is tracked (``["python"]`` or ``["python", "native"]``).
 
 Quick start::
 
@@ -42,6 +46,7 @@ __all__ = [
     "MemoryProfiler",
     "get_snapshot",
     "get_stats",
+    "preload_path",
     "shutdown",
     "start",
     "stop",
@@ -92,9 +97,9 @@ class MemProfStats:
     heap_map_load_percent: float
     collisions: int
     sampling_rate_bytes: int
-    #: Allocation sources being tracked: ``["python"]`` (CPython's allocator domains) while
-    #: profiling, ``[]`` before ``start()`` and after ``shutdown()``; "native" needs the
-    #: LD_PRELOAD library (not built yet).
+    #: Allocation sources being tracked: ``"python"`` (CPython's allocator domains) while
+    #: profiling, plus ``"native"`` (the malloc family) when the process runs with the LD_PRELOAD
+    #: library (see :func:`preload_path`); ``[]`` before ``start()`` and after ``shutdown()``.
     sources: List[str] = field(default_factory=list)
     #: Samples lost because the sample ring or the heap map was full.
     dropped_samples: int = 0
@@ -337,17 +342,32 @@ if hasattr(os, "register_at_fork"):
 atexit.register(_shutdown_at_exit)
 
 
+def preload_path() -> str:
+    """The path of ``libspprof_alloc.so``, the ``LD_PRELOAD`` library through which memprof sees
+    native allocations (Linux)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libspprof_alloc.so")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: this build of spprof has no LD_PRELOAD library "
+                                "(it is built on Linux only); memprof tracks Python allocations only")
+    return path
+
+
 def _main(argv: Optional[List[str]] = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m spprof.memprof")
+    parser = argparse.ArgumentParser(
+        prog="python -m spprof.memprof",
+        description="Native allocations: LD_PRELOAD=$(python -m spprof.memprof --preload-path) python app.py")
     parser.add_argument("--preload-path", action="store_true",
                         help="print the path of the LD_PRELOAD library for native allocations")
     args = parser.parse_args(argv)
     if args.preload_path:
-        print("spprof: the LD_PRELOAD library (libspprof_alloc.so) is not built yet; "
-              "memprof tracks Python allocations only", file=sys.stderr)
-        return 2
+        try:
+            print(preload_path())
+        except FileNotFoundError as exc:
+            print(f"spprof: {exc}", file=sys.stderr)
+            return 2
+        return 0
     parser.print_help()
     return 0
 

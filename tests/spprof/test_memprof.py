@@ -192,12 +192,6 @@ def test_shutdown_is_one_way_and_restores_the_allocators():
         "refused: True", "refused: True", "refused: True", "ok", ""], r.stdout
 
 
-def test_preload_path_says_not_built():
-    r = subprocess.run([sys.executable, "-m", "spprof.memprof", "--preload-path"],
-                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent)
-    assert r.returncode != 0 and "not built yet" in r.stderr
-
-
 def test_context_manager_leaves_a_snapshot():
     with memprof.MemoryProfiler(sampling_rate_kb=64) as mp:
         kept = []

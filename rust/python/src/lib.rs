@@ -20,6 +20,7 @@ mod debug_offsets;
 mod flamegraph_py;
 mod interp;
 mod memprof;
+mod native_alloc;
 mod offsets;
 mod profile_data;
 mod python_threads;

@@ -19,6 +19,12 @@
 //! `%fs:0`) in `OUTER` while they forward, and the RAW wrapper ignores calls nested in them.
 //! MEM and OBJ calls hold the GIL, so at most one thread is inside them at a time.
 //!
+//! Native allocations. With the LD_PRELOAD library (see [`native_alloc`]) malloc, calloc,
+//! realloc, free and the aligned variants call [`on_native_alloc`] / [`on_native_free`]. Each
+//! allocation must be counted once: RAW-domain calls then go uncounted in our wrapper (malloc
+//! beneath counts them), and MEM/OBJ calls always mark `OUTER`, so the malloc beneath them (any
+//! size under `PYTHONMALLOC=malloc`, large ones under pymalloc) is recognised as nested.
+//!
 //! Stacks are read with the CPU sampler's [`Walker`] on the calling thread's own thread state,
 //! and only when that thread holds the GIL (always for MEM/OBJ; RAW may be called without it,
 //! and such samples are recorded without a Python stack). Resolution to names happens later with
@@ -28,6 +34,7 @@
 //! are temporaries, freed at once, so they never show as live.
 
 use crate::interp;
+use crate::native_alloc;
 use crate::profile_data::ProfileData;
 use crate::resolver::Resolver;
 use crate::sampler::MAX_DEPTH;
@@ -140,14 +147,18 @@ fn thread_pointer() -> usize {
 /// pymalloc serves requests up to this size from its pools without calling the RAW domain.
 const PYMALLOC_MAX: usize = 512;
 
-/// Start forwarding a call of domain `D` for `size` bytes; `None` for a RAW call nested in our
-/// MEM/OBJ wrapper (its bytes are accounted by the outer call). Small MEM/OBJ requests cannot
-/// reach the RAW domain, so they skip the mark (it is most of the hook's cost otherwise).
+/// Start forwarding a call of domain `D` for `size` bytes; `None` when the call's bytes are
+/// accounted elsewhere: a RAW call nested in our MEM/OBJ wrapper (by the outer call), or any RAW
+/// call while the preload library is connected (by its malloc, beneath, with the same stack).
+/// Small MEM/OBJ requests cannot reach malloc under pymalloc, so they skip the mark (it is most
+/// of the hook's cost otherwise) — except with the preload library, which would see them under
+/// `PYTHONMALLOC=malloc`.
 #[inline(always)]
 fn enter<const D: usize>(size: usize) -> Option<usize> {
+    let native = native_alloc::connected();
     if D == RAW {
-        (OUTER.load(Ordering::Relaxed) != thread_pointer()).then_some(0)
-    } else if size <= PYMALLOC_MAX {
+        (!native && OUTER.load(Ordering::Relaxed) != thread_pointer()).then_some(0)
+    } else if size <= PYMALLOC_MAX && !native {
         Some(usize::MAX)
     } else {
         let prev = OUTER.load(Ordering::Relaxed);
@@ -235,11 +246,25 @@ extern "C" fn hook_free<const D: usize>(_ctx: *mut c_void, ptr: *mut c_void) {
         return;
     };
     // A RAW free nested in pymalloc's free finds nothing (the outer free removed the address),
-    // so frees need no nesting mark.
-    if TRACKING.load(Ordering::Relaxed) {
+    // so frees need no nesting mark; with the preload library, free beneath does RAW's.
+    if TRACKING.load(Ordering::Relaxed) && !(D == RAW && native_alloc::connected()) {
         on_free(ptr);
     }
     f(a.ctx, ptr)
+}
+
+/// The preload library's malloc-family callback (see [`native_alloc`]): any thread, any time.
+/// Calls nested in our MEM/OBJ wrapper were accounted there.
+pub extern "C" fn on_native_alloc(p: *mut c_void, size: usize) {
+    if TRACKING.load(Ordering::Relaxed) && OUTER.load(Ordering::Relaxed) != thread_pointer() {
+        on_alloc(p, size);
+    }
+}
+
+pub extern "C" fn on_native_free(p: *mut c_void) {
+    if TRACKING.load(Ordering::Relaxed) {
+        on_free(p);
+    }
 }
 
 fn ours<const D: usize>() -> PyMemAllocatorEx {
@@ -628,6 +653,7 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
         install_hooks();
     }
     SAMPLER.set_mean(rate_bytes);
+    native_alloc::connect();
     TRACKING.store(true, Ordering::SeqCst);
     SAMPLING.store(true, Ordering::SeqCst);
     Ok(())
@@ -659,6 +685,7 @@ fn memprof_shutdown(py: Python<'_>) -> usize {
     }
     SAMPLING.store(false, Ordering::SeqCst);
     TRACKING.store(false, Ordering::SeqCst);
+    native_alloc::disconnect();
     let drainer = lock().as_mut().and_then(|s| s.drainer.take());
     if let Some(d) = drainer {
         d.stop.stop();
@@ -803,11 +830,13 @@ fn memprof_stats(py: Python<'_>) -> PyResult<Py<PyDict>> {
     d.set_item("heap_map_capacity", sh.map_or(0, |s| s.map.capacity()))?;
     d.set_item("heap_map_tombstones", sh.map_or(0, |s| s.map.tombstones()))?;
     d.set_item("state", memprof_state())?;
-    let sources: Vec<&str> = if TRACKING.load(Ordering::Acquire) {
-        vec!["python"]
-    } else {
-        vec![]
-    };
+    let mut sources: Vec<&str> = Vec::new();
+    if TRACKING.load(Ordering::Acquire) {
+        sources.push("python");
+        if native_alloc::connected() {
+            sources.push("native");
+        }
+    }
     d.set_item("sources", sources)?;
     Ok(d.unbind())
 }
