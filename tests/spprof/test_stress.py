@@ -93,3 +93,71 @@ def test_long_profile_under_gc_storm_and_thread_churn():
     names = {s.thread_name for s in profile.samples}
     assert {"bg-0", "bg-2", "bg-3"} <= names
     assert sum(1 for s in profile.samples for f in s.frames if f.filename.startswith("<stress ")) > 20
+
+
+def test_walker_reads_survive_unmapped_memory():
+    # The interpreter's frame chain can hold garbage at some instructions (3.11/3.12 set the
+    # thread's C frame before its current-frame pointer); the walker's reads recover from faults.
+    import ctypes
+
+    from spprof import _native
+
+    libc = ctypes.CDLL(None)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    prot_rw, private_anonymous = 0x1 | 0x2, 0x02 | 0x20
+    addr = libc.mmap(None, 4096, prot_rw, private_anonymous, -1, 0)
+    ctypes.c_uint64.from_address(addr).value = 0x1122334455667788
+    assert _native._safe_load(addr) == 0x1122334455667788
+    assert libc.munmap(addr, 4096) == 0
+    assert _native._safe_load(addr) is None  # unmapped now
+    assert _native._safe_load(8) is None
+
+
+def test_other_faults_still_reach_faulthandler():
+    # Our fault handler chains: a real crash still gets Python's faulthandler report and dies.
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent("""
+        import faulthandler, ctypes, spprof
+        faulthandler.enable()
+        spprof.start()          # installs the fault handler in front of faulthandler's
+        spprof.stop()
+        from spprof import _native
+        assert _native._safe_load(8) is None   # recovered, no report
+        ctypes.string_at(8)     # a real fault: faulthandler reports it, the process dies
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).parent)
+    assert r.returncode == -11, (r.returncode, r.stderr)
+    assert "Fatal Python error: Segmentation fault" in r.stderr
+    assert r.stderr.count("Fatal Python error") == 1
+
+
+def test_python_called_from_c_in_a_tight_loop():
+    # Every call from C into Python runs the eval loop's prologue, where the chain is briefly
+    # inconsistent (the crash this guards against was found in slot_tp_new -> __new__).
+    class K:
+        def __new__(cls, x):
+            return object.__new__(cls)
+
+        def __init__(self, x):
+            self.x = x
+
+    def key(v):
+        return -v
+
+    spprof.start(interval_ms=1, mode="wall")
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < 3:
+        sorted(range(2000), key=key)
+        list(map(K, range(2000)))
+        n += 1
+    profile = spprof.stop()
+    assert n > 0 and len(profile.samples) > 100

@@ -22,6 +22,9 @@ pub fn offsets_for(major: u8, minor: u8) -> Option<Offsets> {
 
 /// The walker for this interpreter, or the reason there is none.
 pub fn walker(py: Python<'_>) -> PyResult<Walker> {
+    // Every walk reads through safe_read, whose fault recovery must be in place first (and in
+    // front of any fault handler installed since the previous start).
+    crate::safe_read::install().map_err(PyRuntimeError::new_err)?;
     let info = py.version_info();
     let minor = match MINOR_OVERRIDE.load(Ordering::Relaxed) {
         -1 => info.minor,

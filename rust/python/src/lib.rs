@@ -25,6 +25,7 @@ mod offsets;
 mod profile_data;
 mod python_threads;
 mod resolver;
+mod safe_read;
 mod sampler;
 mod session;
 mod stop_signal;
@@ -290,6 +291,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ProfileData>()?;
     m.add_function(wrap_pyfunction!(arrow_py::to_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(arrow_py::_column_address, m)?)?;
+    m.add_function(wrap_pyfunction!(safe_read::_safe_load, m)?)?;
     m.add_function(wrap_pyfunction!(arrow_py::write_run, m)?)?;
     m.add_function(wrap_pyfunction!(arrow_py::merge_runs, m)?)?;
     m.add_class::<arrow_py::ArrowTable>()?;

@@ -75,4 +75,3 @@ pub fn disconnect() {
 pub fn connected() -> bool {
     CONNECTED.load(Ordering::Relaxed)
 }
-

@@ -1,10 +1,12 @@
 //! Walks a thread's Python frame chain by reading interpreter structs through the per-version
 //! offset table. Runs inside the signal handler: no allocation, no locks, no panics, no CPython
 //! call. Every pointer is checked (non-null, aligned, inside the user address range) before it is
-//! read, every code object is checked to be a `PyCode_Type` instance, and the walk stops at a depth
-//! cap so a corrupt (cyclic) chain cannot loop forever.
+//! read, every read recovers from a fault ([`safe_read`]), every code object is checked to be a
+//! `PyCode_Type` instance, and the walk stops at a depth cap so a corrupt (cyclic) chain cannot
+//! loop forever.
 
 use crate::offsets::{FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR};
+use crate::safe_read;
 use spprof_engine::raw::HEADER_WORDS;
 use spprof_engine::ring::Reservation;
 
@@ -25,30 +27,28 @@ fn plausible(addr: usize) -> bool {
     addr >= 4096 && addr.is_multiple_of(8) && addr < (1 << 47)
 }
 
-/// Read a word at `base + off`; `None` if `base` is not a plausible pointer.
+/// Read a word at `base + off`; `None` if `base` is not a plausible pointer or the read faults
+/// (see [`safe_read`]: the chain can hold garbage at some instructions of the interpreter).
 ///
 /// # Safety
-/// `base` must point to a live object of the kind the offset belongs to (the walk only follows
-/// pointers read from such objects, which the interpreter keeps valid for the running thread).
+/// Reading is always safe (a fault is recovered); the caller must only treat the value as
+/// meaningful if `base` is an object of the kind the offset belongs to.
 #[inline]
 unsafe fn read_usize(base: usize, off: usize) -> Option<usize> {
     if !plausible(base) {
         return None;
     }
-    // SAFETY: base is a live interpreter object (caller's contract) and off lies inside it.
-    Some(unsafe { std::ptr::read_volatile((base + off) as *const usize) })
+    safe_read::load(base + off).map(|v| v as usize)
 }
 
 #[inline]
-unsafe fn read_i32(base: usize, off: usize) -> i32 {
-    // SAFETY: same contract as read_usize; base was checked by the caller.
-    unsafe { std::ptr::read_volatile((base + off) as *const i32) }
+unsafe fn read_i32(base: usize, off: usize) -> Option<i32> {
+    safe_read::load(base + off).map(|v| v as u32 as i32)
 }
 
 #[inline]
-unsafe fn read_u8(base: usize, off: usize) -> u8 {
-    // SAFETY: same contract as read_usize; base was checked by the caller.
-    unsafe { std::ptr::read_volatile((base + off) as *const u8) }
+unsafe fn read_u8(base: usize, off: usize) -> Option<u8> {
+    safe_read::load(base + off).map(|v| v as u8)
 }
 
 impl Walker {
@@ -139,7 +139,7 @@ impl Walker {
         }
         if off.layout == FrameLayout::FrameObject {
             // SAFETY: frame is a live PyFrameObject; f_lasti is an int inside it.
-            let lasti = unsafe { read_i32(frame, off.frame_instr) } as i64;
+            let lasti = unsafe { read_i32(frame, off.frame_instr) }? as i64;
             // 3.9 counts bytes, 3.10 counts 2-byte code units.
             return Some(if off.minor >= 10 && lasti >= 0 {
                 lasti * 2
@@ -148,7 +148,7 @@ impl Walker {
             });
         }
         // SAFETY: frame is a live _PyInterpreterFrame; owner is a byte inside it.
-        let owner = unsafe { read_u8(frame, off.frame_owner) };
+        let owner = unsafe { read_u8(frame, off.frame_owner) }?;
         if owner == off.frame_owned_by_cstack {
             return None;
         }
@@ -157,7 +157,7 @@ impl Walker {
         let start = code + off.code_code_adaptive;
         let offset = (instr as i64).wrapping_sub(start as i64);
         // SAFETY: code passed is_code, so it is a live code object holding _co_firsttraceable.
-        let first_traceable = unsafe { read_i32(code, off.code_firsttraceable) } as i64;
+        let first_traceable = unsafe { read_i32(code, off.code_firsttraceable) }? as i64;
         if owner != FRAME_OWNED_BY_GENERATOR && offset / 2 < first_traceable {
             return None; // incomplete frame (still running its prologue)
         }
