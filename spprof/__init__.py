@@ -12,6 +12,7 @@ Quick start::
 from ._api import (
     Profiler,
     ThreadProfiler,
+    capture_native_stack,
     is_active,
     native_unwinding_available,
     profile,
@@ -39,6 +40,7 @@ __all__ = [
     "Sample",
     "ThreadProfiler",
     "is_active",
+    "capture_native_stack",
     "native_unwinding_available",
     "profile",
     "register_thread",

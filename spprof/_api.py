@@ -9,13 +9,14 @@ import numbers
 import os
 import platform
 import signal as _signal
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, List, Optional, TypeVar, Union
 
-from ._model import PathLike, Profile, ProfilerStats
+from ._model import Frame, PathLike, Profile, ProfilerStats
 
 try:
     from . import _native
@@ -135,7 +136,8 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
             "profiling is already active; call spprof.stop() first (spprof.is_active() tells)")
     _install_thread_start_hooks()
     _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
-                               threading.current_thread().name, mode == "wall", signum)
+                               threading.current_thread().name, mode == "wall", signum,
+                               _native_unwinding)
     _run = _Run(datetime.now().astimezone(), interval_ms, output_path)
     if fallback:
         warnings.warn(f"spprof: CPU-time timers are refused here ({fallback}); sampling wall-clock "
@@ -277,19 +279,40 @@ def profile(func: Optional[F] = None, *, interval_ms: float = 10,
     return decorate
 
 
+_native_unwinding = False
+
+
 def native_unwinding_available() -> bool:
-    """Whether C frames can be captured with Python frames (not yet in this build)."""
-    return False
+    """Whether samples can carry native (C, C++, Rust) frames merged with the Python frames:
+    Linux on x86-64, with the native extension loaded."""
+    return (_native is not None and hasattr(_native, "capture_native_stack")
+            and sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"))
 
 
 def set_native_unwinding(enabled: bool) -> None:
-    """Turn native (C/C++) frame capture on or off."""
+    """Turn native frame capture on or off for the next ``start()``. Each sample then carries the
+    native frames of the sampled thread, with the eval loop's frames replaced by the Python frames
+    they run (``Frame.is_native`` tells them apart)."""
+    global _native_unwinding
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True or False, not {type(enabled).__name__}")
     if enabled and not native_unwinding_available():
         raise RuntimeError(
-            "native stack unwinding is not available in this build of spprof; "
+            "native stack unwinding is not available here (it needs Linux on x86-64); "
             "check spprof.native_unwinding_available() before enabling it")
+    _native_unwinding = enabled
+
+
+def capture_native_stack() -> List[Frame]:
+    """The calling thread's native frames, innermost first (for debugging the unwinder):
+    ``Frame(function_name, library path, 0, is_native=True)``; spprof's own frames are left out."""
+    if not native_unwinding_available():
+        raise RuntimeError("native stack unwinding is not available here (it needs Linux on x86-64)")
+    frames = _native.capture_native_stack()
+    own = os.path.realpath(_native.__file__)
+    while frames and os.path.realpath(frames[0][1]) == own:
+        frames = frames[1:]
+    return [Frame(name, library, 0, True) for name, library, _ in frames]
 
 
 def _stop_at_exit() -> None:

@@ -277,10 +277,3 @@ def test_forked_child_starts_stopped_and_can_profile():
     assert status == 0 and code == b"\x01"
     assert spprof.is_active()
     assert len(spprof.stop().samples) > 0
-
-
-def test_native_unwinding_reports_unavailable():
-    assert spprof.native_unwinding_available() is False
-    spprof.set_native_unwinding(False)
-    with pytest.raises(RuntimeError, match="not available"):
-        spprof.set_native_unwinding(True)

@@ -3,7 +3,11 @@
 //!
 //! Body layout (in `u64` words):
 //! `[timestamp_ns, weight, thread_slot | flags << 32, depth, (code, instr) * depth]`,
-//! frames leaf first (the order a walk discovers them).
+//! frames leaf first (the order a walk discovers them). Code pointers are 8-byte aligned; bit 0
+//! ([`CODE_ENTRY_BIT`]) marks the outermost frame of one run of the interpreter's eval loop.
+//!
+//! With native unwinding ([`FLAG_NATIVE`]), CPU records continue after the frames with
+//! `[n, pc * n]`: the native code addresses, innermost first.
 //!
 //! Memory records (the allocation hooks) use the same layout with the thread word holding the OS
 //! thread id, the weight word the estimated bytes, and two more words after the frames:
@@ -23,6 +27,10 @@ pub const FLAG_ALLOC: u32 = 4;
 pub const FLAG_FREE: u32 = 8;
 /// The allocating thread did not hold the GIL, so its Python stack was not read.
 pub const FLAG_NO_STACK: u32 = 16;
+/// The record carries native code addresses after its frames.
+pub const FLAG_NATIVE: u32 = 32;
+/// Bit 0 of a code word: the outermost frame of one eval-loop run (see the module docs).
+pub const CODE_ENTRY_BIT: u64 = 1;
 /// Words after the frames of a memory record.
 pub const MEM_EXTRA_WORDS: usize = 2;
 
@@ -76,11 +84,20 @@ impl<'a> RawSample<'a> {
         self.body[3] as usize
     }
 
-    /// `(code, instr)` pairs, leaf first.
-    pub fn frames_leaf_first(&self) -> impl DoubleEndedIterator<Item = (u64, u64)> + 'a {
+    /// `(code, instr, entry)` per frame, leaf first (the entry bit taken off the code word).
+    pub fn frames_leaf_first(&self) -> impl DoubleEndedIterator<Item = (u64, u64, bool)> + 'a {
         self.body[HEADER_WORDS..]
             .chunks_exact(WORDS_PER_FRAME)
-            .map(|c| (c[0], c[1]))
+            .map(|c| (c[0] & !CODE_ENTRY_BIT, c[1], c[0] & CODE_ENTRY_BIT != 0))
+    }
+
+    /// Native code addresses, innermost first (empty without [`FLAG_NATIVE`]).
+    pub fn native_pcs(&self) -> &'a [u64] {
+        if self.flags & FLAG_NATIVE == 0 || self.extra.is_empty() {
+            return &[];
+        }
+        let n = (self.extra[0] as usize).min(self.extra.len() - 1);
+        &self.extra[1..1 + n]
     }
 }
 
@@ -110,11 +127,16 @@ mod tests {
         let r = RawSample::parse(&body).unwrap();
         assert_eq!(
             r.frames_leaf_first().collect::<Vec<_>>(),
-            [(10, 1), (20, 2)]
+            [(10, 1, false), (20, 2, false)]
         );
         assert_eq!(r.address_size(), Some((0xdead0, 300)));
         assert_eq!(r.thread_slot, 77);
         let cpu = [5, 1, pack_thread(0, FLAG_ON_CPU), 1, 10, 1];
         assert_eq!(RawSample::parse(&cpu).unwrap().address_size(), None);
+        assert!(RawSample::parse(&cpu).unwrap().native_pcs().is_empty());
+        let native = [5, 1, pack_thread(0, FLAG_NATIVE), 1, 17, 1, 2, 0x400, 0x500];
+        let r = RawSample::parse(&native).unwrap();
+        assert_eq!(r.frames_leaf_first().collect::<Vec<_>>(), [(16, 1, true)]);
+        assert_eq!(r.native_pcs(), [0x400, 0x500]);
     }
 }

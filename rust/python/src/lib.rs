@@ -21,6 +21,7 @@ mod flamegraph_py;
 mod interp;
 mod memprof;
 mod native_alloc;
+mod native_stack;
 mod offsets;
 mod profile_data;
 mod python_threads;
@@ -49,7 +50,7 @@ const MIN_RING_BYTES: usize = 64 << 10;
 /// this checks them again because nothing a caller passes may crash the process.
 /// Returns `(mode, fallback_reason)`: mode is "cpu" or "wall".
 #[pyfunction]
-#[pyo3(signature = (interval_ns, memory_limit_bytes, thread_name, wall = false, signal = libc::SIGPROF))]
+#[pyo3(signature = (interval_ns, memory_limit_bytes, thread_name, wall = false, signal = libc::SIGPROF, native = false))]
 fn start(
     py: Python<'_>,
     interval_ns: u64,
@@ -57,6 +58,7 @@ fn start(
     thread_name: &str,
     wall: bool,
     signal: i32,
+    native: bool,
 ) -> PyResult<(&'static str, Option<String>)> {
     if interval_ns < 1_000_000 {
         return Err(PyValueError::new_err("interval must be at least 1 ms"));
@@ -90,6 +92,8 @@ fn start(
         collected: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         handler_ns: AtomicU64::new(0),
+        // Built before the first tick (it copies every loaded object's unwind tables).
+        native: native.then(native_stack::NativeUnwind::new),
     });
     let resolver = resolver::Resolver::new(py);
     let mut s = Session::new(shared, store, resolver, interval_ns, signal);
@@ -292,6 +296,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arrow_py::to_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(arrow_py::_column_address, m)?)?;
     m.add_function(wrap_pyfunction!(safe_read::_safe_load, m)?)?;
+    m.add_function(wrap_pyfunction!(native_stack::capture_native_stack, m)?)?;
     m.add_function(wrap_pyfunction!(arrow_py::write_run, m)?)?;
     m.add_function(wrap_pyfunction!(arrow_py::merge_runs, m)?)?;
     m.add_class::<arrow_py::ArrowTable>()?;

@@ -32,6 +32,8 @@ struct Names {
 pub struct Resolver {
     codes: HashMap<usize, CodeInfo>,
     names: Names,
+    /// Native code address → its frame, and whether it is the eval loop.
+    natives: HashMap<u64, (FrameId, bool)>,
 }
 
 fn attr_string(code: &Borrowed<'_, '_, PyAny>, name: &Bound<'_, PyString>) -> String {
@@ -50,6 +52,7 @@ impl Resolver {
             "co_name"
         };
         Resolver {
+            natives: HashMap::new(),
             codes: HashMap::new(),
             names: Names {
                 function: PyString::new(py, function).unbind(),
@@ -57,6 +60,18 @@ impl Resolver {
                 first_line: PyString::new(py, "co_firstlineno").unbind(),
             },
         }
+    }
+
+    /// The frame of a native code address (symbolized once), and whether it is the eval loop.
+    pub fn native_frame(&mut self, store: &mut Store, pc: u64) -> Option<(FrameId, bool)> {
+        if let Some(&known) = self.natives.get(&pc) {
+            return Some(known);
+        }
+        let (name, library) = crate::native_stack::symbolize(pc);
+        let eval = name == crate::native_stack::EVAL_LOOP;
+        let id = store.intern_frame(&name, &library, 0, true)?;
+        self.natives.insert(pc, (id, eval));
+        Some((id, eval))
     }
 
     /// The frame of `code` executing at byte `offset`; `None` when the store's budget is spent.

@@ -9,6 +9,7 @@
 //! handler is inside (`IN_FLIGHT` == 0) before freeing it. A late signal that arrives after that
 //! finds a null pointer and does nothing.
 
+use crate::native_stack::{NativeUnwind, MAX_NATIVE};
 use crate::threads::{self, Clock, SLOTS};
 use crate::walker::Walker;
 use spprof_engine::raw;
@@ -30,6 +31,8 @@ pub struct Shared {
     pub dropped: AtomicU64,
     /// Nanoseconds spent inside the handler (measured, for the overhead figure).
     pub handler_ns: AtomicU64,
+    /// Native unwinding (`set_native_unwinding(True)`), or `None`.
+    pub native: Option<NativeUnwind>,
 }
 
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
@@ -45,11 +48,16 @@ pub fn publish(shared: Box<Shared>) -> *const Shared {
 /// Unpublish and wait for handlers still using the state; returns ownership of it.
 pub fn unpublish() -> Option<Box<Shared>> {
     let p = SHARED.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    wait_for_handlers();
+    // SAFETY: p came from Box::into_raw in publish and no handler can reach it any more.
+    (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+}
+
+/// Return once every handler that was running when this was called has left.
+pub fn wait_for_handlers() {
     while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
         std::thread::yield_now();
     }
-    // SAFETY: p came from Box::into_raw in publish and no handler can reach it any more.
-    (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
 }
 
 /// In a forked child: drop the shared state at once (no other thread exists to be using it).
@@ -151,7 +159,7 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
             let shared = SHARED.load(Ordering::SeqCst);
             if !shared.is_null() {
                 // SAFETY: unpublish waits for IN_FLIGHT == 0 before freeing what we loaded.
-                unsafe { sample(&*shared, slot, generation) };
+                unsafe { sample(&*shared, slot, generation, context) };
             }
             IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         }
@@ -183,7 +191,7 @@ fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
 }
 
 /// Take one sample of the interrupted thread (which is the current thread).
-unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
+unsafe fn sample(shared: &Shared, slot: usize, generation: u32, context: *mut libc::c_void) {
     let s = &SLOTS[slot];
     if s.generation.load(Ordering::Acquire) != generation || !s.armed.load(Ordering::Acquire) {
         return; // a late tick of a timer that has been deleted
@@ -206,13 +214,24 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
 
     // Two passes: count (to reserve the exact size), then write.
     // SAFETY: tstate belongs to this very thread, which is stopped inside this handler.
-    let total = unsafe { walker.walk(tstate, |_, _| true) };
+    let total = unsafe { walker.walk(tstate, |_, _, _| true) };
     let depth = total.min(MAX_DEPTH);
     let mut flags = if on_cpu { raw::FLAG_ON_CPU } else { 0 };
     if total > depth {
         flags |= raw::FLAG_TRUNCATED;
     }
-    let Some(mut rec) = shared.ring.reserve(raw::body_words(depth)) else {
+    let mut pcs = [0u64; MAX_NATIVE];
+    let native = match &shared.native {
+        Some(n) => n.unwind_context(context, &mut pcs),
+        None => 0,
+    };
+    let extra = if shared.native.is_some() {
+        flags |= raw::FLAG_NATIVE;
+        1 + native
+    } else {
+        0
+    };
+    let Some(mut rec) = shared.ring.reserve(raw::body_words(depth) + extra) else {
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -225,6 +244,13 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32) {
     rec.write(3, depth as u64);
     // SAFETY: as above; the chain has not changed since the first pass.
     unsafe { walker.write_frames(tstate, depth, &mut rec) };
+    if extra > 0 {
+        let at = raw::body_words(depth);
+        rec.write(at, native as u64);
+        for (i, &pc) in pcs[..native].iter().enumerate() {
+            rec.write(at + 1 + i, pc);
+        }
+    }
     rec.commit();
     shared.collected.fetch_add(1, Ordering::Relaxed);
     if let Some(end) = threads::clock_ns(libc::CLOCK_MONOTONIC) {

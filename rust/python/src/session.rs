@@ -187,12 +187,40 @@ pub fn resolve_stack(
     scratch: &mut Vec<u32>,
 ) -> Option<u32> {
     scratch.clear();
+    let pcs = raw.native_pcs();
+    if pcs.is_empty() {
+        if raw.flags & FLAG_TRUNCATED != 0 {
+            scratch.push(store.intern_frame("<truncated>", "<spprof>", 0, false)?);
+        }
+        for (code, offset, _) in raw.frames_leaf_first().rev() {
+            scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
+        }
+        return store.intern_stack(scratch.iter().copied());
+    }
+    // Native and Python frames merged, leaf first: each eval-loop frame is replaced by the run of
+    // Python frames it executes (up to and including the run's entry frame). Python frames left
+    // over (the native walk ended early) are the callers: they go to the root side.
+    let mut python = raw.frames_leaf_first();
+    for &pc in pcs {
+        let (frame, eval) = resolver.native_frame(store, pc)?;
+        if !eval {
+            scratch.push(frame);
+            continue;
+        }
+        for (code, offset, entry) in python.by_ref() {
+            scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
+            if entry {
+                break;
+            }
+        }
+    }
+    for (code, offset, _) in python {
+        scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
+    }
     if raw.flags & FLAG_TRUNCATED != 0 {
         scratch.push(store.intern_frame("<truncated>", "<spprof>", 0, false)?);
     }
-    for (code, offset) in raw.frames_leaf_first().rev() {
-        scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
-    }
+    scratch.reverse();
     store.intern_stack(scratch.iter().copied())
 }
 
@@ -203,7 +231,8 @@ pub struct Finished {
 
 /// Resolve in the background so the ring never fills and code objects are resolved while alive:
 /// when the ring is an eighth full, or every 100 ms when it holds anything. Every 100 ms also
-/// look for threads that started without passing through `threading`'s start hook.
+/// look for threads that started without passing through `threading`'s start hook, and for
+/// objects loaded or unloaded since the native module list was built.
 fn drainer_loop(shared: usize, stop: &StopSignal) {
     // SAFETY: the session joins this thread before freeing the Shared.
     let shared = unsafe { &*(shared as *const Shared) };
@@ -222,6 +251,10 @@ fn drainer_loop(shared: usize, stop: &StopSignal) {
                     }
                 }
             });
+            // Objects loaded or unloaded since (dlopen/dlclose): unwind with a fresh module list.
+            if let Some(native) = &shared.native {
+                native.refresh(crate::sampler::wait_for_handlers);
+            }
             last_scan = Instant::now();
         }
         let busy = shared.ring.used_bytes() * 8 >= shared.ring.capacity_bytes();

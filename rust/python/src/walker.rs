@@ -7,7 +7,7 @@
 
 use crate::offsets::{FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR};
 use crate::safe_read;
-use spprof_engine::raw::HEADER_WORDS;
+use spprof_engine::raw::{CODE_ENTRY_BIT, HEADER_WORDS};
 use spprof_engine::ring::Reservation;
 
 /// No Python program has a deeper stack than this; it also bounds a walk over a corrupt chain.
@@ -70,15 +70,21 @@ impl Walker {
         }
     }
 
-    /// Call `visit(code, instr_offset_bytes)` for each Python frame, innermost first, until it
-    /// returns false. `instr_offset_bytes` is the offset of the executing instruction in the
-    /// code's bytecode (negative if the frame has not started). Returns the number of frames
-    /// visited.
+    /// Call `visit(code, instr_offset_bytes, entry)` for each Python frame, innermost first, until
+    /// it returns false. `instr_offset_bytes` is the offset of the executing instruction in the
+    /// code's bytecode (negative if the frame has not started). `entry` marks the outermost frame
+    /// of one run of the eval loop (`_PyEval_EvalFrameDefault`): the frames up to and including
+    /// it are what one native eval-loop frame executes (see [`crate::native_stack`]). Returns the
+    /// number of frames visited.
     ///
     /// # Safety
     /// `tstate` must be the live `PyThreadState` of the calling thread, or of a thread that cannot
     /// change its frame chain during the walk (it holds no GIL and is not running Python).
-    pub unsafe fn walk(&self, tstate: usize, mut visit: impl FnMut(usize, i64) -> bool) -> usize {
+    pub unsafe fn walk(
+        &self,
+        tstate: usize,
+        mut visit: impl FnMut(usize, i64, bool) -> bool,
+    ) -> usize {
         let off = &self.off;
         // SAFETY: forwarded caller contract.
         let mut frame = unsafe { self.top_frame(tstate) };
@@ -93,13 +99,32 @@ impl Walker {
             let next = unsafe { read_usize(frame, off.frame_back) }.unwrap_or(0);
             if let Some(offset) = unsafe { self.instr_offset(frame, code) } {
                 visited += 1;
-                if !visit(code, offset) {
+                // SAFETY: as above.
+                if !visit(code, offset, unsafe { self.is_entry(frame, next) }) {
                     break;
                 }
             }
             frame = next;
         }
         visited
+    }
+
+    /// Whether `frame` (whose caller is `next`) is the first frame its eval-loop run executed.
+    unsafe fn is_entry(&self, frame: usize, next: usize) -> bool {
+        let off = &self.off;
+        match (off.layout, off.minor) {
+            // 3.9/3.10: every Python call is a C call of the eval loop.
+            (FrameLayout::FrameObject, _) => true,
+            // 3.11: the frame's own `is_entry` byte, which precedes `owner`.
+            // SAFETY: frame is a plausible frame pointer; the read recovers from a fault.
+            (_, 11) => unsafe { read_u8(frame, off.frame_owner - 1) }.unwrap_or(1) != 0,
+            // 3.12+: the eval loop pushes a C-stack shim frame under the first frame it runs.
+            // SAFETY: as above.
+            _ => {
+                !plausible(next)
+                    || unsafe { read_u8(next, off.frame_owner) } == Some(off.frame_owned_by_cstack)
+            }
+        }
     }
 
     /// Write the innermost `depth` frames into a raw sample record (`(code, offset)` word pairs
@@ -113,11 +138,14 @@ impl Walker {
         if tstate != 0 {
             // SAFETY: forwarded caller contract.
             unsafe {
-                self.walk(tstate, |code, offset| {
+                self.walk(tstate, |code, offset, entry| {
                     if i >= depth {
                         return false;
                     }
-                    rec.write(HEADER_WORDS + 2 * i, code as u64);
+                    rec.write(
+                        HEADER_WORDS + 2 * i,
+                        code as u64 | (entry as u64 * CODE_ENTRY_BIT),
+                    );
                     rec.write(HEADER_WORDS + 2 * i + 1, offset as u64);
                     i += 1;
                     true
