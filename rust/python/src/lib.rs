@@ -17,6 +17,7 @@ mod analysis_py;
 mod arrow_py;
 mod code_hook;
 mod debug_offsets;
+mod elf_symbols;
 mod flamegraph_py;
 mod interp;
 mod memprof;

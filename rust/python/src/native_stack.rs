@@ -194,8 +194,9 @@ impl ModuleList {
 /// The eval loop's function: its native frames stand for the Python frames it runs.
 pub const EVAL_LOOP: &str = "_PyEval_EvalFrameDefault";
 
-/// A native frame's name and library: the nearest dynamic symbol (demangled) when `dladdr`
-/// finds one, else `library+0xoffset`. Off the signal path (dladdr takes the loader lock).
+/// A native frame's name and library: the dynamic symbol `dladdr` finds, else the function of
+/// the file's `.symtab` ([`crate::elf_symbols`]), demangled; else `library+0xoffset`. Off the
+/// signal path (dladdr takes the loader lock).
 pub fn symbolize(addr: u64) -> (String, String) {
     // SAFETY: zeroed is a valid Dl_info out-parameter; dladdr only reads the loader's tables.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
@@ -213,9 +214,14 @@ pub fn symbolize(addr: u64) -> (String, String) {
         let raw = unsafe { CStr::from_ptr(info.dli_sname) }.to_string_lossy();
         return (demangle(&raw), library);
     }
+    let base = info.dli_fbase as u64;
+    if let Some(name) =
+        crate::elf_symbols::table_of(&library).and_then(|t| t.lookup(addr, base).map(demangle))
+    {
+        return (name, library);
+    }
     let short = library.rsplit('/').next().unwrap_or(&library).to_string();
-    let offset = addr.wrapping_sub(info.dli_fbase as u64);
-    (format!("{short}+{offset:#x}"), library)
+    (format!("{short}+{:#x}", addr.wrapping_sub(base)), library)
 }
 
 /// Rust and C++ (Itanium ABI) names demangled; anything else as it is.
