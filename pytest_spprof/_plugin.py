@@ -224,11 +224,8 @@ class SpprofPlugin:
             if budget.memory_bytes is not None:
                 self.needs_memory = True
         if self.needs_memory:
-            try:
-                import spprof.memprof as memprof
-            except ImportError:
-                raise _usage("memory budgets need spprof.memprof, which this build of spprof does not "
-                             "have; remove the memory budget (marker memory= or ini spprof_memory_budget)") from None
+            import spprof.memprof as memprof
+
             self.memprof = memprof
 
     # -- measuring ---------------------------------------------------------------------------------

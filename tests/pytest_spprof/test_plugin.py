@@ -199,19 +199,6 @@ def test_malformed_ini_budget_is_usage_error(pytester):
     assert "spprof_cpu_budget" in result.stderr.str()
 
 
-def test_memory_budget_without_memprof_is_usage_error(pytester):
-    try:
-        import spprof.memprof  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("this build has spprof.memprof")
-    pytester.makepyfile("import pytest\n\n@pytest.mark.spprof(memory='24MB')\ndef test_a():\n    pass\n")
-    result = run(pytester, "--spprof")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "memory budgets need spprof.memprof" in result.stderr.str()
-
-
 def test_baseline_regression_names_the_slowed_function(pytester, monkeypatch):
     pytester.makepyfile(BURN + """
 import os

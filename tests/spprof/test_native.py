@@ -198,3 +198,31 @@ def test_no_crash_under_thread_churn_and_dlopen_dlclose(lib_path, tmp_path):
     profile = spprof.stop()
     assert i > 5 and len(profile.samples) > 100
     assert any(f.is_native for s in profile.samples for f in s.frames)
+
+
+def test_sorted_key_runs_under_the_c_sort():
+    # Python -> C (sorted) -> Python (the key): the C frames sit between the two Python frames.
+    def slow_key(v):
+        s = 0
+        for i in range(300):
+            s += i
+        return -v
+
+    def caller():
+        for _ in range(40):
+            sorted(range(2000), key=slow_key)
+
+    spprof.set_native_unwinding(True)
+    spprof.start(interval_ms=1)
+    caller()
+    profile = spprof.stop()
+    hits = 0
+    for s in profile.samples:
+        k, c = find(s, "slow_key"), find(s, "caller")
+        if k is None:
+            continue
+        assert c is not None and c < k
+        between = s.frames[c + 1:k]
+        assert between and all(f.is_native for f in between), [f.function_name for f in between]
+        hits += 1
+    assert hits > 20

@@ -356,3 +356,32 @@ impl Drop for NativeUnwind {
         drop(unsafe { Box::from_raw(self.list.load(Ordering::Acquire)) });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_demangled() {
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
+        assert_eq!(demangle("_Z3fooiPKc"), "foo(int, char const*)");
+        assert_eq!(demangle("PyObject_Vectorcall"), "PyObject_Vectorcall");
+    }
+
+    #[test]
+    fn unwinds_its_own_stack_through_the_test_harness() {
+        let list = ModuleList::load();
+        let mut pcs = [0u64; 64];
+        let n = capture(&list, &mut pcs);
+        assert!(n >= 3, "{n} frames");
+        // The caller of `capture` is this test function.
+        let (name, library) = symbolize(pcs[1]);
+        assert!(
+            name.contains("unwinds_its_own_stack"),
+            "{name} in {library}"
+        );
+    }
+}
