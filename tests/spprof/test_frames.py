@@ -44,6 +44,26 @@ def test_deep_recursion_keeps_every_frame():
         assert st[-1] in ("spin", "recurse")
 
 
+def test_stacks_deeper_than_the_cap_keep_their_innermost_frames():
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 3000))
+    try:
+        with spprof.Profiler(interval_ms=1) as p:
+            burn_for(0.5, recurse, 1500, 5000)
+    finally:
+        sys.setrecursionlimit(limit)
+    # the ramp up and down of the recursion is shallower; at the bottom the whole stack is 1500
+    # recurse frames plus pytest's
+    deep = [st for st in names(p.profile) if st.count("recurse") >= 1010 or st[0] == "<truncated>"]
+    assert len(deep) > 20
+    for st in deep:
+        # 1024 innermost frames kept, under a marker root frame
+        assert st[0] == "<truncated>" and len(st) == 1 + 1024, (st[:3], len(st))
+        assert st[-1] in ("spin", "recurse") and st[-2] == "recurse"
+    # at the bottom of the recursion nothing but recurse frames is left under the marker
+    assert any(set(st[1:-1]) == {"recurse"} for st in deep)
+
+
 class Worker:
     def method(self, n):
         return spin(n)

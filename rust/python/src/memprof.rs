@@ -379,7 +379,7 @@ fn record_alloc(addr: u64, size: u64) {
     let walker = &sh.walker;
     let total = if tstate != 0 {
         // SAFETY: tstate is the calling thread's own, and it holds the GIL: its chain is stable.
-        unsafe { walker.walk(tstate, |_, _, _| true) }
+        unsafe { walker.depth(tstate, MAX_DEPTH + 1) }
     } else {
         0
     };

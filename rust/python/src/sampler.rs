@@ -214,7 +214,7 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32, context: *mut li
 
     // Two passes: count (to reserve the exact size), then write.
     // SAFETY: tstate belongs to this very thread, which is stopped inside this handler.
-    let total = unsafe { walker.walk(tstate, |_, _, _| true) };
+    let total = unsafe { walker.depth(tstate, MAX_DEPTH + 1) };
     let depth = total.min(MAX_DEPTH);
     let mut flags = if on_cpu { raw::FLAG_ON_CPU } else { 0 };
     if total > depth {

@@ -10,8 +10,11 @@ use crate::safe_read;
 use spprof_engine::raw::{CODE_ENTRY_BIT, HEADER_WORDS};
 use spprof_engine::ring::Reservation;
 
-/// No Python program has a deeper stack than this; it also bounds a walk over a corrupt chain.
-const MAX_WALK: usize = 100_000;
+/// Links followed per walk at most (frames plus the shim frames between them). A walk never
+/// needs more than `MAX_DEPTH + 1` Python frames (deeper stacks are truncated), and a garbage
+/// chain can be cyclic: an unbounded walk in the handler would starve the sampled thread (each
+/// tick's walk outlasting the next tick: a livelock seen with a 100,000-link cap).
+const MAX_WALK: usize = 4 * (crate::sampler::MAX_DEPTH + 1);
 /// `ob_type` sits right after `ob_refcnt` in every GIL build of CPython.
 const OB_TYPE: usize = 8;
 
@@ -107,6 +110,21 @@ impl Walker {
             frame = next;
         }
         visited
+    }
+
+    /// The number of Python frames, counting at most `cap`.
+    ///
+    /// # Safety
+    /// As for [`Walker::walk`].
+    pub unsafe fn depth(&self, tstate: usize, cap: usize) -> usize {
+        let mut n = 0;
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            self.walk(tstate, |_, _, _| {
+                n += 1;
+                n < cap
+            })
+        }
     }
 
     /// Whether `frame` (whose caller is `next`) is the first frame its eval-loop run executed.
