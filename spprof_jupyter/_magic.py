@@ -34,15 +34,6 @@ _VALUE_OPTIONS = {"-i", "--interval", "-o", "--output", "--top"}
 _TOKEN = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\S+)""")
 
 
-def _memprof() -> Any:
-    """``spprof.memprof`` when this build has a memory profiler, else None."""
-    try:
-        from spprof import memprof  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return memprof if hasattr(memprof, "MemoryProfiler") else None
-
-
 def _unquote(text: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
@@ -86,10 +77,8 @@ class _Run:
         self.is_cell = is_cell
         memprof = None
         if args.memory is not None:
-            memprof = _memprof()
-            if memprof is None:
-                raise UsageError("--memory: memory profiling is not available in this build of spprof "
-                                 "(spprof.memprof is missing)")
+            from spprof import memprof
+
             if args.memory < 1:
                 raise UsageError(f"--memory: the sampling rate must be at least 1 KiB, got {args.memory}")
         self.memprof = memprof

@@ -12,9 +12,10 @@ pytest.importorskip("IPython")
 from IPython.core.error import UsageError  # noqa: E402
 from IPython.testing.globalipapp import start_ipython  # noqa: E402
 
+import spprof.memprof as memprof  # noqa: E402
 import spprof_jupyter  # noqa: E402
 from spprof_jupyter import SpprofResult  # noqa: E402
-from spprof_jupyter._magic import _memprof, split_options  # noqa: E402
+from spprof_jupyter._magic import split_options  # noqa: E402
 
 WORK = """
 def hot(n=1_500_000):
@@ -210,11 +211,6 @@ def test_help(ip, capsys):
 
 
 def test_memory_option(ip):
-    if _memprof() is None:
-        result = run(ip, "%%spprof --memory\nnot_run = 1\n")
-        assert isinstance(result.error_in_exec, UsageError)
-        assert "not available" in str(result.error_in_exec)
-        return
     r = ok(ip, "%%spprof --memory 16\nblob = [bytes(1000) for _ in range(20_000)]\n")
     assert r.profile is None and r.memory is not None
     r = ok(ip, "%%spprof --memory 16 --cpu\nblob = [bytes(1000) for _ in range(20_000)]\n")
@@ -232,9 +228,6 @@ def keep_buffers(n):
 
 
 def test_memory_option_estimates_the_live_heap(ip):
-    memprof = _memprof()
-    if memprof is None:
-        pytest.skip("this build has no spprof.memprof")
     ok(ip, KEEP)
     r = ok(ip, "%%spprof --memory 64\nkept = keep_buffers(160)\n")  # 10 MiB kept, 40 MiB freed
     truth = 160 * (64 * 1024)
