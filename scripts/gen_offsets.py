@@ -47,6 +47,8 @@ FIELDS = (
     "frame_back", "frame_code", "frame_instr", "frame_owner", "frame_size",
     "code_code_adaptive", "code_firsttraceable", "code_firstlineno",
     "interp_tstate_head",
+    "tstate_datastack_chunk", "tstate_datastack_top",
+    "chunk_previous", "chunk_top", "chunk_data",
 )
 
 
@@ -90,6 +92,11 @@ def spec(minor):
             code_firsttraceable=NONE,
             # 3.9/3.10 keep the thread list head directly in PyInterpreterState.
             interp_tstate_head="offsetof(PyInterpreterState, tstate_head)",
+            tstate_datastack_chunk=NONE,
+            tstate_datastack_top=NONE,
+            chunk_previous=NONE,
+            chunk_top=NONE,
+            chunk_data=NONE,
         )
     else:
         fr = "_PyInterpreterFrame"
@@ -108,6 +115,12 @@ def spec(minor):
             code_code_adaptive="offsetof(PyCodeObject, co_code_adaptive)",
             code_firsttraceable="offsetof(PyCodeObject, _co_firsttraceable)",
             interp_tstate_head="offsetof(PyInterpreterState, threads.head)",
+            # The thread's data stack, where its own (FRAME_OWNED_BY_THREAD) frames live.
+            tstate_datastack_chunk=f"offsetof({ts}, datastack_chunk)",
+            tstate_datastack_top=f"offsetof({ts}, datastack_top)",
+            chunk_previous="offsetof(_PyStackChunk, previous)",
+            chunk_top="offsetof(_PyStackChunk, top)",
+            chunk_data="offsetof(_PyStackChunk, data)",
         )
     return s
 
@@ -135,7 +148,9 @@ def width_asserts(minor):
     if minor >= 11:
         a += [(f"(({ts}*)0)->native_thread_id", 8),
               (f"(({fi}*)0)->previous", 8), (f"(({fi}*)0)->owner", 1),
-              ("((PyCodeObject*)0)->_co_firsttraceable", 4)]
+              ("((PyCodeObject*)0)->_co_firsttraceable", 4),
+              (f"(({ts}*)0)->datastack_chunk", 8), (f"(({ts}*)0)->datastack_top", 8),
+              ("((_PyStackChunk*)0)->previous", 8), ("((_PyStackChunk*)0)->top", 8)]
     if minor <= 10:
         a += [(f"(({ts}*)0)->frame", 8), (f"(({fo}*)0)->f_back", 8),
               (f"(({fo}*)0)->f_code", 8), (f"(({fo}*)0)->f_lasti", 4),
@@ -278,6 +293,9 @@ def probe():
             caller.f_lasti)
     else:
         chk("frame.owner(thread)", u8(f + o["frame_owner"]), 0)
+        # A thread-owned frame lies in the live part of the thread's current data-stack chunk.
+        chunk = ptr(ts + o["tstate_datastack_chunk"])
+        chk("frame in datastack", chunk + o["chunk_data"] <= f < ptr(ts + o["tstate_datastack_top"]), True)
         code_addr = ptr(back + o["frame_code"])
         base = code_addr + o["code_code_adaptive"]
         chk("frame.instr (caller lasti, bytes)",

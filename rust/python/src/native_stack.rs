@@ -54,15 +54,10 @@ fn eh_frame_address(hdr: &[u8], hdr_addr: u64) -> Option<u64> {
     }
     let enc = hdr[1];
     let field = hdr_addr + 4;
-    let (value, _) = match enc & 0x0f {
-        0x03 => (u32::from_le_bytes(hdr[4..8].try_into().ok()?) as u64, 4),
-        0x0b => (
-            i32::from_le_bytes(hdr[4..8].try_into().ok()?) as i64 as u64,
-            4,
-        ),
-        0x00 | 0x04 | 0x0c if hdr.len() >= 12 => {
-            (u64::from_le_bytes(hdr[4..12].try_into().ok()?), 8)
-        }
+    let value = match enc & 0x0f {
+        0x03 => u32::from_le_bytes(hdr[4..8].try_into().ok()?) as u64,
+        0x0b => i32::from_le_bytes(hdr[4..8].try_into().ok()?) as i64 as u64,
+        0x00 | 0x04 | 0x0c if hdr.len() >= 12 => u64::from_le_bytes(hdr[4..12].try_into().ok()?),
         _ => return None,
     };
     match enc & 0x70 {

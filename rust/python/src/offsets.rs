@@ -65,6 +65,17 @@ pub struct Offsets {
     // PyInterpreterState
     /// offsetof(PyInterpreterState, tstate_head) (3.9/3.10) / threads.head (3.11+)
     pub interp_tstate_head: usize,
+    // The thread's data stack (3.11+; usize::MAX before), where its own frames live
+    /// PyThreadState.datastack_chunk (the current _PyStackChunk)
+    pub tstate_datastack_chunk: usize,
+    /// PyThreadState.datastack_top (first free slot of the current chunk)
+    pub tstate_datastack_top: usize,
+    /// _PyStackChunk.previous
+    pub chunk_previous: usize,
+    /// _PyStackChunk.top (slots in use, saved when a newer chunk was pushed)
+    pub chunk_top: usize,
+    /// _PyStackChunk.data
+    pub chunk_data: usize,
     // enum _frameowner
     /// Value of FRAME_OWNED_BY_CSTACK (eval-loop entry shim frames, 3.12+); 255 where it does not exist (3.9-3.11).
     pub frame_owned_by_cstack: u8,
@@ -90,6 +101,11 @@ impl Offsets {
             "code_firsttraceable" => self.code_firsttraceable,
             "code_firstlineno" => self.code_firstlineno,
             "interp_tstate_head" => self.interp_tstate_head,
+            "tstate_datastack_chunk" => self.tstate_datastack_chunk,
+            "tstate_datastack_top" => self.tstate_datastack_top,
+            "chunk_previous" => self.chunk_previous,
+            "chunk_top" => self.chunk_top,
+            "chunk_data" => self.chunk_data,
             _ => return None,
         })
     }

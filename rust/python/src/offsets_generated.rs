@@ -35,6 +35,11 @@ pub const PY3_9: Offsets = Offsets {
     code_firsttraceable: usize::MAX,
     code_firstlineno: 40,
     interp_tstate_head: 8,
+    tstate_datastack_chunk: usize::MAX,
+    tstate_datastack_top: usize::MAX,
+    chunk_previous: usize::MAX,
+    chunk_top: usize::MAX,
+    chunk_data: usize::MAX,
     frame_owned_by_cstack: 255,
 };
 
@@ -59,6 +64,11 @@ pub const PY3_10: Offsets = Offsets {
     code_firsttraceable: usize::MAX,
     code_firstlineno: 40,
     interp_tstate_head: 8,
+    tstate_datastack_chunk: usize::MAX,
+    tstate_datastack_top: usize::MAX,
+    chunk_previous: usize::MAX,
+    chunk_top: usize::MAX,
+    chunk_data: usize::MAX,
     frame_owned_by_cstack: 255,
 };
 
@@ -83,6 +93,11 @@ pub const PY3_11: Offsets = Offsets {
     code_firsttraceable: 168,
     code_firstlineno: 72,
     interp_tstate_head: 16,
+    tstate_datastack_chunk: 296,
+    tstate_datastack_top: 304,
+    chunk_previous: 0,
+    chunk_top: 16,
+    chunk_data: 24,
     frame_owned_by_cstack: 255,
 };
 
@@ -107,6 +122,11 @@ pub const PY3_12: Offsets = Offsets {
     code_firsttraceable: 176,
     code_firstlineno: 68,
     interp_tstate_head: 72,
+    tstate_datastack_chunk: 232,
+    tstate_datastack_top: 240,
+    chunk_previous: 0,
+    chunk_top: 16,
+    chunk_data: 24,
     frame_owned_by_cstack: 3,
 };
 
@@ -131,6 +151,11 @@ pub const PY3_13: Offsets = Offsets {
     code_firsttraceable: 184,
     code_firstlineno: 68,
     interp_tstate_head: 7344,
+    tstate_datastack_chunk: 232,
+    tstate_datastack_top: 240,
+    chunk_previous: 0,
+    chunk_top: 16,
+    chunk_data: 24,
     frame_owned_by_cstack: 3,
 };
 

@@ -220,34 +220,59 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32, context: *mut li
     if total > depth {
         flags |= raw::FLAG_TRUNCATED;
     }
-    let mut pcs = [0u64; MAX_NATIVE];
-    let native = match &shared.native {
-        Some(n) => n.unwind_context(context, &mut pcs),
-        None => 0,
-    };
-    let extra = if shared.native.is_some() {
-        flags |= raw::FLAG_NATIVE;
-        1 + native
-    } else {
-        0
-    };
+    let header = [start, weight, 0, depth as u64];
+    let thread = s.store_thread.load(Ordering::Relaxed);
+    match &shared.native {
+        // The native buffer lives (and is zeroed) only on this path.
+        Some(native) => {
+            let mut pcs = [0u64; MAX_NATIVE];
+            let n = native.unwind_context(context, &mut pcs);
+            // SAFETY: as above.
+            unsafe {
+                record(
+                    shared,
+                    &header,
+                    thread,
+                    flags | raw::FLAG_NATIVE,
+                    tstate,
+                    Some(&pcs[..n]),
+                )
+            }
+        }
+        // SAFETY: as above.
+        None => unsafe { record(shared, &header, thread, flags, tstate, None) },
+    }
+}
+
+/// Write one CPU record: the header words (timestamp, weight, -, depth), the Python frames, and
+/// the native PCs when native unwinding is on.
+///
+/// # Safety
+/// As for [`Walker::walk`] on `tstate` (the calling thread's own, stopped in the handler).
+unsafe fn record(
+    shared: &Shared,
+    header: &[u64; 4],
+    thread: u32,
+    flags: u32,
+    tstate: usize,
+    native: Option<&[u64]>,
+) {
+    let depth = header[3] as usize;
+    let extra = native.map_or(0, |pcs| 1 + pcs.len());
     let Some(mut rec) = shared.ring.reserve(raw::body_words(depth) + extra) else {
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    rec.write(0, start);
-    rec.write(1, weight);
-    rec.write(
-        2,
-        raw::pack_thread(s.store_thread.load(Ordering::Relaxed), flags),
-    );
-    rec.write(3, depth as u64);
-    // SAFETY: as above; the chain has not changed since the first pass.
-    unsafe { walker.write_frames(tstate, depth, &mut rec) };
-    if extra > 0 {
+    rec.write(0, header[0]);
+    rec.write(1, header[1]);
+    rec.write(2, raw::pack_thread(thread, flags));
+    rec.write(3, header[3]);
+    // SAFETY: forwarded caller contract; the chain has not changed since the counting pass.
+    unsafe { shared.walker.write_frames(tstate, depth, &mut rec) };
+    if let Some(pcs) = native {
         let at = raw::body_words(depth);
-        rec.write(at, native as u64);
-        for (i, &pc) in pcs[..native].iter().enumerate() {
+        rec.write(at, pcs.len() as u64);
+        for (i, &pc) in pcs.iter().enumerate() {
             rec.write(at + 1 + i, pc);
         }
     }
@@ -256,6 +281,6 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32, context: *mut li
     if let Some(end) = threads::clock_ns(libc::CLOCK_MONOTONIC) {
         shared
             .handler_ns
-            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+            .fetch_add(end.saturating_sub(header[0]), Ordering::Relaxed);
     }
 }

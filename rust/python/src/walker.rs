@@ -5,7 +5,7 @@
 //! `PyCode_Type` instance, and the walk stops at a depth cap so a corrupt (cyclic) chain cannot
 //! loop forever.
 
-use crate::offsets::{FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR};
+use crate::offsets::{FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR, FRAME_OWNED_BY_THREAD};
 use crate::safe_read;
 use spprof_engine::raw::{CODE_ENTRY_BIT, HEADER_WORDS};
 use spprof_engine::ring::Reservation;
@@ -17,6 +17,15 @@ use spprof_engine::ring::Reservation;
 const MAX_WALK: usize = 4 * (crate::sampler::MAX_DEPTH + 1);
 /// `ob_type` sits right after `ob_refcnt` in every GIL build of CPython.
 const OB_TYPE: usize = 8;
+
+/// Chunks of a thread's data stack searched at most (each is at least 16 KiB of frames).
+const MAX_CHUNKS: usize = 64;
+
+/// The current chunk of a thread's data stack and its first free slot.
+struct DataStack {
+    chunk: usize,
+    top: usize,
+}
 
 #[derive(Clone, Copy)]
 pub struct Walker {
@@ -91,10 +100,22 @@ impl Walker {
         let off = &self.off;
         // SAFETY: forwarded caller contract.
         let mut frame = unsafe { self.top_frame(tstate) };
+        // SAFETY: as above.
+        let stack = unsafe { self.data_stack(tstate) };
         let mut visited = 0;
         for _ in 0..MAX_WALK {
             if !plausible(frame) {
                 break;
+            }
+            // A thread-owned frame outside the live data stack is a stale pointer (the chain is
+            // briefly inconsistent in the eval loop's prologue): its code may be gone. Stop.
+            // SAFETY: frame is plausible; the reads recover from faults.
+            if let Some(ds) = &stack {
+                if unsafe { read_u8(frame, off.frame_owner) } == Some(FRAME_OWNED_BY_THREAD)
+                    && !unsafe { self.in_data_stack(ds, frame) }
+                {
+                    break;
+                }
             }
             // SAFETY: frame is a plausible pointer taken from the live chain.
             let code = unsafe { read_usize(frame, off.frame_code) }.unwrap_or(0);
@@ -110,6 +131,46 @@ impl Walker {
             frame = next;
         }
         visited
+    }
+
+    /// The thread's data stack (3.11+): where its own frames live.
+    unsafe fn data_stack(&self, tstate: usize) -> Option<DataStack> {
+        let off = &self.off;
+        if off.tstate_datastack_chunk == usize::MAX {
+            return None;
+        }
+        // SAFETY: tstate is a live thread state (caller's contract); reads recover from faults.
+        unsafe {
+            Some(DataStack {
+                chunk: read_usize(tstate, off.tstate_datastack_chunk)?,
+                top: read_usize(tstate, off.tstate_datastack_top)?,
+            })
+        }
+    }
+
+    /// Whether `frame` lies in the used part of one of the data stack's chunks.
+    unsafe fn in_data_stack(&self, ds: &DataStack, frame: usize) -> bool {
+        let off = &self.off;
+        let (mut chunk, mut end) = (ds.chunk, ds.top);
+        for _ in 0..MAX_CHUNKS {
+            if !plausible(chunk) {
+                return false;
+            }
+            if chunk + off.chunk_data <= frame && frame < end {
+                return true;
+            }
+            // SAFETY: chunk is plausible; the reads recover from faults.
+            let Some(previous) = (unsafe { read_usize(chunk, off.chunk_previous) }) else {
+                return false;
+            };
+            // An older chunk's `top` counts the slots in use when the next one was pushed.
+            let Some(used) = (unsafe { read_usize(previous, off.chunk_top) }) else {
+                return false;
+            };
+            chunk = previous;
+            end = previous + off.chunk_data + used.saturating_mul(8);
+        }
+        false
     }
 
     /// The number of Python frames, counting at most `cap`.
@@ -208,5 +269,53 @@ impl Walker {
             return None; // incomplete frame (still running its prologue)
         }
         Some(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offsets::PY3_12;
+
+    fn put(addr: usize, value: u64) {
+        // SAFETY: test buffers below, written inside their bounds.
+        unsafe { std::ptr::write_unaligned(addr as *mut u64, value) };
+    }
+
+    /// A fake 3.12 thread state whose top frame is thread-owned: walked only while it lies in
+    /// the used part of the thread's data stack.
+    #[test]
+    fn thread_frames_outside_the_data_stack_end_the_walk() {
+        crate::safe_read::install().unwrap();
+        let off = PY3_12;
+        let code_type = 0x5150_0000usize;
+        let (mut code, mut chunk) = (vec![0u64; 256], vec![0u64; 1024]);
+        let (mut tstate, mut cframe) = (vec![0u64; 256], [0u64; 8]);
+        let (code, chunk, tstate, cframe) = (
+            code.as_mut_ptr() as usize,
+            chunk.as_mut_ptr() as usize,
+            tstate.as_mut_ptr() as usize,
+            cframe.as_mut_ptr() as usize,
+        );
+        put(code + OB_TYPE, code_type as u64);
+        let frame = chunk + off.chunk_data + 64;
+        put(frame + off.frame_code, code as u64);
+        put(
+            frame + off.frame_instr,
+            (code + off.code_code_adaptive + 8) as u64,
+        );
+        put(frame + off.frame_back, 0); // owner byte and previous are zero: thread-owned, root
+        put(tstate + off.tstate_frame, cframe as u64);
+        put(cframe + off.cframe_current_frame, frame as u64);
+        put(tstate + off.tstate_datastack_chunk, chunk as u64);
+        let walker = Walker { off, code_type };
+        let frames = |top: usize| {
+            put(tstate + off.tstate_datastack_top, top as u64);
+            // SAFETY: every pointer followed is into the buffers above.
+            unsafe { walker.depth(tstate, 10) }
+        };
+        assert_eq!(frames(frame + off.frame_size), 1);
+        assert_eq!(frames(frame), 0, "a frame at or above the top is stale");
+        assert_eq!(frames(chunk + off.chunk_data), 0);
     }
 }
