@@ -279,8 +279,9 @@ def get_snapshot() -> HeapSnapshot:
 
 def _recommendation(live: int) -> str:
     parts = ["Python stacks are read from the interpreter's frame structures and are exact; "
-             "native (C) frames are not captured yet, and allocations by native code need the "
-             "LD_PRELOAD library, which is not built yet."]
+             "allocation stacks have Python frames only (no native frames). Allocations by native "
+             "code are tracked only under the LD_PRELOAD library "
+             "(LD_PRELOAD=$(python -m spprof.memprof --preload-path))."]
     if live < 100:
         parts.append(f"Only {live} live samples: estimates are rough; use a lower "
                      "sampling_rate_kb for more samples.")
