@@ -7,13 +7,11 @@ import pytest_spprof._plugin  # noqa: F401
 import spprof  # noqa: F401
 import spprof.flamegraph  # noqa: F401
 
-try:
-    import numpy  # noqa: F401
-    import pyarrow  # noqa: F401
-    import pyarrow.compute  # noqa: F401
-    import pyarrow.ipc  # noqa: F401
-except ImportError:
-    pass
+for module in ("numpy", "pyarrow", "pyarrow.compute", "pyarrow.ipc", "pandas", "polars"):
+    try:
+        __import__(module)
+    except ImportError:
+        pass
 try:
     import spprof.memprof  # noqa: F401
 except ImportError:

@@ -262,7 +262,7 @@ fn nulls(len: usize, valid: impl FnMut(usize) -> bool) -> Option<NullBuffer> {
     (nulls.null_count() > 0).then_some(nulls)
 }
 
-fn dict_column(
+pub(crate) fn dict_column(
     keys: Vec<i32>,
     nulls: Option<NullBuffer>,
     values: &ArrayRef,
@@ -343,21 +343,23 @@ pub fn samples(store: &Arc<Store>, weight_column: &str) -> Result<Table, ArrowEr
     })
 }
 
-/// The rows of one `frames` batch, column by column.
+/// The rows of one `frames` batch, column by column (also the bulk of the pytest run file's
+/// rows, see [`crate::run_file`]). `function` and `file` are keys into dictionaries the caller
+/// supplies.
 #[derive(Default)]
-struct FrameRows {
-    sample_id: Vec<i64>,
-    depth: Vec<i32>,
-    function: Vec<i32>,
-    file: Vec<i32>,
-    line: Vec<i32>,
+pub(crate) struct FrameRows {
+    pub sample_id: Vec<i64>,
+    pub depth: Vec<i32>,
+    pub function: Vec<i32>,
+    pub file: Vec<i32>,
+    pub line: Vec<i32>,
     /// False on the one row of a sample without frames (its frame columns are null).
-    has_frame: Vec<bool>,
-    is_native: Vec<bool>,
-    is_leaf: Vec<bool>,
-    tid: Vec<i64>,
-    timestamp: Vec<i64>,
-    weight: Vec<i64>,
+    pub has_frame: Vec<bool>,
+    pub is_native: Vec<bool>,
+    pub is_leaf: Vec<bool>,
+    pub tid: Vec<i64>,
+    pub timestamp: Vec<i64>,
+    pub weight: Vec<i64>,
 }
 
 impl FrameRows {
@@ -377,25 +379,34 @@ impl FrameRows {
         }
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.sample_id.len()
     }
 
-    fn into_batch(self, schema: &SchemaRef, look: &Lookups) -> Result<RecordBatch, ArrowError> {
+    /// The columns of the `frames` schema, in order.
+    pub fn into_columns(
+        self,
+        functions: &ArrayRef,
+        files: &ArrayRef,
+    ) -> Result<Vec<ArrayRef>, ArrowError> {
         let has_frame = &self.has_frame;
         let frame_nulls = nulls(has_frame.len(), |i| has_frame[i]);
-        let columns: Vec<ArrayRef> = vec![
+        Ok(vec![
             Arc::new(Int64Array::from(self.sample_id)),
             Arc::new(Int32Array::from(self.depth)),
-            dict_column(self.function, frame_nulls.clone(), &look.function.values)?,
-            dict_column(self.file, frame_nulls.clone(), &look.file.values)?,
+            dict_column(self.function, frame_nulls.clone(), functions)?,
+            dict_column(self.file, frame_nulls.clone(), files)?,
             Arc::new(Int32Array::new(self.line.into(), frame_nulls)),
             Arc::new(BooleanArray::from(self.is_native)),
             Arc::new(BooleanArray::from(self.is_leaf)),
             Arc::new(Int64Array::from(self.tid)),
             Arc::new(Int64Array::from(self.timestamp)),
             Arc::new(Int64Array::from(self.weight)),
-        ];
+        ])
+    }
+
+    fn into_batch(self, schema: &SchemaRef, look: &Lookups) -> Result<RecordBatch, ArrowError> {
+        let columns = self.into_columns(&look.function.values, &look.file.values)?;
         RecordBatch::try_new(schema.clone(), columns)
     }
 }

@@ -13,15 +13,13 @@
 //! The IPC *file* format allows one dictionary per column for the whole file, so strings are
 //! interned into dictionaries that span all chunks before any batch is built.
 
-use crate::arrow::{frames_schema, FRAMES_BATCH_ROWS, WEIGHT_NS};
+use crate::arrow::{dict_column, frames_schema, FrameRows, FRAMES_BATCH_ROWS, WEIGHT_NS};
 use crate::store::{FrameId, Store, EMPTY_STACK};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, DictionaryArray, Int32Array, Int64Array, RecordBatch,
-    StringArray,
+    Array, ArrayRef, DictionaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
 };
-use arrow_buffer::{BooleanBuffer, NullBuffer};
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
@@ -96,34 +94,13 @@ impl Strings {
     }
 }
 
-/// Rows of one batch; string columns hold keys into the file's [`Strings`].
+/// Rows of one batch: the `frames` columns plus two; string columns hold keys into the file's
+/// [`Strings`].
 #[derive(Default)]
 struct Rows {
-    sample_id: Vec<i64>,
-    depth: Vec<i32>,
-    function: Vec<i32>,
-    file: Vec<i32>,
-    line: Vec<i32>,
-    has_frame: Vec<bool>,
-    is_native: Vec<bool>,
-    is_leaf: Vec<bool>,
-    tid: Vec<i64>,
-    timestamp: Vec<i64>,
-    weight: Vec<i64>,
+    frames: FrameRows,
     thread_name: Vec<i32>,
     test: Vec<i32>,
-}
-
-fn dict(
-    keys: Vec<i32>,
-    nulls: Option<NullBuffer>,
-    values: &ArrayRef,
-) -> Result<ArrayRef, ArrowError> {
-    let keys = Int32Array::new(keys.into(), nulls);
-    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
-        keys,
-        values.clone(),
-    )?))
 }
 
 struct Dictionaries {
@@ -134,28 +111,10 @@ struct Dictionaries {
 }
 
 impl Rows {
-    fn len(&self) -> usize {
-        self.sample_id.len()
-    }
-
     fn into_batch(self, schema: &SchemaRef, d: &Dictionaries) -> Result<RecordBatch, ArrowError> {
-        let has = &self.has_frame;
-        let frame_nulls = NullBuffer::from(BooleanBuffer::collect_bool(has.len(), |i| has[i]));
-        let frame_nulls = (frame_nulls.null_count() > 0).then_some(frame_nulls);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(self.sample_id)),
-            Arc::new(Int32Array::from(self.depth)),
-            dict(self.function, frame_nulls.clone(), &d.function)?,
-            dict(self.file, frame_nulls.clone(), &d.file)?,
-            Arc::new(Int32Array::new(self.line.into(), frame_nulls)),
-            Arc::new(BooleanArray::from(self.is_native)),
-            Arc::new(BooleanArray::from(self.is_leaf)),
-            Arc::new(Int64Array::from(self.tid)),
-            Arc::new(Int64Array::from(self.timestamp)),
-            Arc::new(Int64Array::from(self.weight)),
-            dict(self.thread_name, None, &d.thread_name)?,
-            dict(self.test, None, &d.test)?,
-        ];
+        let mut columns = self.frames.into_columns(&d.function, &d.file)?;
+        columns.push(dict_column(self.thread_name, None, &d.thread_name)?);
+        columns.push(dict_column(self.test, None, &d.test)?);
         RecordBatch::try_new(schema.clone(), columns)
     }
 }
@@ -212,12 +171,16 @@ pub fn write(
             let n = stack.len();
             let thread = store.thread_ids[i] as usize;
             for d in 0..n.max(1) {
-                if batches.last().is_some_and(|r| r.len() >= FRAMES_BATCH_ROWS) {
+                if batches
+                    .last()
+                    .is_some_and(|r| r.frames.len() >= FRAMES_BATCH_ROWS)
+                {
                     batches.push(Rows::default());
                 }
-                let rows = batches.last_mut().expect("never empty");
+                let all = batches.last_mut().expect("never empty");
                 // `stack` runs leaf → root; rows go root first.
                 let frame = (n > 0).then(|| stack[n - 1 - d] as usize);
+                let rows = &mut all.frames;
                 rows.sample_id.push(samples as i64);
                 rows.depth.push(d as i32);
                 rows.function.push(frame.map_or(0, |f| fn_key[f]));
@@ -231,8 +194,8 @@ pub fn write(
                 rows.tid.push(store.threads()[thread].tid as i64);
                 rows.timestamp.push(t - w.t0);
                 rows.weight.push(store.weights[i]);
-                rows.thread_name.push(thread_key[thread]);
-                rows.test.push(w.test);
+                all.thread_name.push(thread_key[thread]);
+                all.test.push(w.test);
             }
             samples += 1;
         }
@@ -251,7 +214,7 @@ pub fn write(
     let schema = schema();
     let batches = batches
         .into_iter()
-        .filter(|r| r.len() > 0)
+        .filter(|r| r.frames.len() > 0)
         .map(|r| r.into_batch(&schema, &dicts))
         .collect::<Result<Vec<_>, _>>()?;
     write_batches(path, &schema, &batches)?;
