@@ -551,8 +551,10 @@ class SpprofPlugin:
     def _write_run(self) -> Optional[Path]:
         from ._run import write_run
 
-        name = f"{self.config.workerinput['workerid']}.arrow" if self._role() == "worker" else "run.arrow"
-        folder = self._parts_dir() if self._role() == "worker" else self.dir
+        if self._role() == "worker":  # a part, merged by the controller
+            folder, name = self._parts_dir(), f"{self.config.workerinput['workerid']}.arrow"
+        else:
+            folder, name = self.dir, "run.arrow"
         folder.mkdir(parents=True, exist_ok=True)
         return write_run(folder / name, self.sampler.chunks, self.results.values())
 

@@ -70,7 +70,7 @@ pub fn walk_current(py: Python<'_>, walker: &Walker) -> Vec<usize> {
     let mut codes = Vec::new();
     // SAFETY: the calling thread's own thread state; it runs this code, so its chain is stable.
     unsafe {
-        walker.walk(current_tstate(py), |code, _, _| {
+        walker.walk(current_tstate(py), false, |code, _, _| {
             codes.push(code);
             true
         })

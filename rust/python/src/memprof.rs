@@ -401,7 +401,7 @@ fn record_alloc(addr: u64, size: u64) {
     rec.write(2, raw::pack_thread(gettid() as u32, flags));
     rec.write(3, depth as u64);
     // SAFETY: as above.
-    unsafe { walker.write_frames(tstate, depth, &mut rec) };
+    unsafe { walker.write_frames(tstate, depth, false, &mut rec) };
     rec.write(raw::body_words(depth), addr);
     rec.write(raw::body_words(depth) + 1, size);
     rec.commit();

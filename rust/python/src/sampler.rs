@@ -268,7 +268,12 @@ unsafe fn record(
     rec.write(2, raw::pack_thread(thread, flags));
     rec.write(3, header[3]);
     // SAFETY: forwarded caller contract; the chain has not changed since the counting pass.
-    unsafe { shared.walker.write_frames(tstate, depth, &mut rec) };
+    // Entry marks only matter for merging with native frames.
+    unsafe {
+        shared
+            .walker
+            .write_frames(tstate, depth, native.is_some(), &mut rec)
+    };
     if let Some(pcs) = native {
         let at = raw::body_words(depth);
         rec.write(at, pcs.len() as u64);

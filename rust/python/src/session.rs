@@ -187,21 +187,12 @@ pub fn resolve_stack(
     scratch: &mut Vec<u32>,
 ) -> Option<u32> {
     scratch.clear();
-    let pcs = raw.native_pcs();
-    if pcs.is_empty() {
-        if raw.flags & FLAG_TRUNCATED != 0 {
-            scratch.push(store.intern_frame("<truncated>", "<spprof>", 0, false)?);
-        }
-        for (code, offset, _) in raw.frames_leaf_first().rev() {
-            scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
-        }
-        return store.intern_stack(scratch.iter().copied());
-    }
-    // Native and Python frames merged, leaf first: each eval-loop frame is replaced by the run of
-    // Python frames it executes (up to and including the run's entry frame). Python frames left
-    // over (the native walk ended early) are the callers: they go to the root side.
+    // Leaf first. With native frames, each eval-loop frame is replaced by the run of Python
+    // frames it executes (up to and including the run's entry frame). Python frames left over
+    // (all of them without native frames; else the native walk ended early) are the callers:
+    // they go to the root side.
     let mut python = raw.frames_leaf_first();
-    for &pc in pcs {
+    for &pc in raw.native_pcs() {
         let (frame, eval) = resolver.native_frame(store, pc)?;
         if !eval {
             scratch.push(frame);

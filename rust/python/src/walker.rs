@@ -86,8 +86,9 @@ impl Walker {
     /// it returns false. `instr_offset_bytes` is the offset of the executing instruction in the
     /// code's bytecode (negative if the frame has not started). `entry` marks the outermost frame
     /// of one run of the eval loop (`_PyEval_EvalFrameDefault`): the frames up to and including
-    /// it are what one native eval-loop frame executes (see [`crate::native_stack`]). Returns the
-    /// number of frames visited.
+    /// it are what one native eval-loop frame executes (see [`crate::native_stack`]); it costs a
+    /// read per frame, so it is computed only when `entries` is set (else always false). Returns
+    /// the number of frames visited.
     ///
     /// # Safety
     /// `tstate` must be the live `PyThreadState` of the calling thread, or of a thread that cannot
@@ -95,6 +96,7 @@ impl Walker {
     pub unsafe fn walk(
         &self,
         tstate: usize,
+        entries: bool,
         mut visit: impl FnMut(usize, i64, bool) -> bool,
     ) -> usize {
         let off = &self.off;
@@ -107,12 +109,16 @@ impl Walker {
             if !plausible(frame) {
                 break;
             }
+            // 3.11+: who owns the frame (read once for both checks below).
+            // SAFETY: frame is plausible; the read recovers from a fault.
+            let owner = (off.layout != FrameLayout::FrameObject)
+                .then(|| unsafe { read_u8(frame, off.frame_owner) })
+                .flatten();
             // A thread-owned frame outside the live data stack is a stale pointer (the chain is
             // briefly inconsistent in the eval loop's prologue): its code may be gone. Stop.
-            // SAFETY: frame is plausible; the reads recover from faults.
             if let Some(ds) = &stack {
-                if unsafe { read_u8(frame, off.frame_owner) } == Some(FRAME_OWNED_BY_THREAD)
-                    && !unsafe { self.in_data_stack(ds, frame) }
+                // SAFETY: as above.
+                if owner == Some(FRAME_OWNED_BY_THREAD) && !unsafe { self.in_data_stack(ds, frame) }
                 {
                     break;
                 }
@@ -121,10 +127,12 @@ impl Walker {
             let code = unsafe { read_usize(frame, off.frame_code) }.unwrap_or(0);
             // SAFETY: as above.
             let next = unsafe { read_usize(frame, off.frame_back) }.unwrap_or(0);
-            if let Some(offset) = unsafe { self.instr_offset(frame, code) } {
+            // SAFETY: as above.
+            if let Some(offset) = unsafe { self.instr_offset(frame, code, owner) } {
                 visited += 1;
                 // SAFETY: as above.
-                if !visit(code, offset, unsafe { self.is_entry(frame, next) }) {
+                let entry = entries && unsafe { self.is_entry(frame, next) };
+                if !visit(code, offset, entry) {
                     break;
                 }
             }
@@ -181,7 +189,7 @@ impl Walker {
         let mut n = 0;
         // SAFETY: forwarded caller contract.
         unsafe {
-            self.walk(tstate, |_, _, _| {
+            self.walk(tstate, false, |_, _, _| {
                 n += 1;
                 n < cap
             })
@@ -208,16 +216,23 @@ impl Walker {
 
     /// Write the innermost `depth` frames into a raw sample record (`(code, offset)` word pairs
     /// after the header), zero-filling what the chain does not provide (code 0 = "unknown frame"
-    /// for the resolver). `tstate == 0` writes only unknown frames.
+    /// for the resolver). `tstate == 0` writes only unknown frames. With `entries`, code words
+    /// carry the eval-loop entry mark (see [`Walker::walk`]).
     ///
     /// # Safety
     /// As for [`Walker::walk`].
-    pub unsafe fn write_frames(&self, tstate: usize, depth: usize, rec: &mut Reservation<'_>) {
+    pub unsafe fn write_frames(
+        &self,
+        tstate: usize,
+        depth: usize,
+        entries: bool,
+        rec: &mut Reservation<'_>,
+    ) {
         let mut i = 0;
         if tstate != 0 {
             // SAFETY: forwarded caller contract.
             unsafe {
-                self.walk(tstate, |code, offset, entry| {
+                self.walk(tstate, entries, |code, offset, entry| {
                     if i >= depth {
                         return false;
                     }
@@ -239,7 +254,7 @@ impl Walker {
 
     /// The executing instruction's byte offset, or `None` for a frame that `sys._getframe()`
     /// would not show (a C-stack shim, an incomplete frame, a non-code executable).
-    unsafe fn instr_offset(&self, frame: usize, code: usize) -> Option<i64> {
+    unsafe fn instr_offset(&self, frame: usize, code: usize, owner: Option<u8>) -> Option<i64> {
         let off = &self.off;
         if !self.is_code(code) {
             return None;
@@ -254,8 +269,7 @@ impl Walker {
                 lasti
             });
         }
-        // SAFETY: frame is a live _PyInterpreterFrame; owner is a byte inside it.
-        let owner = unsafe { read_u8(frame, off.frame_owner) }?;
+        let owner = owner?;
         if owner == off.frame_owned_by_cstack {
             return None;
         }
