@@ -114,19 +114,22 @@ impl Walker {
             let owner = (off.layout != FrameLayout::FrameObject)
                 .then(|| unsafe { read_u8(frame, off.frame_owner) })
                 .flatten();
-            // A thread-owned frame outside the live data stack is a stale pointer (the chain is
-            // briefly inconsistent in the eval loop's prologue): its code may be gone. Stop.
+            // SAFETY: frame is a plausible pointer taken from the live chain.
+            let next = unsafe { read_usize(frame, off.frame_back) }.unwrap_or(0);
+            // A thread-owned frame outside the live data stack is not visited: either a frame
+            // being returned from (popped just before the current-frame pointer moves to its
+            // caller, which is live) or a stale pointer (the eval loop's prologue), whose code
+            // may be gone. Its callers are checked in turn.
             if let Some(ds) = &stack {
                 // SAFETY: as above.
                 if owner == Some(FRAME_OWNED_BY_THREAD) && !unsafe { self.in_data_stack(ds, frame) }
                 {
-                    break;
+                    frame = next;
+                    continue;
                 }
             }
-            // SAFETY: frame is a plausible pointer taken from the live chain.
-            let code = unsafe { read_usize(frame, off.frame_code) }.unwrap_or(0);
             // SAFETY: as above.
-            let next = unsafe { read_usize(frame, off.frame_back) }.unwrap_or(0);
+            let code = unsafe { read_usize(frame, off.frame_code) }.unwrap_or(0);
             // SAFETY: as above.
             if let Some(offset) = unsafe { self.instr_offset(frame, code, owner) } {
                 visited += 1;
@@ -329,7 +332,11 @@ mod tests {
             unsafe { walker.depth(tstate, 10) }
         };
         assert_eq!(frames(frame + off.frame_size), 1);
-        assert_eq!(frames(frame), 0, "a frame at or above the top is stale");
+        assert_eq!(
+            frames(frame),
+            0,
+            "a frame at or above the top is not walked"
+        );
         assert_eq!(frames(chunk + off.chunk_data), 0);
     }
 }
