@@ -321,6 +321,13 @@ def _stop_at_exit() -> None:
         stop()
 
 
+def _before_fork() -> None:
+    # Waits out a resolver thread that is creating its Python thread state (see
+    # rust/python/src/resolver_thread.rs): a fork then would hang the child on CPython 3.9.
+    if _native is not None:
+        _native.before_fork()
+
+
 def _after_fork_in_child() -> None:
     global _run
     if _native is not None:
@@ -330,5 +337,5 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_stop_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import threading
 import time
 
+import pytest
+
 import spprof
+from spprof import memprof
 from workloads import burn_cpu, spin
 
 
@@ -93,6 +98,50 @@ def test_long_profile_under_gc_storm_and_thread_churn():
     names = {s.thread_name for s in profile.samples}
     assert {"bg-0", "bg-2", "bg-3"} <= names
     assert sum(1 for s in profile.samples for f in s.frames if f.filename.startswith("<stress ")) > 20
+
+
+def _exit_code(pid: int, seconds: float):
+    """The child's exit code, or None when it has not exited within `seconds` (then killed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_fork_while_profilers_start_and_resolve():
+    # A fork right after start() lands while the resolver thread creates its thread state; a
+    # fork later lands among the resolvers' rounds. The child must not inherit a held
+    # interpreter lock (it hung in PyOS_AfterFork_Child on 3.9 about once in 1000 forks).
+    stop, errors = threading.Event(), []
+    threads = _background(stop, errors)
+    codes = []
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            spprof.start(interval_ms=1)
+            memprof.start(sampling_rate_kb=4)
+            for delay in (0, 0.01):
+                time.sleep(delay)
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0 if not spprof.is_active() and not memprof.is_running() else 3)
+                codes.append(_exit_code(pid, 10))
+            memprof.stop()
+            _check(spprof.stop())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert codes.count(0) == len(codes), f"exit codes (None: hung) of {len(codes)} children: " \
+        f"{sorted(set(codes), key=str)}"
 
 
 def test_walker_reads_survive_unmapped_memory():

@@ -7,7 +7,7 @@
 //! - [`python_threads`]: finding the interpreter's threads and registering them;
 //! - [`resolver`], [`code_hook`]: code pointers → frames, resolved before code objects die;
 //! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python;
-//!   [`stop_signal`]: how the background resolver threads are stopped;
+//!   [`resolver_thread`]: the background threads that resolve samples while profiling runs;
 //! - [`arrow_py`]: profiles as Arrow tables (the Arrow PyCapsule interface);
 //! - [`analysis_py`]: top functions, threads, diffs and filters (`spprof.analysis`);
 //! - [`flamegraph_py`]: SVG/HTML flame graphs of finished profiles;
@@ -27,10 +27,10 @@ mod offsets;
 mod profile_data;
 mod python_threads;
 mod resolver;
+mod resolver_thread;
 mod safe_read;
 mod sampler;
 mod session;
-mod stop_signal;
 mod threads;
 mod walker;
 
@@ -110,7 +110,7 @@ fn start(
     ACTIVE.store(true, Ordering::Release);
     drop(guard);
     // The threads that already exist (the resolver thread has no thread state yet: we hold the GIL).
-    python_threads::scan(py, 0)?;
+    python_threads::scan(py)?;
     let mode = match clock {
         Clock::Cpu => "cpu",
         Clock::Wall => "wall",
@@ -166,12 +166,12 @@ fn unregister_thread() -> bool {
 /// Register every thread not sampled yet; returns how many were added.
 #[pyfunction]
 fn register_all_threads(py: Python<'_>) -> PyResult<usize> {
-    python_threads::scan(py, 0)
+    python_threads::scan(py)
 }
 
 #[pyfunction]
 fn stop(py: Python<'_>) -> PyResult<ProfileData> {
-    let join = match session::lock().as_mut() {
+    let drainer = match session::lock().as_mut() {
         Some(s) => s.take_drainer(),
         None => {
             return Err(PyRuntimeError::new_err(
@@ -179,9 +179,8 @@ fn stop(py: Python<'_>) -> PyResult<ProfileData> {
             ))
         }
     };
-    if let Some(join) = join {
-        // The drainer may be waiting for the GIL: release it while joining.
-        py.detach(join);
+    if let Some(drainer) = drainer {
+        drainer.stop_and_join(py);
     }
     // After the join: the drainer's thread scan must not register anything after this.
     threads::unregister_all();
@@ -264,6 +263,7 @@ fn _refuse_cpu_timers(refuse: bool) {
 /// exists and no timer was inherited, so forget everything without waiting for anyone.
 #[pyfunction]
 fn after_fork_in_child() {
+    resolver_thread::forget_after_fork();
     threads::forget_all_after_fork();
     if let Some(s) = session::lock().take() {
         s.abandon_after_fork();
@@ -290,6 +290,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(walk_current_thread, m)?)?;
     m.add_function(wrap_pyfunction!(_pretend_minor_version, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(resolver_thread::before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_py::flamegraph_svg, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_py::flamegraph_html, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_py::diff_flamegraph_svg, m)?)?;

@@ -37,9 +37,9 @@ use crate::interp;
 use crate::native_alloc;
 use crate::profile_data::ProfileData;
 use crate::resolver::Resolver;
+use crate::resolver_thread::{ResolverThread, StopSignal};
 use crate::sampler::MAX_DEPTH;
 use crate::session::resolve_stack;
-use crate::stop_signal::StopSignal;
 use crate::threads::{clock_ns, gettid};
 use crate::walker::Walker;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -55,8 +55,7 @@ use std::cell::UnsafeCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const RING_BYTES: usize = 4 << 20;
@@ -436,11 +435,6 @@ struct Live {
     stack: StackId,
 }
 
-struct Drainer {
-    stop: Arc<StopSignal>,
-    handle: JoinHandle<()>,
-}
-
 /// Locked only with the GIL held, never across a GIL release (as the CPU session's lock).
 struct MemSession {
     /// Interned frames and stacks of the samples (no sample rows: `live` holds them).
@@ -453,7 +447,7 @@ struct MemSession {
     freed_samples: u64,
     /// Frees of addresses sampled by an earlier run (restarted profile) or before a fork.
     untracked_frees: u64,
-    drainer: Option<Drainer>,
+    drainer: Option<ResolverThread>,
 }
 
 static SESSION: Mutex<Option<MemSession>> = Mutex::new(None);
@@ -542,13 +536,7 @@ impl MemSession {
     }
 
     fn start_drainer(&mut self) {
-        let stop = Arc::new(StopSignal::default());
-        let stop2 = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("spprof-memprof".into())
-            .spawn(move || drainer_loop(&stop2))
-            .expect("spawning the memory profiler's resolver thread");
-        self.drainer = Some(Drainer { stop, handle });
+        self.drainer = Some(ResolverThread::spawn("spprof-memprof", drainer_loop));
     }
 }
 
@@ -688,11 +676,7 @@ fn memprof_shutdown(py: Python<'_>) -> usize {
     native_alloc::disconnect();
     let drainer = lock().as_mut().and_then(|s| s.drainer.take());
     if let Some(d) = drainer {
-        d.stop.stop();
-        // The drainer may be waiting for the GIL: release it while joining.
-        py.detach(|| {
-            let _ = d.handle.join();
-        });
+        d.stop_and_join(py);
     }
     if let (Some(sh), Some(s)) = (shared(), lock().as_mut()) {
         s.drain(py, sh);
@@ -855,7 +839,7 @@ fn memprof_after_fork_in_child() {
     }
     if let Some(s) = lock().as_mut() {
         if let Some(d) = s.drainer.take() {
-            std::mem::forget(d); // that thread does not exist in the child
+            d.abandon_after_fork();
         }
         s.reset();
     }

@@ -6,6 +6,7 @@
 //! finds the rest, e.g. threads created in C through `PyGILState_Ensure`).
 
 use crate::offsets::Offsets;
+use crate::resolver_thread;
 use crate::session::Session;
 use crate::threads::{self, RegisterError};
 use pyo3::exceptions::PyRuntimeError;
@@ -102,9 +103,9 @@ pub fn register_current(py: Python<'_>, s: &mut Session, name: &str) -> PyResult
     register(py, s, ts, tid, name)
 }
 
-/// Register every thread of the interpreter not yet sampled (except `skip`, the resolver
-/// thread). Returns how many were added.
-pub fn register_all(py: Python<'_>, s: &mut Session, known: &Known, skip: i32) -> PyResult<usize> {
+/// Register every thread of the interpreter not yet sampled (except the resolver threads).
+/// Returns how many were added.
+pub fn register_all(py: Python<'_>, s: &mut Session, known: &Known) -> PyResult<usize> {
     let off = s.shared().walker.off;
     let mut added = 0;
     // SAFETY: GIL held; the interpreter's thread list is only changed by threads holding the GIL
@@ -115,7 +116,9 @@ pub fn register_all(py: Python<'_>, s: &mut Session, known: &Known, skip: i32) -
         // SAFETY: ts is a live thread state; thread_id is a pthread_t member.
         let ident = unsafe { *((addr + off.tstate_thread_id) as *const u64) };
         let tid = native_id(&off, addr, ident, known);
-        if let Some(tid) = tid.filter(|&t| t > 0 && t != skip && !s.opted_out.contains(&t)) {
+        if let Some(tid) =
+            tid.filter(|&t| t > 0 && !resolver_thread::is_resolver(t) && !s.opted_out.contains(&t))
+        {
             let name = match known.get(&ident) {
                 Some((name, _)) => name.clone(),
                 None => placeholder_name(tid),
@@ -130,11 +133,11 @@ pub fn register_all(py: Python<'_>, s: &mut Session, known: &Known, skip: i32) -
     Ok(added)
 }
 
-/// Register the threads not sampled yet, if a session runs (`skip`: the calling resolver thread).
-pub fn scan(py: Python<'_>, skip: i32) -> PyResult<usize> {
+/// Register the threads not sampled yet, if a session runs.
+pub fn scan(py: Python<'_>) -> PyResult<usize> {
     let known = known_threads(py)?; // before the session lock: it reads Python objects
     match crate::session::lock().as_mut() {
-        Some(s) => register_all(py, s, &known, skip),
+        Some(s) => register_all(py, s, &known),
         None => Ok(0),
     }
 }

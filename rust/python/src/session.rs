@@ -9,16 +9,15 @@
 
 use crate::python_threads;
 use crate::resolver::Resolver;
+use crate::resolver_thread::{ResolverThread, StopSignal};
 use crate::sampler::{self, Shared};
-use crate::stop_signal::StopSignal;
 use crate::threads::{self, Clock, TimerSpec};
 use pyo3::prelude::*;
 use spprof_engine::raw::{RawSample, FLAG_ON_CPU, FLAG_TRUNCATED};
 use spprof_engine::store::Store;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Session {
@@ -37,7 +36,7 @@ pub struct Session {
     pub thread_error: Option<String>,
     /// Threads that called `unregister_thread()`: the scan leaves them alone.
     pub opted_out: HashSet<i32>,
-    drainer: Option<Drainer>,
+    drainer: Option<ResolverThread>,
     scratch: Vec<u32>,
 }
 
@@ -48,11 +47,6 @@ unsafe impl Send for Session {}
 pub static SESSION: Mutex<Option<Session>> = Mutex::new(None);
 /// Mirrors `SESSION.is_some()` for the code-deallocation hook's fast path.
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
-
-struct Drainer {
-    stop: Arc<StopSignal>,
-    handle: JoinHandle<()>,
-}
 
 pub fn lock() -> std::sync::MutexGuard<'static, Option<Session>> {
     SESSION.lock().unwrap_or_else(|e| e.into_inner())
@@ -130,24 +124,15 @@ impl Session {
     }
 
     pub fn start_drainer(&mut self) {
-        let stop = Arc::new(StopSignal::default());
         let shared = self.shared as usize;
-        let stop2 = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("spprof-resolver".into())
-            .spawn(move || drainer_loop(shared, &stop2))
-            .expect("spawning the resolver thread");
-        self.drainer = Some(Drainer { stop, handle });
+        self.drainer = Some(ResolverThread::spawn("spprof-resolver", move |stop| {
+            drainer_loop(shared, stop)
+        }));
     }
 
     /// Take the drainer out so it can be joined without holding the session lock.
-    pub fn take_drainer(&mut self) -> Option<impl FnOnce()> {
-        self.drainer.take().map(|d| {
-            move || {
-                d.stop.stop();
-                let _ = d.handle.join();
-            }
-        })
+    pub fn take_drainer(&mut self) -> Option<ResolverThread> {
+        self.drainer.take()
     }
 
     /// End of session: unpublish the shared state (waiting out running handlers) and resolve
@@ -170,7 +155,7 @@ impl Session {
     /// be freed without waiting (a handler counted in flight at fork time will never finish).
     pub fn abandon_after_fork(mut self) {
         if let Some(d) = self.drainer.take() {
-            std::mem::forget(d.handle); // that thread does not exist in the child
+            d.abandon_after_fork();
         }
         sampler::forget_after_fork();
     }
@@ -227,7 +212,6 @@ pub struct Finished {
 fn drainer_loop(shared: usize, stop: &StopSignal) {
     // SAFETY: the session joins this thread before freeing the Shared.
     let shared = unsafe { &*(shared as *const Shared) };
-    let me = threads::gettid();
     let mut last = Instant::now();
     let mut last_scan = Instant::now();
     loop {
@@ -236,7 +220,7 @@ fn drainer_loop(shared: usize, stop: &StopSignal) {
         }
         if last_scan.elapsed() >= Duration::from_millis(100) {
             Python::attach(|py| {
-                if let Err(e) = python_threads::scan(py, me) {
+                if let Err(e) = python_threads::scan(py) {
                     if let Some(s) = lock().as_mut() {
                         s.thread_error = Some(e.to_string());
                     }
