@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -107,6 +108,13 @@ class MemProfStats:
     lost_frees: int = 0
     #: "never", "running", "stopped" or "shutdown".
     state: str = "never"
+    #: Allocator domains whose calls no longer reach memprof's hooks, because another tool put
+    #: back the allocators it had wrapped (``tracemalloc.stop()`` does, when memprof started
+    #: while tracemalloc was tracing). ``get_snapshot()`` then warns. ``start()`` hooks
+    #: ``PYMEM_DOMAIN_MEM`` and ``PYMEM_DOMAIN_OBJ`` again; ``PYMEM_DOMAIN_RAW`` (used directly
+    #: by a few C modules) stays unhooked, as a thread without the GIL may still be inside the
+    #: old hook.
+    unhooked_domains: List[str] = field(default_factory=list)
 
 
 class _MemoryProfile(Profile):
@@ -257,6 +265,15 @@ def get_snapshot() -> HeapSnapshot:
     now = datetime.now()
     data, addresses, total = native.memprof_snapshot(_thread_names())
     stats = get_stats()
+    python_domains = [d for d in stats.unhooked_domains if not d.endswith("RAW")]
+    if python_domains:
+        warnings.warn(
+            f"spprof.memprof's allocator hooks were removed from {', '.join(python_domains)}"
+            " (tracemalloc.stop() does this when memprof started while tracemalloc was tracing): "
+            "allocations and frees since then are not seen, so memory freed since may show as "
+            "live. Start tracemalloc after memprof.start(), or call memprof.stop() and "
+            "memprof.start() again to hook the Python domains again.",
+            RuntimeWarning, stacklevel=2)
     profile = _MemoryProfile._from_native(
         data, start_time=_started_at or now, end_time=now, interval_ms=0.0,
         python_version=".".join(map(str, sys.version_info[:3])), platform=sys.platform)

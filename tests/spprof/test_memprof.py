@@ -192,6 +192,73 @@ def test_shutdown_is_one_way_and_restores_the_allocators():
         "refused: True", "refused: True", "refused: True", "ok", ""], r.stdout
 
 
+def test_tracemalloc_started_later_wraps_memprof_and_stopping_it_keeps_the_hooks():
+    import tracemalloc
+
+    memprof.start(sampling_rate_kb=64)
+    tracemalloc.start()
+    kept = []
+    keep_large(kept)
+    tracemalloc.stop()  # puts back the allocators it wrapped: ours
+    stats = memprof.get_stats()
+    assert stats.unhooked_domains == [] and stats.sources[0] == "python"
+    kept.clear()  # frees still seen: only the next 32 blocks are live
+    keep_large(kept)
+    truth = 32 * 512 * 1024
+    snap = memprof.get_snapshot()
+    assert abs(snap.estimated_heap_bytes - truth) <= 4 * sigma([512 * 1024] * 32) + 0.05 * truth
+
+
+def test_tracemalloc_stop_removing_the_hooks_is_reported_and_start_hooks_again():
+    # tracemalloc started first: memprof wraps tracemalloc's hooks, and tracemalloc.stop()
+    # puts back the allocators tracemalloc had wrapped, dropping memprof's.
+    r = run_python("""
+        import json, tracemalloc, warnings
+        import spprof.memprof as m
+
+        def keep(n):
+            return [bytearray(512 * 1024) for _ in range(n)]
+
+        tracemalloc.start()
+        m.start(sampling_rate_kb=64)
+        before = m.get_stats()
+        kept = keep(32)
+        tracemalloc.stop()
+        after = m.get_stats()
+        del kept  # freed behind memprof's back: the samples stay live
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            stale = m.get_snapshot().estimated_heap_bytes
+        m.stop()
+        m.start(sampling_rate_kb=64)
+        again = m.get_stats()
+        kept = keep(32)
+        live = m.get_snapshot().estimated_heap_bytes
+        del kept
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            freed = m.get_snapshot().estimated_heap_bytes
+        print(json.dumps({
+            "before": [before.sources, before.unhooked_domains],
+            "after": [after.sources, after.unhooked_domains],
+            "warnings": [(x.category.__name__, str(x.message)) for x in w],
+            "stale": stale, "again": [again.sources, again.unhooked_domains],
+            "live": live, "freed": freed}))
+    """)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    truth = 32 * 512 * 1024
+    bound = 4 * sigma([512 * 1024] * 32) + 0.05 * truth
+    assert out["before"] == [["python"], []]
+    assert out["after"] == [[], ["PYMEM_DOMAIN_RAW", "PYMEM_DOMAIN_MEM", "PYMEM_DOMAIN_OBJ"]]
+    [(category, message)] = out["warnings"]
+    assert category == "RuntimeWarning" and "tracemalloc.stop()" in message, message
+    assert abs(out["stale"] - truth) <= bound  # what the warning is about
+    assert out["again"] == [["python"], ["PYMEM_DOMAIN_RAW"]]
+    assert abs(out["live"] - truth) <= bound
+    assert out["freed"] == 0
+
+
 def test_context_manager_leaves_a_snapshot():
     with memprof.MemoryProfiler(sampling_rate_kb=64) as mp:
         kept = []

@@ -109,7 +109,8 @@ fn start(
     *guard = Some(s);
     ACTIVE.store(true, Ordering::Release);
     drop(guard);
-    // The threads that already exist (the resolver thread has no thread state yet: we hold the GIL).
+    resolver_thread::wait_until_started(py);
+    // The threads that already exist (not the resolver thread: the scan skips it).
     python_threads::scan(py)?;
     let mode = match clock {
         Clock::Cpu => "cpu",

@@ -88,8 +88,9 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 static LOST_FREES: AtomicU64 = AtomicU64::new(0);
 
 struct Saved(UnsafeCell<[PyMemAllocatorEx; 3]>);
-// SAFETY: written once by `install_hooks` (GIL held) before any wrapper can read it; read-only
-// afterwards.
+// SAFETY: an entry is written by `install_hooks` (GIL held) before our wrapper of its domain is
+// installed, and rewritten for MEM or OBJ only when that wrapper is off the call chain and the
+// GIL is held, which every MEM/OBJ call holds (see `wrap_again`).
 unsafe impl Sync for Saved {}
 
 const NO_ALLOCATOR: PyMemAllocatorEx = PyMemAllocatorEx {
@@ -186,6 +187,9 @@ extern "C" fn hook_malloc<const D: usize>(_ctx: *mut c_void, size: usize) -> *mu
     };
     let p = f(a.ctx, size);
     leave::<D>(prev);
+    if p.is_null() {
+        note_failed::<D>(size);
+    }
     on_alloc(p, size);
     p
 }
@@ -291,18 +295,85 @@ fn our_allocator(d: usize) -> PyMemAllocatorEx {
     }
 }
 
+/// Wrap the current allocator of domain `d` (GIL held; see `Saved` for when this may run).
+fn wrap(d: usize) {
+    // SAFETY: GIL held; SAVED[d] is written before our wrapper is installed and while no call
+    // can be inside it (see `Saved`); the allocator structs are valid in/out parameters.
+    unsafe {
+        ffi::PyMem_GetAllocator(domain(d), &mut (*SAVED.0.get())[d]);
+        let mut a = our_allocator(d);
+        ffi::PyMem_SetAllocator(domain(d), &mut a);
+    }
+}
+
 /// Wrap the three domains (GIL held, once per process).
 fn install_hooks() {
-    // SAFETY: GIL held; SAVED is filled before any of our wrappers is installed, and the
-    // allocator structs are valid in/out parameters.
+    for d in 0..3 {
+        wrap(d);
+    }
+}
+
+/// A request no allocator can satisfy: CPython passes sizes up to `PY_SSIZE_T_MAX` on to the
+/// domain's allocator, and malloc refuses this one. Used to see whether a call of a domain still
+/// reaches our wrapper (another tool may have removed it: `tracemalloc.stop()` puts back the
+/// allocators it wrapped, which drops ours when memprof started while tracemalloc was tracing).
+const PROBE_SIZE: usize = isize::MAX as usize;
+/// Failed `PROBE_SIZE` requests seen by our wrapper of each domain.
+static PROBES_SEEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+#[cold]
+fn note_failed<const D: usize>(size: usize) {
+    if size == PROBE_SIZE {
+        PROBES_SEEN[D].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Does a call of domain `d` still reach our wrapper? GIL held, frees being tracked. The RAW
+/// wrapper does not look at calls while the preload library is connected: then it is not
+/// probed (malloc beneath counts those calls).
+fn reaches_our_wrapper(d: usize) -> bool {
+    if d == RAW && native_alloc::connected() {
+        return true;
+    }
+    let before = PROBES_SEEN[d].load(Ordering::Relaxed);
+    // SAFETY: GIL held (required by MEM and OBJ); a failed request returns NULL and sets no
+    // Python exception, and a block it somehow returned is given back to the same domain.
     unsafe {
-        let saved = &mut *SAVED.0.get();
-        for (d, slot) in saved.iter_mut().enumerate() {
-            ffi::PyMem_GetAllocator(domain(d), slot);
+        let saved_errno = *libc::__errno_location();
+        let p = match d {
+            RAW => ffi::PyMem_RawMalloc(PROBE_SIZE),
+            1 => ffi::PyMem_Malloc(PROBE_SIZE),
+            _ => ffi::PyObject_Malloc(PROBE_SIZE),
+        };
+        if !p.is_null() {
+            match d {
+                RAW => ffi::PyMem_RawFree(p),
+                1 => ffi::PyMem_Free(p),
+                _ => ffi::PyObject_Free(p),
+            }
         }
-        for d in 0..3 {
-            let mut a = our_allocator(d);
-            ffi::PyMem_SetAllocator(domain(d), &mut a);
+        *libc::__errno_location() = saved_errno;
+    }
+    PROBES_SEEN[d].load(Ordering::Relaxed) != before
+}
+
+/// Names of the domains whose calls no longer reach our wrapper (GIL held, tracking on).
+fn unhooked_domains() -> Vec<&'static str> {
+    const NAMES: [&str; 3] = ["PYMEM_DOMAIN_RAW", "PYMEM_DOMAIN_MEM", "PYMEM_DOMAIN_OBJ"];
+    (0..3)
+        .filter(|&d| !reaches_our_wrapper(d))
+        .map(|d| NAMES[d])
+        .collect()
+}
+
+/// At `start()`: wrap again the MEM and OBJ domains that another tool unhooked. Their calls hold
+/// the GIL, as this does, and none reaches our wrapper (the probe just said so), so rewriting
+/// its saved allocator races with nothing. RAW may be called without the GIL by a thread that
+/// entered our wrapper before it was removed, so RAW stays unhooked (`sources` says so).
+fn wrap_again() {
+    for d in 1..3 {
+        if !reaches_our_wrapper(d) {
+            wrap(d);
         }
     }
 }
@@ -640,10 +711,12 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
     if !INSTALLED.swap(true, Ordering::AcqRel) {
         install_hooks();
     }
+    TRACKING.store(true, Ordering::SeqCst);
+    wrap_again();
     SAMPLER.set_mean(rate_bytes);
     native_alloc::connect();
-    TRACKING.store(true, Ordering::SeqCst);
     SAMPLING.store(true, Ordering::SeqCst);
+    crate::resolver_thread::wait_until_started(py);
     Ok(())
 }
 
@@ -815,13 +888,22 @@ fn memprof_stats(py: Python<'_>) -> PyResult<Py<PyDict>> {
     d.set_item("heap_map_tombstones", sh.map_or(0, |s| s.map.tombstones()))?;
     d.set_item("state", memprof_state())?;
     let mut sources: Vec<&str> = Vec::new();
+    let mut unhooked = Vec::new();
     if TRACKING.load(Ordering::Acquire) {
-        sources.push("python");
+        unhooked = unhooked_domains();
+        // MEM and OBJ serve Python objects; RAW, a few C modules' buffers.
+        if !unhooked
+            .iter()
+            .any(|d| d.ends_with("MEM") || d.ends_with("OBJ"))
+        {
+            sources.push("python");
+        }
         if native_alloc::connected() {
             sources.push("native");
         }
     }
     d.set_item("sources", sources)?;
+    d.set_item("unhooked_domains", unhooked)?;
     Ok(d.unbind())
 }
 

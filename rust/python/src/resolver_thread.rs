@@ -6,7 +6,8 @@
 //! the runtime's thread-list lock *without* the GIL; a `fork()` landing then leaves the lock
 //! held in the child, and CPython 3.9 takes it in `PyOS_AfterFork_Child` before reinitialising
 //! it: the child hangs. A thread state per attach made that window open every 100 ms; now it
-//! opens once per thread, and [`before_fork`] (an `os.register_at_fork` hook) waits it out.
+//! opens once per thread, inside the profilers' `start()`, which waits until it is closed
+//! ([`wait_until_started`]); [`before_fork`] (an `os.register_at_fork` hook) waits it out too.
 //! Deleting the thread state at exit happens with the GIL held, which a forking thread holds.
 
 use pyo3::ffi;
@@ -109,13 +110,22 @@ impl Drop for OwnThreadState {
     }
 }
 
-/// `os.register_at_fork(before=...)`: do not fork while a resolver thread is creating its
-/// thread state. It needs the GIL to finish, so wait with the GIL released.
-#[pyfunction]
-pub fn before_fork(py: Python<'_>) {
+/// Wait until every resolver thread spawned has its thread state; it needs the GIL for that,
+/// so the GIL is released meanwhile (never call this holding a lock a GIL holder may wait for).
+/// The profilers' `start()` waits, so that their thread is set up when `start()` returns: a
+/// thread state created later could meet tracemalloc being stopped, which crashes CPython 3.13.0
+/// (tracemalloc traces the new thread state's allocation, python/cpython#128679).
+pub fn wait_until_started(py: Python<'_>) {
     while STARTING.load(Ordering::SeqCst) > 0 {
         py.detach(|| std::thread::sleep(Duration::from_micros(200)));
     }
+}
+
+/// `os.register_at_fork(before=...)`: do not fork while a resolver thread creates its thread
+/// state.
+#[pyfunction]
+pub fn before_fork(py: Python<'_>) {
+    wait_until_started(py);
 }
 
 /// In a forked child (where no resolver thread exists).
