@@ -55,16 +55,31 @@ impl PoissonSampler {
     /// Account `size` bytes; true when this allocation is sampled.
     #[inline(always)]
     pub fn on_alloc(&self, size: usize) -> bool {
+        if self.consume(size) {
+            return false;
+        }
+        self.on_sampled();
+        true
+    }
+
+    /// Account `size` bytes unless the next sample point falls inside them: true when they
+    /// were accounted (not sampled), false when the caller must take the sample and call
+    /// [`Self::on_sampled`]. Split from `on_alloc` so that a caller's fast path makes no call.
+    #[inline(always)]
+    pub fn consume(&self, size: usize) -> bool {
         let left = self
             .countdown
             .load(Ordering::Relaxed)
             .wrapping_sub(size as i64);
         if left > 0 {
             self.countdown.store(left, Ordering::Relaxed);
-            return false;
         }
+        left > 0
+    }
+
+    /// After `consume` returned false: start the gap to the next sample point.
+    pub fn on_sampled(&self) {
         self.countdown.store(self.next_gap(), Ordering::Relaxed);
-        true
     }
 
     fn next_u64(&self) -> u64 {

@@ -19,11 +19,13 @@ const TOMBSTONE: u64 = 1;
 /// Longest probe sequence; bounds the cost of a lookup whatever the tombstones.
 pub const MAX_PROBE: usize = 64;
 const FILTER_BITS: u32 = 14;
+const FILTER_LEN: usize = 1 << FILTER_BITS;
 
 pub struct HeapMap {
     slots: Box<[AtomicU64]>,
     bits: u32,
-    filter: Box<[AtomicU16]>,
+    /// A fixed-size array, so that indexing it needs no bounds check on the hot path.
+    filter: Box<[AtomicU16; FILTER_LEN]>,
     len: AtomicUsize,
     tombstones: AtomicUsize,
     /// Insertions that did not get their home slot.
@@ -54,7 +56,9 @@ impl HeapMap {
         HeapMap {
             slots: zeroed_atomics::<AtomicU64, u64>(1 << bits),
             bits,
-            filter: zeroed_atomics::<AtomicU16, u16>(1 << FILTER_BITS),
+            filter: zeroed_atomics::<AtomicU16, u16>(FILTER_LEN)
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("made with FILTER_LEN entries")),
             len: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
             collisions: AtomicU64::new(0),

@@ -174,6 +174,9 @@ fn leave<const D: usize>(prev: usize) {
     }
 }
 
+/// The fast paths make no call but the forwarding one, a tail call (so no stack frame): not
+/// tracking, or a small MEM/OBJ request whose bytes do not reach the next sample point (pymalloc
+/// serves it without calling RAW, so it needs no nesting mark).
 extern "C" fn hook_malloc<const D: usize>(_ctx: *mut c_void, size: usize) -> *mut c_void {
     let a = saved(D);
     let Some(f) = a.malloc else {
@@ -182,10 +185,36 @@ extern "C" fn hook_malloc<const D: usize>(_ctx: *mut c_void, size: usize) -> *mu
     if !TRACKING.load(Ordering::Relaxed) {
         return f(a.ctx, size);
     }
+    if D != RAW && size <= PYMALLOC_MAX && !native_alloc::connected() {
+        if !SAMPLING.load(Ordering::Relaxed) || SAMPLER.consume(size) {
+            return f(a.ctx, size);
+        }
+        return malloc_sampled(f, a.ctx, size);
+    }
+    malloc_marked::<D>(f, a.ctx, size)
+}
+
+type MallocFn = extern "C" fn(*mut c_void, usize) -> *mut c_void;
+
+/// A small MEM/OBJ request in which the sample point falls.
+#[inline(never)]
+fn malloc_sampled(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
+    SAMPLER.on_sampled();
+    let p = f(ctx, size);
+    if !p.is_null() {
+        record_alloc(p as u64, size as u64);
+    }
+    p
+}
+
+/// Any other request while tracking: RAW calls (which may be nested in ours), and MEM/OBJ
+/// requests that pymalloc may pass on to RAW (so they mark the thread while forwarding).
+#[inline(never)]
+fn malloc_marked<const D: usize>(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
     let Some(prev) = enter::<D>(size) else {
-        return f(a.ctx, size);
+        return f(ctx, size);
     };
-    let p = f(a.ctx, size);
+    let p = f(ctx, size);
     leave::<D>(prev);
     if p.is_null() {
         note_failed::<D>(size);
@@ -242,7 +271,8 @@ extern "C" fn hook_realloc<const D: usize>(
 }
 
 /// The record of a sampled block is written before the block is released, so that a later
-/// allocation of the same address comes after it in the ring.
+/// allocation of the same address comes after it in the ring. The fast path (the address is
+/// certainly not sampled) makes no call but the forwarding one, a tail call.
 extern "C" fn hook_free<const D: usize>(_ctx: *mut c_void, ptr: *mut c_void) {
     let a = saved(D);
     let Some(f) = a.free else {
@@ -251,9 +281,24 @@ extern "C" fn hook_free<const D: usize>(_ctx: *mut c_void, ptr: *mut c_void) {
     // A RAW free nested in pymalloc's free finds nothing (the outer free removed the address),
     // so frees need no nesting mark; with the preload library, free beneath does RAW's.
     if TRACKING.load(Ordering::Relaxed) && !(D == RAW && native_alloc::connected()) {
-        on_free(ptr);
+        if let Some(sh) = shared() {
+            if !ptr.is_null() && sh.map.may_contain(ptr as u64) {
+                return free_maybe_sampled(sh, f, a.ctx, ptr);
+            }
+        }
     }
     f(a.ctx, ptr)
+}
+
+#[inline(never)]
+fn free_maybe_sampled(
+    sh: &Shared,
+    f: extern "C" fn(*mut c_void, *mut c_void),
+    ctx: *mut c_void,
+    ptr: *mut c_void,
+) {
+    record_free(sh, ptr as u64);
+    f(ctx, ptr)
 }
 
 /// The preload library's malloc-family callback (see [`native_alloc`]): any thread, any time.
