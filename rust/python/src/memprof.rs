@@ -77,6 +77,9 @@ static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
 static SAMPLING: AtomicBool = AtomicBool::new(false);
 /// Frees are matched against the heap map (from `start()` until `shutdown()`).
 static TRACKING: AtomicBool = AtomicBool::new(false);
+/// SAMPLING, and the preload library not connected: the one flag the MEM/OBJ allocation fast
+/// path reads (kept by `set_flags`, with the GIL, which every MEM/OBJ call holds).
+static SAMPLING_PYTHON_ONLY: AtomicBool = AtomicBool::new(false);
 static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static SAMPLER: PoissonSampler = PoissonSampler::new(512 * 1024, 0x5350_5052_4f46_4d45);
@@ -174,6 +177,14 @@ fn leave<const D: usize>(prev: usize) {
     }
 }
 
+/// Set whether new allocations are sampled and frees tracked (GIL held; after
+/// `native_alloc::connect()`).
+fn set_flags(sampling: bool, tracking: bool) {
+    TRACKING.store(tracking, Ordering::SeqCst);
+    SAMPLING.store(sampling, Ordering::SeqCst);
+    SAMPLING_PYTHON_ONLY.store(sampling && !native_alloc::connected(), Ordering::SeqCst);
+}
+
 /// The fast paths make no call but the forwarding one, a tail call (so no stack frame): not
 /// tracking, or a small MEM/OBJ request whose bytes do not reach the next sample point (pymalloc
 /// serves it without calling RAW, so it needs no nesting mark).
@@ -182,11 +193,8 @@ extern "C" fn hook_malloc<const D: usize>(_ctx: *mut c_void, size: usize) -> *mu
     let Some(f) = a.malloc else {
         return std::ptr::null_mut();
     };
-    if !TRACKING.load(Ordering::Relaxed) {
-        return f(a.ctx, size);
-    }
-    if D != RAW && size <= PYMALLOC_MAX && !native_alloc::connected() {
-        if !SAMPLING.load(Ordering::Relaxed) || SAMPLER.consume(size) {
+    if D != RAW && size <= PYMALLOC_MAX && SAMPLING_PYTHON_ONLY.load(Ordering::Relaxed) {
+        if SAMPLER.consume(size) {
             return f(a.ctx, size);
         }
         return malloc_sampled(f, a.ctx, size);
@@ -207,10 +215,14 @@ fn malloc_sampled(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
     p
 }
 
-/// Any other request while tracking: RAW calls (which may be nested in ours), and MEM/OBJ
-/// requests that pymalloc may pass on to RAW (so they mark the thread while forwarding).
+/// Any other request: not tracking (forwarded), RAW calls (which may be nested in ours),
+/// MEM/OBJ requests that pymalloc may pass on to RAW (so they mark the thread while
+/// forwarding), and any while stopped or with the preload library.
 #[inline(never)]
 fn malloc_marked<const D: usize>(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
+    if !TRACKING.load(Ordering::Relaxed) {
+        return f(ctx, size);
+    }
     let Some(prev) = enter::<D>(size) else {
         return f(ctx, size);
     };
@@ -756,11 +768,11 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
     if !INSTALLED.swap(true, Ordering::AcqRel) {
         install_hooks();
     }
-    TRACKING.store(true, Ordering::SeqCst);
+    set_flags(false, true); // the probes in wrap_again() are seen only while tracking
     wrap_again();
     SAMPLER.set_mean(rate_bytes);
     native_alloc::connect();
-    SAMPLING.store(true, Ordering::SeqCst);
+    set_flags(true, true);
     crate::resolver_thread::wait_until_started(py);
     Ok(())
 }
@@ -771,11 +783,12 @@ fn memprof_stop(py: Python<'_>) -> PyResult<()> {
     if SHUT_DOWN.load(Ordering::Acquire) {
         return Err(runtime_error(SHUT_DOWN_MSG));
     }
-    if !SAMPLING.swap(false, Ordering::SeqCst) {
+    if !SAMPLING.load(Ordering::SeqCst) {
         return Err(runtime_error(
             "memory profiling is not running; call spprof.memprof.start() first",
         ));
     }
+    set_flags(false, true);
     if let (Some(sh), Some(s)) = (shared(), lock().as_mut()) {
         s.drain(py, sh);
     }
@@ -789,8 +802,7 @@ fn memprof_shutdown(py: Python<'_>) -> usize {
     if SHUT_DOWN.swap(true, Ordering::AcqRel) {
         return 0;
     }
-    SAMPLING.store(false, Ordering::SeqCst);
-    TRACKING.store(false, Ordering::SeqCst);
+    set_flags(false, false);
     native_alloc::disconnect();
     let drainer = lock().as_mut().and_then(|s| s.drainer.take());
     if let Some(d) = drainer {
@@ -956,8 +968,7 @@ fn memprof_stats(py: Python<'_>) -> PyResult<Py<PyDict>> {
 /// only forward; only the forking thread exists, so nothing runs concurrently with this.
 #[pyfunction]
 fn memprof_after_fork_in_child() {
-    SAMPLING.store(false, Ordering::SeqCst);
-    TRACKING.store(false, Ordering::SeqCst);
+    set_flags(false, false);
     OUTER.store(0, Ordering::Relaxed);
     if let Some(sh) = shared() {
         // A thread of the parent may have died in the middle of a record.
