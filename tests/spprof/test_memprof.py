@@ -271,12 +271,13 @@ def test_context_manager_leaves_a_snapshot():
 
 
 def test_threads_allocating():
-    results = {}
+    results, tids = {}, set()
 
     def worker(name):
         out = []
         keep_large(out)
         results[name] = out
+        tids.add(threading.get_native_id())
 
     memprof.start(sampling_rate_kb=64)
     threads = [threading.Thread(target=worker, args=(f"alloc-{i}",), name=f"alloc-{i}") for i in range(3)]
@@ -289,6 +290,7 @@ def test_threads_allocating():
     truth = 3 * 32 * 512 * 1024
     est = sum(s.estimated_bytes for s in snap.samples if s.stack and s.stack[-1].function_name == "keep_large")
     assert abs(est - truth) < 0.05 * truth, (est, truth)
+    assert {s.thread_id for s in snap.samples if s.stack[-1].function_name == "keep_large"} == tids
     # Threads that ended before the snapshot are named "Thread <tid>" (names come from threading).
     assert len(snap.to_speedscope()["profiles"]) >= 3
     assert len({s.thread_id for s in snap.samples}) >= 3

@@ -491,6 +491,19 @@ fn gil_tstate() -> usize {
     }
 }
 
+/// The calling thread's kernel id: from its thread state when it has one that records it
+/// (3.11+), which saves a system call (half the cost of recording a sample), else `gettid`.
+fn own_tid(walker: &Walker, tstate: usize) -> u32 {
+    let off = walker.off.tstate_native_thread_id;
+    if tstate != 0 && off != usize::MAX {
+        // SAFETY: tstate is the calling thread's own live thread state (it holds the GIL), and
+        // native_thread_id is an unsigned long member of it.
+        unsafe { *((tstate + off) as *const u64) as u32 }
+    } else {
+        gettid() as u32
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn record_alloc(addr: u64, size: u64) {
@@ -525,7 +538,7 @@ fn record_alloc(addr: u64, size: u64) {
     };
     rec.write(0, clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0));
     rec.write(1, weight);
-    rec.write(2, raw::pack_thread(gettid() as u32, flags));
+    rec.write(2, raw::pack_thread(own_tid(walker, tstate), flags));
     rec.write(3, depth as u64);
     // SAFETY: as above.
     unsafe { walker.write_frames(tstate, depth, false, &mut rec) };
