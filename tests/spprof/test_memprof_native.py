@@ -29,8 +29,8 @@ def sigma(sizes, rate):
     return math.sqrt(sum(s * s * math.exp(-s / rate) / -math.expm1(-s / rate) for s in sizes))
 
 
-def run(code, preload=True, timeout=120):
-    env = dict(os.environ)
+def run(code, preload=True, timeout=120, **env_vars):
+    env = dict(os.environ, **env_vars)
     if preload:
         env["LD_PRELOAD"] = memprof.preload_path()
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
@@ -175,6 +175,38 @@ def test_every_allocation_function_and_no_double_counting():
     assert abs(out["freed"]) < slack, out
     assert abs(out["python_bytes"] - 4 * MB) < slack, out  # once, not twice
     assert abs(out["numpy"] - 3 * MB) < slack, out
+
+
+@pytest.mark.parametrize("allocator", ["pymalloc", "malloc"])
+def test_small_python_objects_are_counted_once(allocator):
+    # Under PYTHONMALLOC=malloc every small object comes from malloc, beneath our OBJ hook: the
+    # preload library must see it as nested, not count it a second time. Under pymalloc they
+    # never reach malloc.
+    r = run("""
+        import json, sys
+        import spprof.memprof as mp
+
+        def keep_small(out):
+            for i in range(100_000):
+                out.append(bytes(200))
+
+        mp.start(sampling_rate_kb=16)
+        kept = []
+        keep_small(kept)
+        snap = mp.get_snapshot()
+        est = sum(s.estimated_bytes for s in snap.samples
+                  if s.stack and s.stack[-1].function_name == "keep_small")
+        objects = [sys.getsizeof(b) for b in kept]
+        print(json.dumps({"est": est, "objects": objects[0], "n": len(objects),
+                          "list": sys.getsizeof(kept) - sys.getsizeof([]),
+                          "blocks": sys.getallocatedblocks(), "sources": mp.get_stats().sources}))
+    """, PYTHONMALLOC=allocator)
+    out = last_json(r)
+    assert out["sources"] == ["python", "native"]
+    assert (out["blocks"] > 0) == (allocator == "pymalloc")
+    truth = out["objects"] * out["n"] + out["list"]
+    bound = 4 * sigma([out["objects"]] * out["n"], 16 * 1024) + 0.02 * truth
+    assert abs(out["est"] - truth) < bound, (out["est"], truth, bound)
 
 
 def _has_numpy():

@@ -22,8 +22,9 @@
 //! Native allocations. With the LD_PRELOAD library (see [`native_alloc`]) malloc, calloc,
 //! realloc, free and the aligned variants call [`on_native_alloc`] / [`on_native_free`]. Each
 //! allocation must be counted once: RAW-domain calls then go uncounted in our wrapper (malloc
-//! beneath counts them), and MEM/OBJ calls always mark `OUTER`, so the malloc beneath them (any
-//! size under `PYTHONMALLOC=malloc`, large ones under pymalloc) is recognised as nested.
+//! beneath counts them), and MEM/OBJ calls that may reach malloc mark `OUTER`, so the malloc
+//! beneath them is recognised as nested: requests over 512 bytes, and under `PYTHONMALLOC=malloc`
+//! (no pymalloc, seen as `sys.getallocatedblocks() == 0`) small ones too.
 //!
 //! Stacks are read with the CPU sampler's [`Walker`] on the calling thread's own thread state,
 //! and only when that thread holds the GIL (always for MEM/OBJ; RAW may be called without it,
@@ -77,9 +78,15 @@ static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
 static SAMPLING: AtomicBool = AtomicBool::new(false);
 /// Frees are matched against the heap map (from `start()` until `shutdown()`).
 static TRACKING: AtomicBool = AtomicBool::new(false);
-/// SAMPLING, and the preload library not connected: the one flag the MEM/OBJ allocation fast
-/// path reads (kept by `set_flags`, with the GIL, which every MEM/OBJ call holds).
-static SAMPLING_PYTHON_ONLY: AtomicBool = AtomicBool::new(false);
+/// pymalloc serves small MEM/OBJ requests (`sys.getallocatedblocks() > 0`: not so under
+/// `PYTHONMALLOC=malloc` or `malloc_debug`); set at `start()`.
+static PYMALLOC: AtomicBool = AtomicBool::new(true);
+/// Small MEM/OBJ requests may reach malloc, where the preload library counts them: it is
+/// connected and pymalloc does not serve them. Then they must mark `OUTER` while forwarding.
+static SMALL_REACH_MALLOC: AtomicBool = AtomicBool::new(false);
+/// SAMPLING and not SMALL_REACH_MALLOC: the one flag the MEM/OBJ allocation fast path reads
+/// (kept by `set_flags`, with the GIL, which every MEM/OBJ call holds).
+static SMALL_FAST: AtomicBool = AtomicBool::new(false);
 static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static SAMPLER: PoissonSampler = PoissonSampler::new(512 * 1024, 0x5350_5052_4f46_4d45);
@@ -153,15 +160,13 @@ const PYMALLOC_MAX: usize = 512;
 /// Start forwarding a call of domain `D` for `size` bytes; `None` when the call's bytes are
 /// accounted elsewhere: a RAW call nested in our MEM/OBJ wrapper (by the outer call), or any RAW
 /// call while the preload library is connected (by its malloc, beneath, with the same stack).
-/// Small MEM/OBJ requests cannot reach malloc under pymalloc, so they skip the mark (it is most
-/// of the hook's cost otherwise) — except with the preload library, which would see them under
-/// `PYTHONMALLOC=malloc`.
+/// Small MEM/OBJ requests skip the mark unless they may reach malloc (`SMALL_REACH_MALLOC`).
 #[inline(always)]
 fn enter<const D: usize>(size: usize) -> Option<usize> {
-    let native = native_alloc::connected();
     if D == RAW {
+        let native = native_alloc::connected();
         (!native && OUTER.load(Ordering::Relaxed) != thread_pointer()).then_some(0)
-    } else if size <= PYMALLOC_MAX && !native {
+    } else if size <= PYMALLOC_MAX && !SMALL_REACH_MALLOC.load(Ordering::Relaxed) {
         Some(usize::MAX)
     } else {
         let prev = OUTER.load(Ordering::Relaxed);
@@ -182,7 +187,9 @@ fn leave<const D: usize>(prev: usize) {
 fn set_flags(sampling: bool, tracking: bool) {
     TRACKING.store(tracking, Ordering::SeqCst);
     SAMPLING.store(sampling, Ordering::SeqCst);
-    SAMPLING_PYTHON_ONLY.store(sampling && !native_alloc::connected(), Ordering::SeqCst);
+    let small_reach_malloc = native_alloc::connected() && !PYMALLOC.load(Ordering::Relaxed);
+    SMALL_REACH_MALLOC.store(small_reach_malloc, Ordering::SeqCst);
+    SMALL_FAST.store(sampling && !small_reach_malloc, Ordering::SeqCst);
 }
 
 /// The fast paths make no call but the forwarding one, a tail call (so no stack frame): not
@@ -193,7 +200,7 @@ extern "C" fn hook_malloc<const D: usize>(_ctx: *mut c_void, size: usize) -> *mu
     let Some(f) = a.malloc else {
         return std::ptr::null_mut();
     };
-    if D != RAW && size <= PYMALLOC_MAX && SAMPLING_PYTHON_ONLY.load(Ordering::Relaxed) {
+    if D != RAW && size <= PYMALLOC_MAX && SMALL_FAST.load(Ordering::Relaxed) {
         if SAMPLER.consume(size) {
             return f(a.ctx, size);
         }
@@ -752,6 +759,11 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
         ));
     }
     // Before the session lock: these run Python code.
+    let blocks: isize = py
+        .import("sys")?
+        .call_method0("getallocatedblocks")?
+        .extract()?;
+    PYMALLOC.store(blocks > 0, Ordering::Relaxed);
     let walker = interp::walker(py)?;
     interp::self_test(py, &walker)?;
     crate::code_hook::install(py)?;
