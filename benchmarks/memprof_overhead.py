@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from _timing import calibrate
@@ -110,7 +112,9 @@ def child(config, iterations, workload_name):
     elif config == "memray":
         import memray
 
-        tracker = memray.Tracker("/tmp/spprof-bench.memray", native_traces=False)
+        # A fresh directory: memray refuses to overwrite a capture file (one left by a killed run).
+        capture = os.path.join(tempfile.mkdtemp(prefix="spprof-bench-"), "capture.memray")
+        tracker = memray.Tracker(capture, native_traces=False)
         tracker.__enter__()
     elif config.startswith("spprof"):
         import spprof.memprof as memprof
@@ -127,7 +131,7 @@ def child(config, iterations, workload_name):
         extra = {"samples": stats.total_samples, "sources": stats.sources}
     elif config == "memray":
         tracker.__exit__(None, None, None)
-        os.unlink("/tmp/spprof-bench.memray")
+        shutil.rmtree(os.path.dirname(capture))
     print(json.dumps({"seconds": dt, **extra}))
 
 
