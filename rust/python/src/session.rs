@@ -176,11 +176,31 @@ pub fn resolve_stack(
     // frames it executes (up to and including the run's entry frame). Python frames left over
     // (all of them without native frames; else the native walk ended early) are the callers:
     // they go to the root side.
+    // An eval loop caught in its prologue or epilogue has no Python frame linked (yet, or any
+    // more): when the native stack holds more eval loops than the Python stack has runs, the
+    // leaf-most ones are such and are left out (matching them would shift every run by one).
+    let pcs = raw.native_pcs();
+    let mut surplus = 0;
+    if !pcs.is_empty() && raw.flags & FLAG_TRUNCATED == 0 {
+        let mut evals = 0;
+        for &pc in pcs {
+            evals += usize::from(resolver.native_frame(store, pc)?.1);
+        }
+        let runs = raw
+            .frames_leaf_first()
+            .filter(|&(_, _, entry)| entry)
+            .count();
+        surplus = evals.saturating_sub(runs);
+    }
     let mut python = raw.frames_leaf_first();
-    for &pc in raw.native_pcs() {
+    for &pc in pcs {
         let (frame, eval) = resolver.native_frame(store, pc)?;
         if !eval {
             scratch.push(frame);
+            continue;
+        }
+        if surplus > 0 {
+            surplus -= 1;
             continue;
         }
         for (code, offset, entry) in python.by_ref() {
