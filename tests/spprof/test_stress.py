@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -54,6 +55,20 @@ def _background(stop: threading.Event, errors: list) -> list:
     return threads
 
 
+@contextmanager
+def _churning():
+    """The threads of `_background` for the duration of the block; their errors fail the test."""
+    stop, errors = threading.Event(), []
+    threads = _background(stop, errors)
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+
+
 def _check(profile):
     for s in profile.samples:
         assert s.thread_id > 0 and s.weight_ns >= 0
@@ -64,34 +79,22 @@ def _check(profile):
 
 
 def test_start_stop_in_a_loop_while_threads_churn():
-    stop, errors = threading.Event(), []
-    threads = _background(stop, errors)
-    try:
+    with _churning():
         # A number of rounds, not a deadline: with four threads contending for the GIL, start()
         # and stop() wait for the resolver thread to take it (tens of ms each).
         for _ in range(15):
             spprof.start(interval_ms=1, memory_limit_mb=2)
             burn_cpu(0.005)
             _check(spprof.stop())
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert not errors, errors
 
 
 def test_long_profile_under_gc_storm_and_thread_churn():
-    stop, errors = threading.Event(), []
     spprof.start(interval_ms=1)
-    threads = _background(stop, errors)
     try:
-        time.sleep(3)
+        with _churning():
+            time.sleep(3)
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
         profile = spprof.stop()
-    assert not errors, errors
     _check(profile)
     names = {s.thread_name for s in profile.samples}
     assert {"bg-0", "bg-2", "bg-3"} <= names
@@ -117,10 +120,8 @@ def test_fork_while_profilers_start_and_resolve():
     # A fork right after start() lands while the resolver thread creates its thread state; a
     # fork later lands among the resolvers' rounds. The child must not inherit a held
     # interpreter lock (it hung in PyOS_AfterFork_Child on 3.9 about once in 1000 forks).
-    stop, errors = threading.Event(), []
-    threads = _background(stop, errors)
     codes = []
-    try:
+    with _churning():
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             spprof.start(interval_ms=1)
@@ -133,11 +134,6 @@ def test_fork_while_profilers_start_and_resolve():
                 codes.append(_exit_code(pid, 10))
             memprof.stop()
             _check(spprof.stop())
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert not errors, errors
     assert codes.count(0) == len(codes), f"exit codes (None: hung) of {len(codes)} children: " \
         f"{sorted(set(codes), key=str)}"
 

@@ -300,10 +300,8 @@ extern "C" fn hook_free<const D: usize>(_ctx: *mut c_void, ptr: *mut c_void) {
     // A RAW free nested in pymalloc's free finds nothing (the outer free removed the address),
     // so frees need no nesting mark; with the preload library, free beneath does RAW's.
     if TRACKING.load(Ordering::Relaxed) && !(D == RAW && native_alloc::connected()) {
-        if let Some(sh) = shared() {
-            if !ptr.is_null() && sh.map.may_contain(ptr as u64) {
-                return free_maybe_sampled(sh, f, a.ctx, ptr);
-            }
+        if let Some(sh) = may_be_sampled(ptr) {
+            return free_maybe_sampled(sh, f, a.ctx, ptr);
         }
     }
     f(a.ctx, ptr)
@@ -470,14 +468,15 @@ fn on_alloc(p: *mut c_void, size: usize) {
 
 #[inline(always)]
 fn on_free(p: *mut c_void) {
-    if p.is_null() {
-        return;
+    if let Some(sh) = may_be_sampled(p) {
+        record_free(sh, p as u64);
     }
-    if let Some(sh) = shared() {
-        if sh.map.may_contain(p as u64) {
-            record_free(sh, p as u64);
-        }
-    }
+}
+
+/// The shared state when `p` may be a sampled block (the heap map's filter cannot rule it out).
+#[inline(always)]
+fn may_be_sampled(p: *mut c_void) -> Option<&'static Shared> {
+    shared().filter(|sh| !p.is_null() && sh.map.may_contain(p as u64))
 }
 
 /// The calling thread's thread state if it holds the GIL, else 0. Both calls read the thread's
