@@ -123,8 +123,12 @@ def test_native_allocations_estimate_and_split_match_the_truth():
 def test_without_the_library_native_allocations_are_not_seen():
     out = last_json(run(NATIVE_WORKLOAD, preload=False))
     assert out["sources"] == ["python"]
-    for site, sizes in out["sizes"].items():  # only the Python objects of the sites remain
-        assert out["sites"].get(site, 0) < 0.2 * sum(sizes), (site, out["sites"].get(site))
+    # Only the Python objects of the sites remain: about 140 bytes per block (a tuple and two
+    # ints), a quarter of the native bytes for keep_small (~5 MB, with a sampling error of about
+    # 0.6 MB at 64 KiB) and under 1 % for the others. Seen native blocks would put each site
+    # over 100 %.
+    for site, sizes in out["sizes"].items():
+        assert out["sites"].get(site, 0) < 0.5 * sum(sizes), (site, out["sites"].get(site))
 
 
 def test_every_allocation_function_and_no_double_counting():

@@ -20,6 +20,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+/// A countdown that no allocation brings above zero (see [`PoissonSampler::disarm`]).
+const DISARMED: i64 = i64::MIN / 2;
 
 pub struct PoissonSampler {
     countdown: AtomicI64,
@@ -47,9 +49,15 @@ impl PoissonSampler {
         self.countdown.store(self.next_gap(), Ordering::Relaxed);
     }
 
+    /// Restart the random draws from `seed`, from the next gap on (`set_mean` draws one).
     pub fn reseed(&self, seed: u64) {
         self.rng.store(seed, Ordering::Relaxed);
-        self.countdown.store(self.next_gap(), Ordering::Relaxed);
+    }
+
+    /// Make [`Self::consume`] refuse every allocation (up to 2^62 bytes) until the next
+    /// `set_mean` or `reseed`: lets a caller's fast path stand for "enabled" too.
+    pub fn disarm(&self) {
+        self.countdown.store(DISARMED, Ordering::Relaxed);
     }
 
     /// Account `size` bytes; true when this allocation is sampled.
@@ -184,6 +192,15 @@ mod tests {
             .sum();
         let est = estimate(&sizes, mean, 7);
         assert!((est - truth).abs() < 5.0 * var.sqrt(), "{est} vs {truth}");
+    }
+
+    #[test]
+    fn a_disarmed_sampler_refuses_until_set_again() {
+        let s = PoissonSampler::new(1000, 3);
+        s.disarm();
+        assert!((0..10_000).all(|_| !s.consume(512)));
+        s.set_mean(1000);
+        assert!(s.consume(1));
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //! `[n, pc * n]`: the native code addresses, innermost first.
 //!
 //! Memory records (the allocation hooks) use the same layout with the thread word holding the OS
-//! thread id, the weight word the estimated bytes, and two more words after the frames:
-//! `[address, size]`. [`FLAG_ALLOC`] marks a sampled allocation, [`FLAG_FREE`] the free of one
-//! (depth 0, size 0). CPU records have neither flag and no extra words.
+//! thread id, the weight word the estimated bytes, and three more words after the frames:
+//! `[key, size, address]` (see [`MemBlock`]). [`FLAG_ALLOC`] marks a sampled allocation,
+//! [`FLAG_FREE`] the free of one (depth 0, size 0). CPU records have neither flag and no extra
+//! words.
 
 pub const HEADER_WORDS: usize = 4;
 pub const WORDS_PER_FRAME: usize = 2;
@@ -21,9 +22,9 @@ pub const WORDS_PER_FRAME: usize = 2;
 pub const FLAG_TRUNCATED: u32 = 1;
 /// Wall-clock mode: the thread was running on a CPU when sampled.
 pub const FLAG_ON_CPU: u32 = 2;
-/// A sampled allocation: `[address, size]` follow the frames.
+/// A sampled allocation: `[key, size, address]` follow the frames.
 pub const FLAG_ALLOC: u32 = 4;
-/// The free of a sampled allocation: `[address, 0]` follow the (empty) frames.
+/// The free of a sampled allocation: `[key, 0, key]` follow the (empty) frames.
 pub const FLAG_FREE: u32 = 8;
 /// The allocating thread did not hold the GIL, so its Python stack was not read.
 pub const FLAG_NO_STACK: u32 = 16;
@@ -32,7 +33,18 @@ pub const FLAG_NATIVE: u32 = 32;
 /// Bit 0 of a code word: the outermost frame of one eval-loop run (see the module docs).
 pub const CODE_ENTRY_BIT: u64 = 1;
 /// Words after the frames of a memory record.
-pub const MEM_EXTRA_WORDS: usize = 2;
+pub const MEM_EXTRA_WORDS: usize = 3;
+
+/// The block of a memory record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemBlock {
+    /// The address its free is matched by: `address`, or the block beneath it in another
+    /// allocator when the free is seen there (see `memprof.rs` in the Python binding).
+    pub key: u64,
+    pub size: u64,
+    /// The address the program got.
+    pub address: u64,
+}
 
 pub fn body_words(depth: usize) -> usize {
     HEADER_WORDS + depth * WORDS_PER_FRAME
@@ -50,7 +62,7 @@ pub struct RawSample<'a> {
     pub thread_slot: u32,
     pub flags: u32,
     body: &'a [u64],
-    /// Words after the frames (memory records: address, size).
+    /// Words after the frames (memory records: key, size, address).
     extra: &'a [u64],
 }
 
@@ -74,10 +86,15 @@ impl<'a> RawSample<'a> {
         })
     }
 
-    /// `(address, size)` of a memory record; `None` for a CPU record.
-    pub fn address_size(&self) -> Option<(u64, u64)> {
-        (self.flags & (FLAG_ALLOC | FLAG_FREE) != 0 && self.extra.len() >= MEM_EXTRA_WORDS)
-            .then(|| (self.extra[0], self.extra[1]))
+    /// The block of a memory record; `None` for a CPU record.
+    pub fn mem_block(&self) -> Option<MemBlock> {
+        (self.flags & (FLAG_ALLOC | FLAG_FREE) != 0 && self.extra.len() >= MEM_EXTRA_WORDS).then(
+            || MemBlock {
+                key: self.extra[0],
+                size: self.extra[1],
+                address: self.extra[2],
+            },
+        )
     }
 
     pub fn depth(&self) -> usize {
@@ -122,6 +139,7 @@ mod tests {
             2,
             0xdead0,
             300,
+            0xdead8,
         ];
         assert_eq!(body.len(), mem_body_words(2));
         let r = RawSample::parse(&body).unwrap();
@@ -129,10 +147,17 @@ mod tests {
             r.frames_leaf_first().collect::<Vec<_>>(),
             [(10, 1, false), (20, 2, false)]
         );
-        assert_eq!(r.address_size(), Some((0xdead0, 300)));
+        assert_eq!(
+            r.mem_block(),
+            Some(MemBlock {
+                key: 0xdead0,
+                size: 300,
+                address: 0xdead8
+            })
+        );
         assert_eq!(r.thread_slot, 77);
         let cpu = [5, 1, pack_thread(0, FLAG_ON_CPU), 1, 10, 1];
-        assert_eq!(RawSample::parse(&cpu).unwrap().address_size(), None);
+        assert_eq!(RawSample::parse(&cpu).unwrap().mem_block(), None);
         assert!(RawSample::parse(&cpu).unwrap().native_pcs().is_empty());
         let native = [5, 1, pack_thread(0, FLAG_NATIVE), 1, 17, 1, 2, 0x400, 0x500];
         let r = RawSample::parse(&native).unwrap();

@@ -2,22 +2,24 @@
 //! allocations' stacks, and the live-heap table built from them.
 //!
 //! Hooks. The allocators of `PYMEM_DOMAIN_RAW`, `MEM` and `OBJ` are wrapped, never replaced:
-//! `PyMem_GetAllocator` saves the current ones (`ctx` of each wrapper points to its saved
-//! allocator) and every call is forwarded to them. The saved allocators live in a static that is
+//! `PyMem_GetAllocator` saves the current ones and every call is forwarded to them (our functions
+//! ignore their `ctx` and read the saved allocator from the static). The saved allocators live in a static that is
 //! never freed, so a wrapper that another tool (e.g. tracemalloc) wrapped in turn keeps working
 //! after `shutdown()`, which restores the originals only where ours are still installed.
 //!
 //! Hot path (every allocation and free, from `start()` to `shutdown()`): no allocation, no lock,
-//! no Python API, no thread-local. An allocation costs a flag load and the byte countdown of the
-//! [`PoissonSampler`]; a free costs a flag load and one load of the heap map's small counting
-//! filter. Only sampled allocations (and frees of sampled addresses) take the cold path: the
-//! heap map, the stack walk, and a record in the ring.
+//! no Python API, no thread-local. A small MEM/OBJ allocation costs a size compare and the byte
+//! countdown of its [`PoissonSampler`], then a tail jump to the saved allocator; a RAW free costs
+//! one load of the heap map's small counting filter. MEM/OBJ frees are not wrapped at all under
+//! pymalloc (see `obj_alloc`). Only sampled allocations (and frees of sampled blocks) take the
+//! cold path: the heap map, the stack walk, and a record in the ring.
 //!
 //! Nesting. pymalloc (behind MEM and OBJ) serves requests over 512 bytes with
 //! `PyMem_RawMalloc`, i.e. through our RAW wrapper. Counting those bytes twice would bias the
 //! sampler, so the MEM/OBJ wrappers note the calling thread (its thread pointer, one load of
-//! `%fs:0`) in `OUTER` while they forward, and the RAW wrapper ignores calls nested in them.
-//! MEM and OBJ calls hold the GIL, so at most one thread is inside them at a time.
+//! `%fs:0`) in `OUTER` while they forward, and the RAW wrapper ignores calls nested in them
+//! (but notes the block, which a sample may be keyed by). MEM and OBJ calls hold the GIL, so at
+//! most one thread is inside them at a time.
 //!
 //! Native allocations. With the LD_PRELOAD library (see [`native_alloc`]) malloc, calloc,
 //! realloc, free and the aligned variants call [`on_native_alloc`] / [`on_native_free`]. Each
@@ -48,7 +50,7 @@ use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use spprof_engine::alloc_sampler::{unbiased_weight, PoissonSampler};
-use spprof_engine::heapmap::HeapMap;
+use spprof_engine::heapmap::{Filter, HeapMap};
 use spprof_engine::raw::{self, RawSample};
 use spprof_engine::ring::Ring;
 use spprof_engine::store::{StackId, Store, EMPTY_STACK};
@@ -60,9 +62,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const RING_BYTES: usize = 4 << 20;
-/// 2^20 slots (8 MiB of address space, touched only where samples land): room for a million
-/// live samples, 64 GiB of live heap at 64 KiB sampling.
-const HEAP_MAP_BITS: u32 = 20;
+/// About a million slots (8 MiB of address space, touched as live samples need them): room for
+/// half a million live samples, 32 GiB of live heap at 64 KiB sampling.
+const HEAP_MAP_SLOTS: usize = 1 << 20;
 const RAW: usize = 0;
 
 /// What the hooks need beyond the statics; created at the first `start()`, never freed (hooks
@@ -74,6 +76,10 @@ struct Shared {
 }
 
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+/// The heap map's filter, in a static so that a free's check is one load (the map is created at
+/// the first `start()`). All zeros until then, and zero for every address but those of live
+/// samples, so the free hook needs no other flag.
+static FILTER: Filter = Filter::new();
 /// New allocations are sampled (between `start()` and `stop()`).
 static SAMPLING: AtomicBool = AtomicBool::new(false);
 /// Frees are matched against the heap map (from `start()` until `shutdown()`).
@@ -84,14 +90,24 @@ static PYMALLOC: AtomicBool = AtomicBool::new(true);
 /// Small MEM/OBJ requests may reach malloc, where the preload library counts them: it is
 /// connected and pymalloc does not serve them. Then they must mark `OUTER` while forwarding.
 static SMALL_REACH_MALLOC: AtomicBool = AtomicBool::new(false);
-/// SAMPLING and not SMALL_REACH_MALLOC: the one flag the MEM/OBJ allocation fast path reads
-/// (kept by `set_flags`, with the GIL, which every MEM/OBJ call holds).
+/// SAMPLING and not SMALL_REACH_MALLOC: small MEM/OBJ requests take the fast path, counted by
+/// `SMALL_SAMPLER`, which is disarmed otherwise (kept by `set_flags`, with the GIL, which every
+/// MEM/OBJ call holds).
 static SMALL_FAST: AtomicBool = AtomicBool::new(false);
 static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static SAMPLER: PoissonSampler = PoissonSampler::new(512 * 1024, 0x5350_5052_4f46_4d45);
+/// The small MEM/OBJ requests' own countdown, so that its state also says whether they may take
+/// the fast path (one load fewer there). Byte sampling stays a Poisson process of the same
+/// rate over all bytes when the bytes are split into two streams with one countdown each.
+static SMALL_SAMPLER: PoissonSampler = PoissonSampler::new(512 * 1024, 0x736d_616c_6c5f_7273);
 /// Thread pointer of the thread inside our MEM/OBJ wrapper (0: none).
 static OUTER: AtomicUsize = AtomicUsize::new(0);
+/// The first block returned by a RAW call nested in our MEM/OBJ wrapper (see `obj_alloc`).
+static NESTED_RAW: AtomicUsize = AtomicUsize::new(0);
+/// Per domain: frees are not wrapped, because they reach our RAW wrapper for the blocks that
+/// samples are made of (see `choose_free_paths`). Read with the GIL.
+static FREE_VIA_RAW: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
 /// Samples lost because the ring or the heap map had no room.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Frees of sampled allocations whose record found the ring full (they stay live: a fake leak).
@@ -157,31 +173,6 @@ fn thread_pointer() -> usize {
 /// pymalloc serves requests up to this size from its pools without calling the RAW domain.
 const PYMALLOC_MAX: usize = 512;
 
-/// Start forwarding a call of domain `D` for `size` bytes; `None` when the call's bytes are
-/// accounted elsewhere: a RAW call nested in our MEM/OBJ wrapper (by the outer call), or any RAW
-/// call while the preload library is connected (by its malloc, beneath, with the same stack).
-/// Small MEM/OBJ requests skip the mark unless they may reach malloc (`SMALL_REACH_MALLOC`).
-#[inline(always)]
-fn enter<const D: usize>(size: usize) -> Option<usize> {
-    if D == RAW {
-        let native = native_alloc::connected();
-        (!native && OUTER.load(Ordering::Relaxed) != thread_pointer()).then_some(0)
-    } else if size <= PYMALLOC_MAX && !SMALL_REACH_MALLOC.load(Ordering::Relaxed) {
-        Some(usize::MAX)
-    } else {
-        let prev = OUTER.load(Ordering::Relaxed);
-        OUTER.store(thread_pointer(), Ordering::Relaxed);
-        Some(prev)
-    }
-}
-
-#[inline(always)]
-fn leave<const D: usize>(prev: usize) {
-    if D != RAW && prev != usize::MAX {
-        OUTER.store(prev, Ordering::Relaxed);
-    }
-}
-
 /// Set whether new allocations are sampled and frees tracked (GIL held; after
 /// `native_alloc::connect()`).
 fn set_flags(sampling: bool, tracking: bool) {
@@ -189,56 +180,137 @@ fn set_flags(sampling: bool, tracking: bool) {
     SAMPLING.store(sampling, Ordering::SeqCst);
     let small_reach_malloc = native_alloc::connected() && !PYMALLOC.load(Ordering::Relaxed);
     SMALL_REACH_MALLOC.store(small_reach_malloc, Ordering::SeqCst);
-    SMALL_FAST.store(sampling && !small_reach_malloc, Ordering::SeqCst);
+    let small_fast = sampling && !small_reach_malloc;
+    SMALL_FAST.store(small_fast, Ordering::SeqCst);
+    if small_fast {
+        SMALL_SAMPLER.set_mean(SAMPLER.mean());
+    } else {
+        SMALL_SAMPLER.disarm();
+    }
 }
 
-/// The fast paths make no call but the forwarding one, a tail call (so no stack frame): not
-/// tracking, or a small MEM/OBJ request whose bytes do not reach the next sample point (pymalloc
-/// serves it without calling RAW, so it needs no nesting mark).
+/// Whether an allocation of `size` bytes is sampled (its bytes count towards the next sample
+/// point while sampling).
+#[inline(always)]
+fn sample(size: usize) -> bool {
+    SAMPLING.load(Ordering::Relaxed) && SAMPLER.on_alloc(size)
+}
+
+/// The fast path makes no call but the forwarding one, a tail call (so no stack frame): a small
+/// MEM/OBJ request whose bytes do not reach the next sample point (pymalloc serves it without
+/// calling RAW, so it needs no nesting mark).
 extern "C" fn hook_malloc<const D: usize>(_ctx: *mut c_void, size: usize) -> *mut c_void {
     let a = saved(D);
-    let Some(f) = a.malloc else {
-        return std::ptr::null_mut();
-    };
-    if D != RAW && size <= PYMALLOC_MAX && SMALL_FAST.load(Ordering::Relaxed) {
-        if SAMPLER.consume(size) {
+    // SAFETY: `wrap` saved this domain's allocator before installing ours, and CPython's
+    // allocator structs have all four functions (it calls them without checking).
+    let f = unsafe { a.malloc.unwrap_unchecked() };
+    if D != RAW && size <= PYMALLOC_MAX {
+        if SMALL_SAMPLER.consume(size) {
             return f(a.ctx, size);
         }
-        return malloc_sampled(f, a.ctx, size);
+        return malloc_small::<D>(f, a.ctx, size);
     }
-    malloc_marked::<D>(f, a.ctx, size)
+    malloc_slow::<D>(f, a.ctx, size)
 }
 
 type MallocFn = extern "C" fn(*mut c_void, usize) -> *mut c_void;
 
-/// A small MEM/OBJ request in which the sample point falls.
+/// A small MEM/OBJ request in which the sample point falls, or any while the fast path is off.
 #[inline(never)]
-fn malloc_sampled(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
-    SAMPLER.on_sampled();
-    let p = f(ctx, size);
-    if !p.is_null() {
-        record_alloc(p as u64, size as u64);
+fn malloc_small<const D: usize>(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
+    if !SMALL_FAST.load(Ordering::Relaxed) {
+        return malloc_slow::<D>(f, ctx, size);
+    }
+    SMALL_SAMPLER.on_sampled();
+    obj_alloc::<D>(size, true, false, |request| f(ctx, request))
+}
+
+/// Any other request: while not tracking (forwarded), RAW calls, MEM/OBJ requests that pymalloc
+/// passes on to RAW, and any while stopped or when small requests may reach malloc.
+#[inline(never)]
+fn malloc_slow<const D: usize>(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
+    if !TRACKING.load(Ordering::Relaxed) {
+        return f(ctx, size);
+    }
+    if D == RAW {
+        return raw_alloc(size, || f(ctx, size));
+    }
+    obj_alloc::<D>(size, sample(size), false, |request| f(ctx, request))
+}
+
+/// A RAW-domain allocation of `size` bytes made by `call` (while tracking). Nested in our
+/// MEM/OBJ wrapper, its bytes are the outer call's, which may need the block's address (see
+/// `obj_alloc`); with the preload library, malloc beneath counts them, with the same stack.
+#[inline(always)]
+fn raw_alloc(size: usize, call: impl FnOnce() -> *mut c_void) -> *mut c_void {
+    if OUTER.load(Ordering::Relaxed) == thread_pointer() {
+        let p = call();
+        if NESTED_RAW.load(Ordering::Relaxed) == 0 {
+            NESTED_RAW.store(p as usize, Ordering::Relaxed);
+        }
+        return p;
+    }
+    if native_alloc::connected() {
+        return call();
+    }
+    let sampled = sample(size);
+    let p = call();
+    if p.is_null() {
+        note_failed::<RAW>(size);
+    } else if sampled {
+        record_alloc(p as u64, p as u64, size as u64);
     }
     p
 }
 
-/// Any other request: not tracking (forwarded), RAW calls (which may be nested in ours),
-/// MEM/OBJ requests that pymalloc may pass on to RAW (so they mark the thread while
-/// forwarding), and any while stopped or with the preload library.
-#[inline(never)]
-fn malloc_marked<const D: usize>(f: MallocFn, ctx: *mut c_void, size: usize) -> *mut c_void {
-    if !TRACKING.load(Ordering::Relaxed) {
-        return f(ctx, size);
-    }
-    let Some(prev) = enter::<D>(size) else {
-        return f(ctx, size);
+/// A MEM/OBJ allocation of `size` bytes made by `call(request)` (while tracking), `sampled` or
+/// not. A call that pymalloc may pass on to RAW (a request over `PYMALLOC_MAX`, any realloc:
+/// `mark`) or that may reach malloc (`SMALL_REACH_MALLOC`) marks the thread in `OUTER` while it
+/// forwards, so that the RAW wrapper and the preload library leave its bytes to us; the RAW
+/// wrapper notes the first block it returns in `NESTED_RAW`.
+///
+/// Frees of pymalloc's domains need no wrapper (`FREE_VIA_RAW[D]`, see `choose_free_path`):
+/// pymalloc passes the free of a block it took from RAW on to RAW. So a sample is made such a
+/// block (a small one is requested as `PYMALLOC_MAX + 1` bytes, about 500 bytes of memory per
+/// live sample) and keyed by the RAW block, which is what our RAW wrapper will see freed.
+#[inline(always)]
+fn obj_alloc<const D: usize>(
+    size: usize,
+    sampled: bool,
+    mark: bool,
+    call: impl FnOnce(usize) -> *mut c_void,
+) -> *mut c_void {
+    let via_raw = FREE_VIA_RAW[D].load(Ordering::Relaxed);
+    let request = if sampled && via_raw {
+        size.max(PYMALLOC_MAX + 1)
+    } else {
+        size
     };
-    let p = f(ctx, size);
-    leave::<D>(prev);
+    let mark = mark || request > PYMALLOC_MAX || SMALL_REACH_MALLOC.load(Ordering::Relaxed);
+    let prev = OUTER.load(Ordering::Relaxed);
+    if mark {
+        NESTED_RAW.store(0, Ordering::Relaxed);
+        OUTER.store(thread_pointer(), Ordering::Relaxed);
+    }
+    let p = call(request);
+    if mark {
+        OUTER.store(prev, Ordering::Relaxed);
+    }
     if p.is_null() {
         note_failed::<D>(size);
+    } else if sampled {
+        let key = if via_raw {
+            NESTED_RAW.load(Ordering::Relaxed) as u64
+        } else {
+            p as u64
+        };
+        if key == 0 {
+            // No RAW block beneath (an unexpected allocator): its free could not be seen.
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            record_alloc(key, p as u64, size as u64);
+        }
     }
-    on_alloc(p, size);
     p
 }
 
@@ -254,13 +326,17 @@ extern "C" fn hook_calloc<const D: usize>(
     if !TRACKING.load(Ordering::Relaxed) {
         return f(a.ctx, nelem, elsize);
     }
-    let Some(prev) = enter::<D>(nelem.saturating_mul(elsize)) else {
-        return f(a.ctx, nelem, elsize);
-    };
-    let p = f(a.ctx, nelem, elsize);
-    leave::<D>(prev);
-    on_alloc(p, nelem.saturating_mul(elsize));
-    p
+    let size = nelem.saturating_mul(elsize);
+    if D == RAW {
+        return raw_alloc(size, || f(a.ctx, nelem, elsize));
+    }
+    obj_alloc::<D>(size, sample(size), false, |request| {
+        if request == size {
+            f(a.ctx, nelem, elsize)
+        } else {
+            f(a.ctx, 1, request)
+        }
+    })
 }
 
 /// realloc = free of the old block + a possibly sampled new one. The old block is forgotten
@@ -278,51 +354,56 @@ extern "C" fn hook_realloc<const D: usize>(
     if !TRACKING.load(Ordering::Relaxed) {
         return f(a.ctx, ptr, size);
     }
-    // Growing or shrinking may move a block between pymalloc and the RAW domain: always mark.
-    let Some(prev) = enter::<D>(usize::MAX) else {
-        return f(a.ctx, ptr, size);
-    };
+    if D == RAW {
+        // Nested ones too: the block may be a MEM/OBJ sample that pymalloc took from RAW. With
+        // the preload library, realloc beneath sees the free.
+        if !native_alloc::connected() {
+            on_free(ptr);
+        }
+        return raw_alloc(size, || f(a.ctx, ptr, size));
+    }
     on_free(ptr);
-    let p = f(a.ctx, ptr, size);
-    leave::<D>(prev);
-    on_alloc(p, size);
-    p
+    // Growing or shrinking may move a block between pymalloc and the RAW domain: always mark.
+    obj_alloc::<D>(size, sample(size), true, |request| f(a.ctx, ptr, request))
 }
 
-/// The record of a sampled block is written before the block is released, so that a later
-/// allocation of the same address comes after it in the ring. The fast path (the address is
-/// certainly not sampled) makes no call but the forwarding one, a tail call.
+/// The RAW wrapper's free, and MEM/OBJ's when their frees do not reach RAW. The record of a
+/// sampled block is written before the block is released, so that a later allocation of the
+/// same address comes after it in the ring. The fast path (the filter rules the address out)
+/// makes no call but the forwarding one, a tail call.
 extern "C" fn hook_free<const D: usize>(_ctx: *mut c_void, ptr: *mut c_void) {
     let a = saved(D);
-    let Some(f) = a.free else {
-        return;
-    };
-    // A RAW free nested in pymalloc's free finds nothing (the outer free removed the address),
-    // so frees need no nesting mark; with the preload library, free beneath does RAW's.
-    if TRACKING.load(Ordering::Relaxed) && !(D == RAW && native_alloc::connected()) {
-        if let Some(sh) = may_be_sampled(ptr) {
-            return free_maybe_sampled(sh, f, a.ctx, ptr);
-        }
+    // SAFETY: as in `hook_malloc`.
+    let f = unsafe { a.free.unwrap_unchecked() };
+    if FILTER.may_contain(ptr as u64) {
+        return free_maybe_sampled::<D>(f, a.ctx, ptr);
     }
     f(a.ctx, ptr)
 }
 
 #[inline(never)]
-fn free_maybe_sampled(
-    sh: &Shared,
+fn free_maybe_sampled<const D: usize>(
     f: extern "C" fn(*mut c_void, *mut c_void),
     ctx: *mut c_void,
     ptr: *mut c_void,
 ) {
-    record_free(sh, ptr as u64);
+    // A RAW free nested in pymalloc's free of a pool block finds nothing, so frees need no
+    // nesting mark; with the preload library, free beneath does RAW's.
+    if TRACKING.load(Ordering::Relaxed) && !(D == RAW && native_alloc::connected()) {
+        on_free(ptr);
+    }
     f(ctx, ptr)
 }
 
 /// The preload library's malloc-family callback (see [`native_alloc`]): any thread, any time.
 /// Calls nested in our MEM/OBJ wrapper were accounted there.
 pub extern "C" fn on_native_alloc(p: *mut c_void, size: usize) {
-    if TRACKING.load(Ordering::Relaxed) && OUTER.load(Ordering::Relaxed) != thread_pointer() {
-        on_alloc(p, size);
+    if TRACKING.load(Ordering::Relaxed)
+        && OUTER.load(Ordering::Relaxed) != thread_pointer()
+        && !p.is_null()
+        && sample(size)
+    {
+        record_alloc(p as u64, p as u64, size as u64);
     }
 }
 
@@ -332,38 +413,55 @@ pub extern "C" fn on_native_free(p: *mut c_void) {
     }
 }
 
-fn ours<const D: usize>() -> PyMemAllocatorEx {
-    // A pointer into the static, never dereferenced through ctx (see `saved`).
-    let ctx = SAVED
-        .0
-        .get()
-        .cast::<PyMemAllocatorEx>()
-        .wrapping_add(D)
-        .cast();
+/// Our allocator for domain `D`. With `hook_frees` false, frees go straight to the saved
+/// allocator (with its own `ctx`, which our other functions ignore: they read the static).
+fn ours<const D: usize>(hook_frees: bool) -> PyMemAllocatorEx {
+    let (ctx, free): (_, Option<extern "C" fn(*mut c_void, *mut c_void)>) = if hook_frees {
+        // A pointer into the static, never dereferenced through ctx (see `saved`).
+        let ctx = SAVED
+            .0
+            .get()
+            .cast::<PyMemAllocatorEx>()
+            .wrapping_add(D)
+            .cast();
+        (ctx, Some(hook_free::<D>))
+    } else {
+        (saved(D).ctx, saved(D).free)
+    };
     PyMemAllocatorEx {
         ctx,
         malloc: Some(hook_malloc::<D>),
         calloc: Some(hook_calloc::<D>),
         realloc: Some(hook_realloc::<D>),
-        free: Some(hook_free::<D>),
+        free,
     }
 }
 
-fn our_allocator(d: usize) -> PyMemAllocatorEx {
+fn our_allocator(d: usize, hook_frees: bool) -> PyMemAllocatorEx {
     match d {
-        0 => ours::<0>(),
-        1 => ours::<1>(),
-        _ => ours::<2>(),
+        0 => ours::<0>(hook_frees),
+        1 => ours::<1>(hook_frees),
+        _ => ours::<2>(hook_frees),
     }
 }
 
-/// Wrap the current allocator of domain `d` (GIL held; see `Saved` for when this may run).
+/// Is our wrapper the installed allocator of domain `d` (not wrapped by another tool)?
+fn ours_installed(d: usize) -> bool {
+    let mut current = NO_ALLOCATOR;
+    // SAFETY: GIL held; valid out-parameter.
+    unsafe { ffi::PyMem_GetAllocator(domain(d), &mut current) };
+    current.malloc.map(|f| f as usize) == our_allocator(d, true).malloc.map(|f| f as usize)
+}
+
+/// Wrap the current allocator of domain `d`, frees included (GIL held; see `Saved` for when
+/// this may run).
 fn wrap(d: usize) {
+    FREE_VIA_RAW[d].store(false, Ordering::Relaxed);
     // SAFETY: GIL held; SAVED[d] is written before our wrapper is installed and while no call
     // can be inside it (see `Saved`); the allocator structs are valid in/out parameters.
     unsafe {
         ffi::PyMem_GetAllocator(domain(d), &mut (*SAVED.0.get())[d]);
-        let mut a = our_allocator(d);
+        let mut a = our_allocator(d, true);
         ffi::PyMem_SetAllocator(domain(d), &mut a);
     }
 }
@@ -372,6 +470,35 @@ fn wrap(d: usize) {
 fn install_hooks() {
     for d in 0..3 {
         wrap(d);
+    }
+}
+
+/// At `start()` (GIL held, tracking, not sampling), for MEM and OBJ: do their frees reach our
+/// RAW wrapper? Then stop wrapping their frees, the most frequent allocator call. They do when
+/// a request over `PYMALLOC_MAX` makes a nested RAW call (pymalloc, also under the debug hooks
+/// or tracemalloc), whose free pymalloc also passes on to RAW; not under `PYTHONMALLOC=malloc`,
+/// nor once another tool removed our RAW wrapper. Changed only where our wrapper is the
+/// installed allocator: a tool that wrapped it keeps calling the free it saw, and
+/// `FREE_VIA_RAW` keeps matching that.
+fn choose_free_paths() {
+    for (d, via_raw_now) in FREE_VIA_RAW.iter().enumerate().skip(1) {
+        NESTED_RAW.store(0, Ordering::Relaxed);
+        // SAFETY: GIL held (MEM and OBJ require it); the block is given back to its domain.
+        unsafe {
+            if d == 1 {
+                ffi::PyMem_Free(ffi::PyMem_Malloc(PYMALLOC_MAX + 1));
+            } else {
+                ffi::PyObject_Free(ffi::PyObject_Malloc(PYMALLOC_MAX + 1));
+            }
+        }
+        let via_raw = NESTED_RAW.load(Ordering::Relaxed) != 0;
+        if ours_installed(d) && via_raw != via_raw_now.load(Ordering::Relaxed) {
+            let mut a = our_allocator(d, !via_raw);
+            // SAFETY: GIL held, so no MEM/OBJ call runs meanwhile; valid struct; the saved
+            // allocator stays the one beneath.
+            unsafe { ffi::PyMem_SetAllocator(domain(d), &mut a) };
+            via_raw_now.store(via_raw, Ordering::Relaxed);
+        }
     }
 }
 
@@ -445,11 +572,7 @@ fn wrap_again() {
 fn restore_hooks() -> usize {
     let mut restored = 0;
     for d in 0..3 {
-        let mut current = NO_ALLOCATOR;
-        // SAFETY: GIL held; valid out-parameter.
-        unsafe { ffi::PyMem_GetAllocator(domain(d), &mut current) };
-        let ours = our_allocator(d);
-        if current.malloc.map(|f| f as usize) == ours.malloc.map(|f| f as usize) {
+        if ours_installed(d) {
             let mut original = *saved(d);
             // SAFETY: GIL held; the saved struct is the allocator that was installed before ours.
             unsafe { ffi::PyMem_SetAllocator(domain(d), &mut original) };
@@ -460,23 +583,12 @@ fn restore_hooks() -> usize {
 }
 
 #[inline(always)]
-fn on_alloc(p: *mut c_void, size: usize) {
-    if !p.is_null() && SAMPLING.load(Ordering::Relaxed) && SAMPLER.on_alloc(size) {
-        record_alloc(p as u64, size as u64);
-    }
-}
-
-#[inline(always)]
 fn on_free(p: *mut c_void) {
-    if let Some(sh) = may_be_sampled(p) {
-        record_free(sh, p as u64);
+    if !p.is_null() && FILTER.may_contain(p as u64) {
+        if let Some(sh) = shared() {
+            record_free(sh, p as u64);
+        }
     }
-}
-
-/// The shared state when `p` may be a sampled block (the heap map's filter cannot rule it out).
-#[inline(always)]
-fn may_be_sampled(p: *mut c_void) -> Option<&'static Shared> {
-    shared().filter(|sh| !p.is_null() && sh.map.may_contain(p as u64))
 }
 
 /// The calling thread's thread state if it holds the GIL, else 0. Both calls read the thread's
@@ -512,12 +624,13 @@ fn own_tid(walker: &Walker, tstate: usize) -> u32 {
 
 #[cold]
 #[inline(never)]
-fn record_alloc(addr: u64, size: u64) {
+/// A sampled allocation of `size` bytes at `address`, whose free will be seen as `key`'s.
+fn record_alloc(key: u64, address: u64, size: u64) {
     let Some(sh) = shared() else {
         return;
     };
     let weight = unbiased_weight(size, SAMPLER.mean());
-    if !sh.map.insert(addr) {
+    if !sh.map.insert(key) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -538,7 +651,7 @@ fn record_alloc(addr: u64, size: u64) {
         flags |= raw::FLAG_NO_STACK;
     }
     let Some(mut rec) = sh.ring.reserve(raw::mem_body_words(depth)) else {
-        sh.map.remove(addr);
+        sh.map.remove(key);
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -548,15 +661,16 @@ fn record_alloc(addr: u64, size: u64) {
     rec.write(3, depth as u64);
     // SAFETY: as above.
     unsafe { walker.write_frames(tstate, depth, false, &mut rec) };
-    rec.write(raw::body_words(depth), addr);
+    rec.write(raw::body_words(depth), key);
     rec.write(raw::body_words(depth) + 1, size);
+    rec.write(raw::body_words(depth) + 2, address);
     rec.commit();
 }
 
 #[cold]
 #[inline(never)]
-fn record_free(sh: &Shared, addr: u64) {
-    if !sh.map.remove(addr) {
+fn record_free(sh: &Shared, key: u64) {
+    if !sh.map.remove(key) {
         return;
     }
     let Some(mut rec) = sh.ring.reserve(raw::mem_body_words(0)) else {
@@ -567,14 +681,16 @@ fn record_free(sh: &Shared, addr: u64) {
     rec.write(1, 0);
     rec.write(2, raw::pack_thread(0, raw::FLAG_FREE));
     rec.write(3, 0);
-    rec.write(raw::body_words(0), addr);
+    rec.write(raw::body_words(0), key);
     rec.write(raw::body_words(0) + 1, 0);
+    rec.write(raw::body_words(0) + 2, key);
     rec.commit();
 }
 
 // ---- the live heap, resolved with the GIL ---------------------------------------------------
 
 struct Live {
+    address: u64,
     timestamp_ns: u64,
     size: u64,
     weight: u64,
@@ -587,6 +703,7 @@ struct MemSession {
     /// Interned frames and stacks of the samples (no sample rows: `live` holds them).
     store: Store,
     resolver: Resolver,
+    /// Live samples by key (see `record_alloc`).
     live: HashMap<u64, Live>,
     scratch: Vec<u32>,
     start_ns: u64,
@@ -642,11 +759,11 @@ impl MemSession {
             let Some(raw) = RawSample::parse(body) else {
                 return;
             };
-            let Some((addr, size)) = raw.address_size() else {
+            let Some(block) = raw.mem_block() else {
                 return;
             };
             if raw.flags & raw::FLAG_FREE != 0 {
-                if live.remove(&addr).is_some() {
+                if live.remove(&block.key).is_some() {
                     freed += 1;
                 } else {
                     untracked += 1;
@@ -662,10 +779,11 @@ impl MemSession {
             };
             total += 1;
             live.insert(
-                addr,
+                block.key,
                 Live {
+                    address: block.address,
                     timestamp_ns: raw.timestamp_ns,
-                    size,
+                    size: block.size,
                     weight: raw.weight,
                     tid: raw.thread_slot,
                     stack: stack.unwrap_or(EMPTY_STACK),
@@ -772,7 +890,7 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
         None => {
             let sh = Box::new(Shared {
                 ring: Ring::new(RING_BYTES),
-                map: HeapMap::new(HEAP_MAP_BITS),
+                map: HeapMap::new(HEAP_MAP_SLOTS, &FILTER),
                 walker,
             });
             SHARED.store(Box::into_raw(sh), Ordering::Release);
@@ -792,8 +910,9 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
     if !INSTALLED.swap(true, Ordering::AcqRel) {
         install_hooks();
     }
-    set_flags(false, true); // the probes in wrap_again() are seen only while tracking
+    set_flags(false, true); // the probes below are seen only while tracking
     wrap_again();
+    choose_free_paths();
     SAMPLER.set_mean(rate_bytes);
     native_alloc::connect();
     set_flags(true, true);
@@ -881,7 +1000,7 @@ fn memprof_snapshot(py: Python<'_>, names: HashMap<u64, String>) -> PyResult<Sna
     let mut rows: Vec<(&u64, &Live)> = s.live.iter().collect();
     rows.sort_by_key(|(addr, l)| (l.timestamp_ns, **addr));
     let mut addresses = Vec::with_capacity(rows.len());
-    for (&addr, l) in rows {
+    for (_, l) in rows {
         let tid = l.tid as u64;
         let name = names
             .get(&tid)
@@ -915,7 +1034,7 @@ fn memprof_snapshot(py: Python<'_>, names: HashMap<u64, String>) -> PyResult<Sna
         };
         let ts = l.timestamp_ns.saturating_sub(s.start_ns) as i64;
         out.add_sample(ts, l.weight as i64, thread, stack, true);
-        addresses.push((addr, l.size));
+        addresses.push((l.address, l.size));
     }
     Ok((
         ProfileData::new(out, 0, 0, false),
@@ -994,6 +1113,7 @@ fn memprof_stats(py: Python<'_>) -> PyResult<Py<PyDict>> {
 fn memprof_after_fork_in_child() {
     set_flags(false, false);
     OUTER.store(0, Ordering::Relaxed);
+    NESTED_RAW.store(0, Ordering::Relaxed);
     if let Some(sh) = shared() {
         // A thread of the parent may have died in the middle of a record.
         sh.ring.reset();
@@ -1007,10 +1127,11 @@ fn memprof_after_fork_in_child() {
     }
 }
 
-/// Test hook: make the sampler's draws reproducible.
+/// Test hook: make the samplers' draws reproducible (from the next `start()`).
 #[pyfunction]
 fn _memprof_seed(seed: u64) {
     SAMPLER.reseed(seed);
+    SMALL_SAMPLER.reseed(!seed);
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
