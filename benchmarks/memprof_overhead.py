@@ -16,7 +16,8 @@ Every run is a fresh interpreter (a child process), because allocator hooks stay
 ``shutdown()`` and tracking frees after ``stop()`` is part of the contract: a baseline measured
 in a process that has run the profiler would not be a baseline. Runs are interleaved (baseline,
 512 KB, 64 KB, tracemalloc, ...); a configuration's overhead is the median over the rounds of its
-time relative to the baseline of the same round, shown with its quartiles (the noise).
+time relative to the baseline of the same round, shown with its quartiles (the noise) and the
+median's distribution-free 95 % confidence interval (how well the rounds pin it down).
 
 Target (issue 5): <= 1% at 512 KB on this allocation-heavy workload.
 """
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from _timing import calibrate
+from _timing import calibrate, median_ci
 
 
 class Point:
@@ -185,16 +186,18 @@ def main():
               "rounds": args.rounds, "configs": {}}
     print(f"Python {result['python']}, {args.workload} workload, {iterations} iterations, "
           f"{args.rounds} interleaved rounds; overhead = median over rounds of the time relative to "
-          "that round's baseline [quartiles]")
+          "that round's baseline [quartiles], CI = the median's 95% confidence interval")
     for c in configs:
         # Relative to the baseline of the same round: slow drifts of the machine cancel out.
         ratios = sorted(100 * (t / b - 1) for t, b in zip(times[c], times["baseline"]))
         q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        lo, hi = median_ci(ratios)
         result["configs"][c] = {"median_s": statistics.median(times[c]), "overhead_pct": med,
-                                "quartiles_pct": [q1, q3], "samples": samples.get(c)}
+                                "quartiles_pct": [q1, q3], "median_ci95_pct": [lo, hi],
+                                "rounds_pct": ratios, "samples": samples.get(c)}
         extra = f"  ({samples[c]} samples)" if c in samples else ""
         print(f"  {c:20s} {statistics.median(times[c]):8.3f} s  {med:+7.2f} %  "
-              f"[{q1:+.2f}, {q3:+.2f}]{extra}")
+              f"[{q1:+.2f}, {q3:+.2f}]  CI [{lo:+.2f}, {hi:+.2f}]{extra}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
