@@ -235,9 +235,10 @@ def test_small_objects_frees_and_addresses_under_each_allocator(allocator):
     truth = out["size"] * out["n"] + out["list"]
     bound = 4 * sigma([out["size"]] * out["n"], 16 * 1024) + 0.02 * truth
     assert abs(out["est"] - truth) < bound, (out["est"], truth, bound)
-    # 80 MB churned and freed: a few samples of it could only be live through the snapshot's
-    # own allocations, which are not in churn().
-    assert out["churn"] == 0, out
+    # 190 MB churned and freed. What may stay live is pymalloc's own table of arenas, which it
+    # grows with PyMem_RawRealloc while serving churn() (12 KB on 3.9): far under 1 MB, where
+    # missed frees would leave about 190 MB.
+    assert out["churn"] < 1e6, out
     assert out["objects"] > 100 and out["at_ids"] == out["objects"], out
 
 
