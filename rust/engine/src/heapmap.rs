@@ -36,7 +36,6 @@ const FILTER_BITS: u32 = 14;
 const FILTER_LEN: usize = 1 << FILTER_BITS;
 
 /// Counters of live keys per bucket of addresses; zero means no key of that bucket is live.
-#[repr(C, align(4096))]
 pub struct Filter([AtomicU16; FILTER_LEN]);
 
 impl Filter {
@@ -112,13 +111,13 @@ impl HeapMap {
     /// A map of at most `max_slots` slots (8 bytes each; at least one region of 2^12) counting
     /// its keys in `filter`, which must be all zeros and used by no other map.
     pub fn new(max_slots: usize, filter: &'static Filter) -> HeapMap {
-        let regions = (1..=MAX_REGIONS)
-            .take_while(|&n| n == 1 || region(n - 1).0 + (1 << region(n - 1).1) <= max_slots)
-            .last()
-            .unwrap_or(1);
-        let (start, bits) = region(regions - 1);
+        // Region `r` ends where region `r + 1` starts.
+        let mut regions = 1;
+        while regions < MAX_REGIONS && region(regions + 1).0 <= max_slots {
+            regions += 1;
+        }
         HeapMap {
-            slots: zeroed_atomics::<AtomicU64, u64>(start + (1 << bits)),
+            slots: zeroed_atomics::<AtomicU64, u64>(region(regions).0),
             regions,
             current: AtomicUsize::new(0),
             region_len: [const { AtomicUsize::new(0) }; MAX_REGIONS],
@@ -136,8 +135,7 @@ impl HeapMap {
 
     /// Slots in the regions in use so far.
     pub fn active_capacity(&self) -> usize {
-        let (start, bits) = region(self.current.load(Ordering::Relaxed));
-        start + (1 << bits)
+        region(self.current.load(Ordering::Relaxed) + 1).0
     }
 
     pub fn len(&self) -> usize {
