@@ -77,7 +77,7 @@ struct Shared {
 
 static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
 /// The heap map's filter, in a static so that a free's check is one load (the map is created at
-/// the first `start()`). All zeros until then, and zero for every address but those of live
+/// the first `start()`). All zeros until then, and non-zero only in the buckets of live
 /// samples, so the free hook needs no other flag.
 static FILTER: Filter = Filter::new();
 /// New allocations are sampled (between `start()` and `stop()`).
