@@ -55,7 +55,7 @@ impl PoissonSampler {
     }
 
     /// Make [`Self::consume`] refuse every allocation (up to 2^62 bytes) until the next
-    /// `set_mean` or `reseed`: lets a caller's fast path stand for "enabled" too.
+    /// `set_mean`: lets a caller's fast path stand for "enabled" too.
     pub fn disarm(&self) {
         self.countdown.store(DISARMED, Ordering::Relaxed);
     }
