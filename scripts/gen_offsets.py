@@ -17,9 +17,11 @@ debug_offsets_layout()), so the extension can refuse, at profile start, an
 interpreter build whose published offsets differ from the generated ones.
 
 Usage:
-    scripts/gen_offsets.py                 # use pyenv, newest patch per 3.9..3.13
+    scripts/gen_offsets.py                 # pyenv's newest 3.9..3.13, sid's 3.14 and 3.15
     scripts/gen_offsets.py PY [PY ...]     # explicit python executables
     scripts/gen_offsets.py --check [PY..]  # exit 1 if the committed file is stale
+    scripts/gen_offsets.py --collect PY    # one interpreter's measurements as JSON (used
+                                           # inside the sid root)
 
 Only GIL builds on x86-64 Linux are supported. Stdlib only.
 """
@@ -35,8 +37,11 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(REPO, "rust", "python", "src", "offsets_generated.rs")
-MINORS = (9, 10, 11, 12, 13)
+OUT = os.path.join(REPO, "rust", "python", "src", "cpython", "offsets_generated.rs")
+MINORS = (9, 10, 11, 12, 13, 14, 15)
+# pyenv has these; the others come from the Debian sid root of scripts/sid-python.
+PYENV_MINORS = (9, 10, 11, 12, 13)
+SID = os.path.join(REPO, "scripts", "sid-python")
 NONE = None  # rendered as usize::MAX / 255: "field does not exist here"
 
 # Order matters: it is the field order of `Offsets` in offsets.rs.
@@ -49,6 +54,7 @@ FIELDS = (
     "interp_tstate_head",
     "tstate_datastack_chunk", "tstate_datastack_top",
     "chunk_previous", "chunk_top", "chunk_data",
+    "frame_is_entry", "stackref_tag_bits", "code_resume_opcode", "frame_lasti_unit",
 )
 
 
@@ -69,6 +75,15 @@ def spec(minor):
     ts = "PyThreadState"
     layout = layout_for(minor)
     s = {
+        # 3.11 marks a run's first frame in the frame itself; 3.12+ push a shim frame instead.
+        "frame_is_entry": ("offsetof(_PyInterpreterFrame, is_entry)" if minor == 11 else NONE),
+        # 3.14+: f_executable is a _PyStackRef whose low bits are tags, not address.
+        "stackref_tag_bits": ("Py_TAG_BITS" if minor >= 14 else "0"),
+        # 3.9/3.10: bytes per unit of f_lasti (3.9 counts bytes, 3.10 code units); 3.11+ keep
+        # an instruction pointer instead.
+        "frame_lasti_unit": ("1" if minor == 9 else "sizeof(_Py_CODEUNIT)" if minor == 10 else NONE),
+        # 3.11+: the opcode at co_code[2 * _co_firsttraceable] (verified at start).
+        "code_resume_opcode": ("RESUME" if minor >= 11 else NONE),
         "tstate_next": f"offsetof({ts}, next)",
         "tstate_interp": f"offsetof({ts}, interp)",
         "tstate_thread_id": f"offsetof({ts}, thread_id)",
@@ -107,7 +122,7 @@ def spec(minor):
                                   if layout == "CFrame" else NONE),
             frame_back=f"offsetof({fr}, previous)",
             frame_code=(f"offsetof({fr}, f_code)" if minor <= 12
-                        else f"offsetof({fr}, f_executable)"),
+                        else f"offsetof({fr}, f_executable)"),  # a _PyStackRef on 3.14+
             frame_instr=(f"offsetof({fr}, prev_instr)" if minor <= 12
                          else f"offsetof({fr}, instr_ptr)"),
             frame_owner=f"offsetof({fr}, owner)",
@@ -131,9 +146,19 @@ def owner_enum(minor):
         return []
     names = ["FRAME_OWNED_BY_THREAD", "FRAME_OWNED_BY_GENERATOR",
              "FRAME_OWNED_BY_FRAME_OBJECT"]
-    if minor >= 12:
-        names.append("FRAME_OWNED_BY_CSTACK")  # shim/entry frames, new in 3.12
+    if 12 <= minor <= 14:
+        names.append("FRAME_OWNED_BY_CSTACK")  # shim/entry frames, 3.12 and 3.13
+    if minor >= 14:
+        names.append("FRAME_OWNED_BY_INTERPRETER")  # the entry shim from 3.14 on
     return names
+
+
+def shim_owner(minor):
+    """The smallest owner value of frames the interpreter owns (entry shims), which no
+    Python-level view shows; None before 3.12, where no such frames exist."""
+    if minor < 12:
+        return None
+    return "FRAME_OWNED_BY_CSTACK" if minor <= 13 else "FRAME_OWNED_BY_INTERPRETER"
 
 
 # Width checks: the Rust side reads these fields with fixed-size loads, so a
@@ -151,6 +176,8 @@ def width_asserts(minor):
               ("((PyCodeObject*)0)->_co_firsttraceable", 4),
               (f"(({ts}*)0)->datastack_chunk", 8), (f"(({ts}*)0)->datastack_top", 8),
               ("((_PyStackChunk*)0)->previous", 8), ("((_PyStackChunk*)0)->top", 8)]
+    if minor == 11:
+        a += [(f"(({fi}*)0)->is_entry", 1)]
     if minor <= 10:
         a += [(f"(({ts}*)0)->frame", 8), (f"(({fo}*)0)->f_back", 8),
               (f"(({fo}*)0)->f_code", 8), (f"(({fo}*)0)->f_lasti", 4),
@@ -167,7 +194,7 @@ def width_asserts(minor):
 
 # 3.13+: what CPython's own _Py_DebugOffsets_INIT (pycore_runtime_init.h)
 # computes, keyed by our field name -> (debug_offsets member, init expression).
-DEBUG_OFFSETS = {
+DEBUG_OFFSETS_3_13 = {
     "tstate_next": ("thread_state.next", "offsetof(PyThreadState, next)"),
     "tstate_interp": ("thread_state.interp", "offsetof(PyThreadState, interp)"),
     "tstate_thread_id": ("thread_state.thread_id",
@@ -193,16 +220,26 @@ DEBUG_OFFSETS = {
                            "offsetof(PyInterpreterState, threads.head)"),
 }
 
-# The subset (and order) of DEBUG_OFFSETS emitted for the runtime check in
-# rust/python/src/debug_offsets.rs. frame_size is verified here only: the
-# walker uses it for sanity checks, not to read memory.
-DEBUG_CHECKS = (
-    "tstate_frame", "tstate_thread_id", "tstate_native_thread_id",
-    "tstate_next", "tstate_interp", "frame_back", "frame_code", "frame_instr",
-    "frame_owner", "code_code_adaptive", "code_firstlineno",
-    "interp_tstate_head",
-)
-assert set(DEBUG_CHECKS) <= set(DEBUG_OFFSETS) and set(DEBUG_OFFSETS) <= set(FIELDS)
+
+def debug_offsets(minor):
+    """The fields `_Py_DebugOffsets` publishes in this version (empty before 3.13)."""
+    if minor < 13:
+        return {}
+    d = dict(DEBUG_OFFSETS_3_13)
+    if minor >= 14:
+        d["tstate_datastack_chunk"] = ("thread_state.datastack_chunk",
+                                       "offsetof(PyThreadState, datastack_chunk)")
+    return d
+
+
+# The fields emitted for the extension, which reads them from the running interpreter
+# (rust/python/src/cpython/debug_offsets.rs). frame_size is verified here only: the walker
+# does not read memory with it.
+def debug_checks(minor):
+    return [name for name in FIELDS if name in debug_offsets(minor) and name != "frame_size"]
+
+
+assert set(DEBUG_OFFSETS_3_13) <= set(FIELDS)
 
 
 def c_source(minor):
@@ -216,15 +253,20 @@ def c_source(minor):
     ]
     if minor >= 11:
         lines.append('#include "internal/pycore_frame.h"')
+        lines.append('#include "opcode.h"')
     if minor >= 13:
         lines.append('#include "internal/pycore_runtime.h"')
+    if minor >= 14:
+        lines.append('#include "internal/pycore_stackref.h"')
     asserts = width_asserts(minor)
     if minor >= 13:
         # The extension reads these as raw 8-byte cookie / u64 values.
         asserts += [("((_Py_DebugOffsets*)0)->cookie", 8),
                     ("((_Py_DebugOffsets*)0)->version", 8)]
         asserts += [(f"((_Py_DebugOffsets*)0)->{member}", 8)
-                    for member, _ in DEBUG_OFFSETS.values()]
+                    for member, _ in debug_offsets(minor).values()]
+    if minor >= 14:
+        asserts += [("((_Py_DebugOffsets*)0)->free_threaded", 8)]
     for expr, width in asserts:
         lines.append(f'_Static_assert(sizeof({expr}) == {width}, "{expr}");')
     lines.append("int main(void) {")
@@ -234,7 +276,7 @@ def c_source(minor):
     for name in owner_enum(minor):
         lines.append(f'  printf("enum {name} %d\\n", (int){name});')
     if minor >= 13:
-        for name, (member, init) in DEBUG_OFFSETS.items():
+        for name, (member, init) in debug_offsets(minor).items():
             # Where the value lives inside _PyRuntime, and the initializer's
             # own expression (same headers, so mostly a typo guard).
             lines.append(
@@ -242,7 +284,7 @@ def c_source(minor):
                 f'offsetof(_Py_DebugOffsets, {member}), (size_t)({init}));')
         lines.append('  printf("rt debug_offsets %zu\\n", '
                      'offsetof(_PyRuntimeState, debug_offsets));')
-        for member in ("cookie", "version"):
+        for member in ("cookie", "version") + (("free_threaded",) if minor >= 14 else ()):
             lines.append(f'  printf("hdr {member} %zu\\n", '
                          f'offsetof(_Py_DebugOffsets, {member}));')
     lines += ["  return 0;", "}", ""]
@@ -270,6 +312,8 @@ def chk(what, got, want):
 # The current-frame load itself must happen in the probing frame: a Python
 # helper (even `ptr`) would push its own frame and we would read that one.
 CF = o["layout"] == "CFrame"; VP = ctypes.c_void_p
+# 3.14+: f_executable is a tagged _PyStackRef.
+code_at = lambda fr: ptr(fr + o["frame_code"]) & ~o["stackref_tag_bits"]
 
 def probe():
     me = sys._getframe(); caller = me.f_back
@@ -289,14 +333,14 @@ def probe():
         chk("tstate.frame", f, id(me))
         chk("frame.f_back", back, id(caller))
         # 3.10 stores f_lasti in code units; Python exposes it in bytes.
-        chk("frame.f_lasti", i32(back + o["frame_instr"]) * (2 if minor == 10 else 1),
+        chk("frame.f_lasti", i32(back + o["frame_instr"]) * o["frame_lasti_unit"],
             caller.f_lasti)
     else:
         chk("frame.owner(thread)", u8(f + o["frame_owner"]), 0)
         # A thread-owned frame lies in the live part of the thread's current data-stack chunk.
         chunk = ptr(ts + o["tstate_datastack_chunk"])
         chk("frame in datastack", chunk + o["chunk_data"] <= f < ptr(ts + o["tstate_datastack_top"]), True)
-        code_addr = ptr(back + o["frame_code"])
+        code_addr = code_at(back)
         base = code_addr + o["code_code_adaptive"]
         chk("frame.instr (caller lasti, bytes)",
             ptr(back + o["frame_instr"]) - base, caller.f_lasti)
@@ -306,9 +350,10 @@ def probe():
         for c in (caller.f_code, gen.__code__):
             first = next(i.offset // 2 for i in dis.get_instructions(c) if i.opname == "RESUME")
             chk("code._co_firsttraceable", i32(id(c) + o["code_firsttraceable"]), first)
+            chk("RESUME opcode", c.co_code[2 * first], o["code_resume_opcode"])
         chk("firsttraceable nonzero for generators", i32(id(gen.__code__) + o["code_firsttraceable"]) > 0, True)
-    chk("frame.code", ptr(f + o["frame_code"]), id(me.f_code))
-    chk("frame_back.code", ptr(back + o["frame_code"]), id(caller.f_code))
+    chk("frame.code", code_at(f), id(me.f_code))
+    chk("frame_back.code", code_at(back), id(caller.f_code))
     chk("code.co_firstlineno", i32(id(me.f_code) + o["code_firstlineno"]),
         me.f_code.co_firstlineno)
     return ts, interp, back
@@ -331,18 +376,24 @@ def module_level():
     chk("interp thread list", {threading.get_ident(), t.ident} <= seen, True)
     if minor >= 11:
         chk("generator frame owner", next(gen()), 1)
+    module = ptr(back + o["frame_back"])  # back = module_level(); below it the <string> module
+    if o["frame_is_entry"] is not None:
+        # 3.11: the module frame is the first its eval-loop run executed; module_level is not.
+        chk("module frame is_entry", u8(module + o["frame_is_entry"]), 1)
+        chk("function frame is_entry", u8(back + o["frame_is_entry"]), 0)
     if minor >= 12:
-        # back = module_level(); below it the <string> module frame, and below
-        # that the eval-loop entry shim pushed by _PyEval_EvalFrameDefault.
-        shim = ptr(ptr(back + o["frame_back"]) + o["frame_back"])
-        chk("entry shim owner", u8(shim + o["frame_owner"]), o["frame_owned_by_cstack"])
+        # Below the module frame, the eval-loop entry shim pushed by _PyEval_EvalFrameDefault.
+        shim = ptr(module + o["frame_back"])
+        chk("entry shim owner", u8(shim + o["frame_owner"]), o["frame_owner_shim"])
         if minor >= 13:
-            chk("entry shim f_executable is None", ptr(shim + o["frame_code"]), id(None))
+            chk("entry shim f_executable is None", code_at(shim), id(None))
     if dbg:
         # Positions are within _PyRuntimeState, exactly as emitted for the extension.
         rt = ctypes.addressof(ctypes.c_char.in_dll(api, "_PyRuntime"))
         chk("debug_offsets cookie", ctypes.string_at(rt + dbg.pop("@cookie"), 8), b"xdebugpy")
         chk("debug_offsets version", u64(rt + dbg.pop("@version")), sys.hexversion)
+        if "@free_threaded" in dbg:
+            chk("debug_offsets free_threaded", u64(rt + dbg.pop("@free_threaded")), 0)
         for name, at in dbg.items():
             chk("_PyRuntime.debug_offsets for " + name, u64(rt + at), o[name])
 
@@ -377,7 +428,7 @@ def discover_pyenv():
     for name in run(["pyenv", "versions", "--bare"]).split():
         # Plain x.y.z only: skips -dev, t (free-threaded), virtualenvs, etc.
         m = re.fullmatch(r"3\.(\d+)\.(\d+)", name)
-        if m and int(m.group(1)) in MINORS:
+        if m and int(m.group(1)) in PYENV_MINORS:
             minor, patch = int(m.group(1)), int(m.group(2))
             if patch >= best.get(minor, (-1, ""))[0]:
                 best[minor] = (patch, name)
@@ -419,10 +470,12 @@ def collect(exe, workdir):
         dbg = {name: rt + at for name, at in dbg.items()}
         dbg["@cookie"] = rt + hdr["cookie"]
         dbg["@version"] = rt + hdr["version"]
+        if "free_threaded" in hdr:
+            dbg["@free_threaded"] = rt + hdr["free_threaded"]
     off = {"major": ver[0], "minor": minor, "layout": layout_for(minor)}
     for name in FIELDS:
         off[name] = vals.get(name)
-    off["frame_owned_by_cstack"] = enums.get("FRAME_OWNED_BY_CSTACK")
+    off["frame_owner_shim"] = enums.get(shim_owner(minor))
     # Live cross-check inside the interpreter itself.
     # A wrong offset can just as well crash the child (bad pointer chase).
     p = subprocess.run([exe, "-c", LIVE_CHECK, json.dumps(off), json.dumps(dbg)],
@@ -433,9 +486,21 @@ def collect(exe, workdir):
     if bad:
         sys.exit(f"3.{minor} live check failed:\n  " + "\n  ".join(bad))
     print(f"  {'.'.join(map(str, ver))}: {exe}: compiled, live-checked"
-          + (f", matches _PyRuntime.debug_offsets ({len(dbg) - 2} fields)" if dbg else ""),
+          + (f", matches _PyRuntime.debug_offsets ({sum(not k.startswith('@') for k in dbg)} fields)" if dbg else ""),
           flush=True)
     return ver, off, enums, dbg
+
+
+def collect_anywhere(exe, workdir):
+    """collect() on this machine, or for sid:NAME inside the sid root (scripts/sid-python)."""
+    if not exe.startswith("sid:"):
+        return collect(exe, workdir)
+    name = exe[len("sid:"):]
+    out = run([SID, name, os.path.relpath(__file__, REPO), "--collect", name], cwd=REPO)
+    progress, _, result = out.rstrip("\n").rpartition("\n")
+    print(progress, flush=True)
+    ver, off, enums, dbg = json.loads(result)
+    return tuple(ver), off, enums, dbg
 
 
 def render(results):
@@ -453,7 +518,9 @@ def render(results):
     shared = {}
     for _, _, enums, _ in results:
         for name, val in enums.items():
-            if name != "FRAME_OWNED_BY_CSTACK" and shared.setdefault(name, val) != val:
+            if name in ("FRAME_OWNED_BY_CSTACK", "FRAME_OWNED_BY_INTERPRETER"):
+                continue  # per version, as frame_owner_shim
+            if shared.setdefault(name, val) != val:
                 sys.exit(f"{name} differs between versions; make it per-version")
     for name, val in sorted(shared.items(), key=lambda kv: kv[1]):
         out.append(f"/// `_PyInterpreterFrame.owner` value `{name}` (3.11+; same in all versions).")
@@ -472,8 +539,8 @@ def render(results):
         for name in FIELDS:
             v = off[name]
             out.append(f"    {name}: {'usize::MAX' if v is None else v},")
-        cs = off["frame_owned_by_cstack"]
-        out.append(f"    frame_owned_by_cstack: {255 if cs is None else cs},")
+        shim = off["frame_owner_shim"]
+        out.append(f"    frame_owner_shim: {255 if shim is None else shim},")
         out.append("};")
         out.append("")
     out.append("/// Every generated table, oldest first.")
@@ -490,8 +557,9 @@ def render(results):
         out.append(f"pub const {cname}: DebugOffsetsLayout = DebugOffsetsLayout {{")
         out.append(f"    cookie: {dbg['@cookie']},")
         out.append(f"    version: {dbg['@version']},")
+        out.append(f"    free_threaded: {dbg.get('@free_threaded', 'usize::MAX')},")
         out.append("    checks: &[")
-        for name in DEBUG_CHECKS:
+        for name in debug_checks(ver[1]):
             out.append(f'        ("{name}", {dbg[name]}),')
         out.append("    ],")
         out.append("};")
@@ -510,21 +578,30 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true",
                     help="regenerate in memory; exit 1 if the file differs")
+    ap.add_argument("--collect", action="store_true",
+                    help="measure the one interpreter given and print the result as JSON")
     ap.add_argument("pythons", nargs="*",
-                    help="python executables (default: newest pyenv 3.9..3.13)")
+                    help="python executables; sid:NAME runs NAME in the sid root "
+                         "(default: pyenv's newest 3.9..3.13, sid:python3.14, sid:python3.15)")
     args = ap.parse_args()
-    exes = args.pythons or discover_pyenv()
     if not shutil.which("gcc"):
         sys.exit("gcc not found")
+    if args.collect:
+        (exe,) = args.pythons
+        with tempfile.TemporaryDirectory(prefix="gen_offsets.") as tmp:
+            print(json.dumps(collect(exe, tmp)))
+        return 0
+    exes = args.pythons or discover_pyenv() + [
+        f"sid:python3.{minor}" for minor in MINORS if minor not in PYENV_MINORS]
 
     print(f"gen_offsets: {len(exes)} interpreter(s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="gen_offsets.") as tmp:
-        results = [collect(exe, tmp) for exe in exes]
+        results = [collect_anywhere(exe, tmp) for exe in exes]
     results.sort(key=lambda r: r[0])
     got = [r[0][1] for r in results]
-    # The Rust side names PY3_9..PY3_13 directly; a partial file would break it.
+    # The Rust side names PY3_9..PY3_15 directly; a partial file would break it.
     if got != list(MINORS):
-        sys.exit("need exactly one interpreter per minor 3.9..3.13, got "
+        sys.exit(f"need exactly one interpreter per minor 3.{MINORS[0]}..3.{MINORS[-1]}, got "
                  + ", ".join(f"3.{m}" for m in got))
     text = render(results)
 

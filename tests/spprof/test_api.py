@@ -79,7 +79,7 @@ def test_errors_are_the_documented_exceptions_with_guidance():
 def test_unsupported_interpreter_is_one_clear_error():
     _native._pretend_minor_version(99)
     try:
-        with pytest.raises(RuntimeError, match=r"cannot profile Python 3\.99.*3\.9 to 3\.13"):
+        with pytest.raises(RuntimeError, match=r"cannot profile Python 3\.99.*3\.9 to 3\.15"):
             spprof.start()
     finally:
         _native._pretend_minor_version(None)

@@ -1,11 +1,11 @@
 //! `spprof._native`: the CPython side of spprof.
 //!
-//! - [`offsets`]: per-version layouts of interpreter structs (generated);
-//! - [`interp`]: version checks and the start-time self-test;
+//! - [`cpython`]: all interpreter-version knowledge (offset tables, the running interpreter's
+//!   layout and its verification, thread-state readers, code-object watching);
 //! - [`walker`]: the async-signal-safe frame walker;
 //! - [`threads`]: sampled threads and their timers; [`sampler`]: the signal handler;
 //! - [`python_threads`]: finding the interpreter's threads and registering them;
-//! - [`resolver`], [`code_hook`]: code pointers → frames, resolved before code objects die;
+//! - [`resolver`]: code pointers → frames, resolved before code objects die;
 //! - [`session`]: one profiling run; [`profile_data`]: the finished profile exposed to Python;
 //!   [`resolver_thread`]: the background threads that resolve samples while profiling runs;
 //! - [`arrow_py`]: profiles as Arrow tables (the Arrow PyCapsule interface);
@@ -15,15 +15,13 @@
 
 mod analysis_py;
 mod arrow_py;
-mod code_hook;
-mod debug_offsets;
+mod cpython;
 mod elf_symbols;
 mod flamegraph_py;
-mod interp;
 mod memprof;
+mod merge;
 mod native_alloc;
 mod native_stack;
-mod offsets;
 mod profile_data;
 mod python_threads;
 mod resolver;
@@ -74,15 +72,18 @@ fn start(
     if is_active() {
         return Err(already_active());
     }
-    // Before taking the session lock: the self-test runs Python code.
-    let walker = interp::walker(py)?;
-    interp::self_test(py, &walker)?;
+    // Before taking the session lock: the verification runs Python code.
+    let walker = cpython::layout::walker(py)?;
+    if native {
+        // Before any sample is resolved: a stripped interpreter's eval loop is found by address.
+        cpython::eval_loop::locate(py, &walker, &native_stack::ModuleList::load());
+    }
     let (clock, fallback) = choose_clock(wall).map_err(PyRuntimeError::new_err)?;
     let mut guard = session::lock();
     if guard.is_some() {
         return Err(already_active());
     }
-    code_hook::install(py)?;
+    cpython::code_watch::install(py)?;
     sampler::install(signal).map_err(PyValueError::new_err)?;
     let ring = Ring::new(ring_bytes);
     let store = Store::new(memory_limit_bytes - ring.capacity_bytes());
@@ -243,15 +244,23 @@ fn stats(py: Python<'_>) -> PyResult<Option<Py<PyDict>>> {
 /// The calling thread's stack as the frame walker sees it (code object ids, innermost first).
 #[pyfunction]
 fn walk_current_thread(py: Python<'_>) -> PyResult<Vec<usize>> {
-    let walker = interp::walker(py)?;
-    Ok(interp::walk_current(py, &walker))
+    let walker = cpython::layout::walker(py)?;
+    Ok(cpython::layout::walk_current(py, &walker))
 }
 
 /// Test hook: behave as if running on Python 3.<minor> (None restores the truth).
 #[pyfunction]
 #[pyo3(signature = (minor))]
 fn _pretend_minor_version(minor: Option<u8>) {
-    interp::set_minor_override(minor);
+    cpython::layout::set_minor_override(minor);
+}
+
+/// Test hook: shift one field of the offset table by `delta` bytes at the next starts, as a
+/// patch release that moved it would (None restores the table).
+#[pyfunction]
+#[pyo3(signature = (field, delta = 0))]
+fn _shift_offset(field: Option<&str>, delta: isize) -> PyResult<()> {
+    cpython::layout::set_shift(field.map(|f| (f, delta))).map_err(PyValueError::new_err)
 }
 
 /// Test hook: make CPU-clock timers fail as in a sandbox that refuses them.
@@ -290,6 +299,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unregister_thread, m)?)?;
     m.add_function(wrap_pyfunction!(walk_current_thread, m)?)?;
     m.add_function(wrap_pyfunction!(_pretend_minor_version, m)?)?;
+    m.add_function(wrap_pyfunction!(_shift_offset, m)?)?;
+    m.add(
+        "_OFFSET_FIELDS",
+        cpython::offsets::Offsets::FIELD_NAMES.to_vec(),
+    )?;
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(resolver_thread::before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_py::flamegraph_svg, m)?)?;

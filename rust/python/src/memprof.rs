@@ -36,7 +36,7 @@
 //! values); those allocations go through the hooks and may be sampled, which is harmless: they
 //! are temporaries, freed at once, so they never show as live.
 
-use crate::interp;
+use crate::cpython::{self, thread_state};
 use crate::native_alloc;
 use crate::profile_data::ProfileData;
 use crate::resolver::Resolver;
@@ -612,14 +612,11 @@ fn gil_tstate() -> usize {
 /// The calling thread's kernel id: from its thread state when it has one that records it
 /// (3.11+), which saves a system call (half the cost of recording a sample), else `gettid`.
 fn own_tid(walker: &Walker, tstate: usize) -> u32 {
-    let off = walker.off.tstate_native_thread_id;
-    if tstate != 0 && off != usize::MAX {
-        // SAFETY: tstate is the calling thread's own live thread state (it holds the GIL), and
-        // native_thread_id is an unsigned long member of it.
-        unsafe { *((tstate + off) as *const u64) as u32 }
-    } else {
-        gettid() as u32
-    }
+    // SAFETY: a non-zero tstate is the calling thread's own live thread state (it holds the GIL).
+    (tstate != 0)
+        .then(|| unsafe { thread_state::recorded_native_id(&walker.off, tstate) })
+        .flatten()
+        .unwrap_or_else(|| gettid() as u32)
 }
 
 /// A sampled allocation of `size` bytes at `address`, whose free will be seen as `key`'s.
@@ -883,9 +880,8 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
         .call_method0("getallocatedblocks")?
         .extract()?;
     PYMALLOC.store(blocks > 0, Ordering::Relaxed);
-    let walker = interp::walker(py)?;
-    interp::self_test(py, &walker)?;
-    crate::code_hook::install(py)?;
+    let walker = cpython::layout::walker(py)?;
+    cpython::code_watch::install(py)?;
     let resolver = Resolver::new(py);
     let sh = match shared() {
         Some(sh) => sh,

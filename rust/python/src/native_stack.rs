@@ -9,6 +9,7 @@
 //! read through [`safe_read`], so a bad frame ends the walk instead of faulting. Frames without
 //! CFI fall back to frame pointers (framehop's rule).
 
+use crate::cpython::eval_loop;
 use crate::safe_read;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{
@@ -166,28 +167,50 @@ impl ModuleList {
     /// returns how many were written. No allocation, no lock: safe in a signal handler. Return
     /// addresses are stored minus one, so they fall inside the calling instruction's function.
     pub fn unwind(&self, cache: &mut Cache, ip: u64, sp: u64, bp: u64, out: &mut [u64]) -> usize {
-        let mut read_stack = |addr: u64| safe_read::load(addr as usize).ok_or(());
-        let mut frames = self.unwinder.iter_frames(
-            ip,
-            UnwindRegsX86_64::new(ip, sp, bp),
-            cache,
-            &mut read_stack,
-        );
         let mut n = 0;
-        while n < out.len() {
-            match frames.next() {
-                Ok(Some(FrameAddress::InstructionPointer(a))) => out[n] = a,
-                Ok(Some(FrameAddress::ReturnAddress(a))) => out[n] = a.get() - 1,
-                _ => break,
-            }
+        self.unwind_each(cache, ip, sp, bp, |pc, _| {
+            out[n] = pc;
             n += 1;
-        }
+            n < out.len()
+        });
         n
     }
-}
 
-/// The eval loop's function: its native frames stand for the Python frames it runs.
-pub const EVAL_LOOP: &str = "_PyEval_EvalFrameDefault";
+    /// Unwind from the given registers, calling `visit(pc, sp)` for each frame, innermost first,
+    /// until it returns false: `pc` as for [`ModuleList::unwind`], `sp` the frame's stack
+    /// pointer (its locals lie between it and the next frame's). No allocation, no lock.
+    pub fn unwind_each(
+        &self,
+        cache: &mut Cache,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        mut visit: impl FnMut(u64, u64) -> bool,
+    ) {
+        let mut read_stack = |addr: u64| safe_read::load(addr as usize).ok_or(());
+        let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+        let mut address = FrameAddress::InstructionPointer(ip);
+        loop {
+            let pc = match address {
+                FrameAddress::InstructionPointer(a) => a,
+                FrameAddress::ReturnAddress(a) => a.get() - 1,
+            };
+            if !visit(pc, regs.sp()) {
+                return;
+            }
+            match self
+                .unwinder
+                .unwind_frame(address, &mut regs, cache, &mut read_stack)
+            {
+                Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
+                    Some(next) => address = next,
+                    None => return,
+                },
+                _ => return,
+            }
+        }
+    }
+}
 
 /// A native frame's name and library: the dynamic symbol `dladdr` finds, else the function of
 /// the file's `.symtab` ([`crate::elf_symbols`]), demangled; else `library+0xoffset`. Off the
@@ -215,8 +238,89 @@ pub fn symbolize(addr: u64) -> (String, String) {
     {
         return (name, library);
     }
+    if eval_loop::contains(addr) {
+        return (eval_loop::NAME.to_string(), library);
+    }
     let short = library.rsplit('/').next().unwrap_or(&library).to_string();
     (format!("{short}+{:#x}", addr.wrapping_sub(base)), library)
+}
+
+/// The address range of the function holding `pc`, from its object's `.eh_frame_hdr` search
+/// table: from the entry at or below `pc` to the next one. `None` where the table is missing or
+/// uses an encoding other than the usual `udata4` count and `datarel sdata4` entries.
+pub fn function_range(pc: u64) -> Option<std::ops::Range<u64>> {
+    struct Search {
+        pc: u64,
+        found: Option<std::ops::Range<u64>>,
+    }
+    extern "C" fn visit(info: *mut libc::dl_phdr_info, _: usize, data: *mut libc::c_void) -> i32 {
+        // SAFETY: dl_iterate_phdr passes a valid info; data is our `Search`.
+        let (info, search) = unsafe { (&*info, &mut *(data as *mut Search)) };
+        let bias = info.dlpi_addr;
+        // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let holds_pc = phdrs.iter().any(|ph| {
+            ph.p_type == libc::PT_LOAD
+                && ph.p_flags & libc::PF_X != 0
+                && (bias + ph.p_vaddr..bias + ph.p_vaddr + ph.p_memsz).contains(&search.pc)
+        });
+        let Some(hdr) = phdrs.iter().find(|ph| ph.p_type == libc::PT_GNU_EH_FRAME) else {
+            return 0;
+        };
+        if !holds_pc {
+            return 0;
+        }
+        let hdr = bias + hdr.p_vaddr;
+        // SAFETY: the loaded object's .eh_frame_hdr, mapped while dl_iterate_phdr runs; its
+        // 4-byte header and the table it describes lie within the segment.
+        search.found = unsafe { search_table_range(hdr, search.pc) };
+        1
+    }
+    let mut search = Search { pc, found: None };
+    // SAFETY: the callback only reads what the loader passes and writes into `search`.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut Search as *mut libc::c_void) };
+    search.found
+}
+
+/// See [`function_range`].
+///
+/// # Safety
+/// `hdr` must be the address of a mapped `.eh_frame_hdr`.
+unsafe fn search_table_range(hdr: u64, pc: u64) -> Option<std::ops::Range<u64>> {
+    let read = |at: u64, n: usize| -> &[u8] {
+        // SAFETY: within the mapped section (caller's contract and the table's own count).
+        unsafe { std::slice::from_raw_parts(at as *const u8, n) }
+    };
+    let head = read(hdr, 4);
+    let (version, eh_frame_enc, count_enc, table_enc) = (head[0], head[1], head[2], head[3]);
+    let eh_frame_len = match eh_frame_enc & 0x0f {
+        0x03 | 0x0b => 4,
+        0x00 | 0x04 | 0x0c => 8,
+        _ => return None,
+    };
+    if version != 1 || count_enc != 0x03 || table_enc != 0x3b {
+        return None;
+    }
+    let count_at = hdr + 4 + eh_frame_len;
+    let count = u32::from_le_bytes(read(count_at, 4).try_into().ok()?) as usize;
+    let table = read(count_at + 4, count * 8);
+    let start = |i: usize| -> u64 {
+        let v = i32::from_le_bytes(table[8 * i..8 * i + 4].try_into().unwrap_or_default());
+        hdr.wrapping_add_signed(i64::from(v))
+    };
+    // The last entry starting at or below pc.
+    let (mut low, mut high) = (0, count);
+    while low < high {
+        let mid = (low + high) / 2;
+        if start(mid) <= pc {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    let i = low.checked_sub(1)?;
+    let end = if i + 1 < count { start(i + 1) } else { pc + 1 };
+    Some(start(i)..end)
 }
 
 /// Rust and C++ (Itanium ABI) names demangled; anything else as it is.
@@ -234,9 +338,10 @@ pub fn demangle(name: &str) -> String {
     name.to_string()
 }
 
-/// The calling thread's own native stack, innermost first (for `capture_native_stack()`).
+/// The calling thread's own native stack, innermost first, as `(pc, sp)` (see
+/// [`ModuleList::unwind_each`]).
 #[inline(never)]
-pub fn capture(list: &ModuleList, out: &mut [u64]) -> usize {
+pub fn capture(list: &ModuleList) -> Vec<(u64, u64)> {
     let (ip, sp, bp): (u64, u64, u64);
     // SAFETY: reads three registers of the current thread; no memory is touched.
     unsafe {
@@ -245,23 +350,29 @@ pub fn capture(list: &ModuleList, out: &mut [u64]) -> usize {
             options(nomem, nostack, preserves_flags));
     }
     let mut cache = Cache::new_in();
-    list.unwind(&mut cache, ip, sp, bp, out)
+    let mut frames = Vec::new();
+    list.unwind_each(&mut cache, ip, sp, bp, |pc, sp| {
+        frames.push((pc, sp));
+        frames.len() < MAX_NATIVE
+    });
+    frames
 }
 
 /// `spprof.capture_native_stack()`: the calling thread's native frames, innermost first, as
 /// `(function, library, address)`.
 #[pyo3::pyfunction]
-pub fn capture_native_stack() -> Vec<(String, String, u64)> {
+pub fn capture_native_stack(py: pyo3::Python<'_>) -> pyo3::PyResult<Vec<(String, String, u64)>> {
     let list = ModuleList::load();
-    let mut pcs = [0u64; 256];
-    let n = capture(&list, &mut pcs);
-    pcs[..n]
-        .iter()
-        .map(|&pc| {
+    if let Ok(walker) = crate::cpython::layout::walker(py) {
+        eval_loop::locate(py, &walker, &list);
+    }
+    Ok(capture(&list)
+        .into_iter()
+        .map(|(pc, _)| {
             let (name, library) = symbolize(pc);
             (name, library, pc)
         })
-        .collect()
+        .collect())
 }
 
 /// What the signal handler unwinds with: the current module list (replaced, off the signal
@@ -369,14 +480,21 @@ mod tests {
     #[test]
     fn unwinds_its_own_stack_through_the_test_harness() {
         let list = ModuleList::load();
-        let mut pcs = [0u64; 64];
-        let n = capture(&list, &mut pcs);
-        assert!(n >= 3, "{n} frames");
-        // The caller of `capture` is this test function.
-        let (name, library) = symbolize(pcs[1]);
+        let frames = capture(&list);
+        assert!(frames.len() >= 3, "{} frames", frames.len());
+        // The caller of `capture` is this test function, and the stack grows down.
+        let (name, library) = symbolize(frames[1].0);
         assert!(
             name.contains("unwinds_its_own_stack"),
             "{name} in {library}"
+        );
+        assert!(frames.windows(2).all(|w| w[0].1 <= w[1].1));
+        // Its function range holds it, and begins at the function's entry.
+        let range = function_range(frames[1].0).expect("this test binary has .eh_frame_hdr");
+        let entry = unwinds_its_own_stack_through_the_test_harness as *const () as u64;
+        assert!(
+            range.contains(&frames[1].0) && range.start == entry,
+            "{range:x?} {entry:x}"
         );
     }
 }

@@ -5,7 +5,7 @@
 //! `threading` start hook registers them as they start; the resolver thread's periodic scan
 //! finds the rest, e.g. threads created in C through `PyGILState_Ensure`).
 
-use crate::offsets::Offsets;
+use crate::cpython::thread_state;
 use crate::resolver_thread;
 use crate::session::Session;
 use crate::threads::{self, RegisterError};
@@ -14,7 +14,6 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
 /// `threading`'s view of its threads: ident (pthread_t) → (name, native id).
 type Known = HashMap<u64, (String, i32)>;
@@ -36,20 +35,6 @@ fn known_threads(py: Python<'_>) -> PyResult<Known> {
         }
     }
     Ok(known)
-}
-
-/// The dict of thread state `ts`, created if the thread never asked for one (as
-/// `PyThreadState_GetDict` would do on that thread).
-fn tstate_dict<'py>(py: Python<'py>, off: &Offsets, ts: usize) -> PyResult<Bound<'py, PyDict>> {
-    let slot = (ts + off.tstate_dict) as *mut *mut ffi::PyObject;
-    // SAFETY: ts is a live thread state of this interpreter (GIL held); `dict` is its member and
-    // the owning thread only touches it with the GIL.
-    unsafe {
-        if (*slot).is_null() {
-            *slot = PyDict::new(py).into_ptr();
-        }
-        Ok(Bound::from_borrowed_ptr(py, *slot).cast_into::<PyDict>()?)
-    }
 }
 
 /// Unregisters its thread when dropped. Kept in the thread state's dict, which CPython clears
@@ -88,7 +73,9 @@ fn register(py: Python<'_>, s: &mut Session, ts: usize, tid: i32, name: &str) ->
     match threads::register(tid, ts, store_thread, &s.timer_spec()) {
         Ok(Some(token)) => {
             let guard = Bound::new(py, ThreadExitGuard { tid, token })?;
-            tstate_dict(py, &s.shared().walker.off, ts)?.set_item(GUARD_KEY, guard)?;
+            // SAFETY: ts is a live thread state of this interpreter (caller's contract).
+            unsafe { thread_state::dict(py, &s.shared().walker.off, ts) }?
+                .set_item(GUARD_KEY, guard)?;
             Ok(true)
         }
         Ok(None) | Err(RegisterError::Gone) => Ok(false),
@@ -97,7 +84,7 @@ fn register(py: Python<'_>, s: &mut Session, ts: usize, tid: i32, name: &str) ->
 }
 
 pub fn register_current(py: Python<'_>, s: &mut Session, name: &str) -> PyResult<bool> {
-    let ts = crate::interp::current_tstate(py);
+    let ts = thread_state::current(py);
     let tid = threads::gettid();
     s.opted_out.remove(&tid);
     register(py, s, ts, tid, name)
@@ -113,9 +100,12 @@ pub fn register_all(py: Python<'_>, s: &mut Session, known: &Known) -> PyResult<
     let mut ts = unsafe { ffi::PyInterpreterState_ThreadHead(ffi::PyInterpreterState_Get()) };
     while !ts.is_null() {
         let addr = ts as usize;
-        // SAFETY: ts is a live thread state; thread_id is a pthread_t member.
-        let ident = unsafe { *((addr + off.tstate_thread_id) as *const u64) };
-        let tid = native_id(&off, addr, ident, known);
+        // SAFETY: ts is a live thread state (GIL held, it is in the interpreter's list).
+        let (ident, tid) = unsafe {
+            let ident = thread_state::ident(&off, addr);
+            let tid = thread_state::native_id(&off, addr, ident, |i| known.get(&i).map(|k| k.1));
+            (ident, tid)
+        };
         if let Some(tid) =
             tid.filter(|&t| t > 0 && !resolver_thread::is_resolver(t) && !s.opted_out.contains(&t))
         {
@@ -140,42 +130,4 @@ pub fn scan(py: Python<'_>) -> PyResult<usize> {
         Some(s) => register_all(py, s, &known),
         None => Ok(0),
     }
-}
-
-/// The kernel thread id of a thread state: its own field from 3.11, else what `threading`
-/// knows, else glibc's record of the thread.
-fn native_id(off: &Offsets, ts: usize, ident: u64, known: &Known) -> Option<i32> {
-    if off.tstate_native_thread_id != usize::MAX {
-        // SAFETY: ts is a live thread state; native_thread_id is an unsigned long member.
-        return Some(unsafe { *((ts + off.tstate_native_thread_id) as *const u64) } as i32);
-    }
-    if let Some((_, tid)) = known.get(&ident) {
-        return Some(*tid);
-    }
-    let field = glibc_tid_offset()?;
-    // SAFETY: ident is the pthread_t of a thread that still has a thread state, i.e. a running
-    // thread, so its glibc thread descriptor is mapped; field was verified on two live threads.
-    Some(unsafe { *((ident as usize + field) as *const i32) })
-}
-
-/// Where glibc keeps the kernel tid inside its thread descriptor (`struct pthread`, which a
-/// `pthread_t` points to). Found by looking for our tid in our own descriptor, confirmed on a
-/// second thread. Only needed on 3.9/3.10, whose thread states lack `native_thread_id`.
-fn glibc_tid_offset() -> Option<usize> {
-    static OFFSET: OnceLock<Option<usize>> = OnceLock::new();
-    *OFFSET.get_or_init(|| {
-        fn candidates() -> Vec<usize> {
-            // SAFETY: pthread_self has no preconditions.
-            let me = unsafe { libc::pthread_self() } as usize;
-            let tid = threads::gettid();
-            (0..2048)
-                .step_by(4)
-                // SAFETY: the calling thread's own descriptor spans well over 2 KiB.
-                .filter(|o| unsafe { *((me + o) as *const i32) } == tid)
-                .collect()
-        }
-        let mine = candidates();
-        let other = std::thread::spawn(candidates).join().ok()?;
-        mine.into_iter().find(|o| other.contains(o))
-    })
 }

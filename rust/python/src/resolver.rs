@@ -3,10 +3,11 @@
 //!
 //! Soundness rests on one invariant: every code pointer in the ring belongs to a live code
 //! object. It holds because a code object was on a thread's stack (hence alive) when it was
-//! sampled, and because [`crate::code_hook`] drains the ring before any code object is freed.
+//! sampled, and because [`crate::cpython::code_watch`] drains the ring before any code object is freed.
 //! The cache entry of a freed code object is forgotten, so a new code object that reuses the
 //! address is resolved afresh and never mislabelled.
 
+use crate::cpython::eval_loop::NativeRole;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -32,8 +33,8 @@ struct Names {
 pub struct Resolver {
     codes: HashMap<usize, CodeInfo>,
     names: Names,
-    /// Native code address → its frame, and whether it is the eval loop.
-    natives: HashMap<u64, (FrameId, bool)>,
+    /// Native code address → its frame, and what it is to the interpreter.
+    natives: HashMap<u64, (FrameId, NativeRole)>,
 }
 
 fn attr_string(code: &Borrowed<'_, '_, PyAny>, name: &Bound<'_, PyString>) -> String {
@@ -45,12 +46,7 @@ fn attr_string(code: &Borrowed<'_, '_, PyAny>, name: &Bound<'_, PyString>) -> St
 
 impl Resolver {
     pub fn new(py: Python<'_>) -> Resolver {
-        // co_qualname exists from 3.11 on; before, the plain name is all there is.
-        let function = if py.version_info() >= (3, 11) {
-            "co_qualname"
-        } else {
-            "co_name"
-        };
+        let function = crate::cpython::function_name_attribute(py);
         Resolver {
             natives: HashMap::new(),
             codes: HashMap::new(),
@@ -62,16 +58,16 @@ impl Resolver {
         }
     }
 
-    /// The frame of a native code address (symbolized once), and whether it is the eval loop.
-    pub fn native_frame(&mut self, store: &mut Store, pc: u64) -> Option<(FrameId, bool)> {
+    /// The frame of a native code address (symbolized once), and its role.
+    pub fn native_frame(&mut self, store: &mut Store, pc: u64) -> Option<(FrameId, NativeRole)> {
         if let Some(&known) = self.natives.get(&pc) {
             return Some(known);
         }
         let (name, library) = crate::native_stack::symbolize(pc);
-        let eval = name == crate::native_stack::EVAL_LOOP;
+        let role = NativeRole::of(&name);
         let id = store.intern_frame(&name, &library, 0, true)?;
-        self.natives.insert(pc, (id, eval));
-        Some((id, eval))
+        self.natives.insert(pc, (id, role));
+        Some((id, role))
     }
 
     /// The frame of `code` executing at byte `offset`; `None` when the store's budget is spent.

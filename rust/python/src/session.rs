@@ -3,7 +3,7 @@
 //!
 //! Locking discipline: `SESSION` is only locked with the GIL held and is never held across a
 //! GIL release, so a code-object deallocation (which also runs with the GIL) can always drain
-//! the ring first — see [`crate::code_hook`]. Nothing done under the lock may release the GIL:
+//! the ring first — see [`crate::cpython::code_watch`]. Nothing done under the lock may release the GIL:
 //! no Python code, no import, and none of pyo3's lazy initializers (`intern!`, first use of a
 //! `#[pyclass]` type), which detach while they wait.
 
@@ -163,7 +163,8 @@ impl Session {
 
 /// Resolve the frames of a raw record (CPU or memory) into an interned stack, root first;
 /// `None` when the store's budget is spent. GIL held; every code pointer in `raw` is alive
-/// (resolve-before-free, see [`on_code_destroyed`]).
+/// (resolve-before-free, see [`on_code_destroyed`]). Native frames are merged with the Python
+/// frames as [`crate::merge`] says.
 pub fn resolve_stack(
     py: Python<'_>,
     raw: &RawSample<'_>,
@@ -171,49 +172,24 @@ pub fn resolve_stack(
     resolver: &mut Resolver,
     scratch: &mut Vec<u32>,
 ) -> Option<u32> {
+    let natives = raw
+        .native_pcs()
+        .iter()
+        .map(|&pc| resolver.native_frame(store, pc))
+        .collect::<Option<Vec<_>>>()?;
+    let python = raw
+        .frames_leaf_first()
+        .map(|(code, offset, entry)| {
+            Some((
+                resolver.frame(py, store, code as usize, offset as i64)?,
+                entry,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let truncated = raw.flags & FLAG_TRUNCATED != 0;
     scratch.clear();
-    // Leaf first. With native frames, each eval-loop frame is replaced by the run of Python
-    // frames it executes (up to and including the run's entry frame). Python frames left over
-    // (all of them without native frames; else the native walk ended early) are the callers:
-    // they go to the root side.
-    // An eval loop caught in its prologue or epilogue has no Python frame linked (yet, or any
-    // more): when the native stack holds more eval loops than the Python stack has runs, the
-    // leaf-most ones are such and are left out (matching them would shift every run by one).
-    let pcs = raw.native_pcs();
-    let mut surplus = 0;
-    if !pcs.is_empty() && raw.flags & FLAG_TRUNCATED == 0 {
-        let mut evals = 0;
-        for &pc in pcs {
-            evals += usize::from(resolver.native_frame(store, pc)?.1);
-        }
-        let runs = raw
-            .frames_leaf_first()
-            .filter(|&(_, _, entry)| entry)
-            .count();
-        surplus = evals.saturating_sub(runs);
-    }
-    let mut python = raw.frames_leaf_first();
-    for &pc in pcs {
-        let (frame, eval) = resolver.native_frame(store, pc)?;
-        if !eval {
-            scratch.push(frame);
-            continue;
-        }
-        if surplus > 0 {
-            surplus -= 1;
-            continue;
-        }
-        for (code, offset, entry) in python.by_ref() {
-            scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
-            if entry {
-                break;
-            }
-        }
-    }
-    for (code, offset, _) in python {
-        scratch.push(resolver.frame(py, store, code as usize, offset as i64)?);
-    }
-    if raw.flags & FLAG_TRUNCATED != 0 {
+    scratch.extend(crate::merge::merge(&natives, &python, !truncated));
+    if truncated {
         scratch.push(store.intern_frame("<truncated>", "<spprof>", 0, false)?);
     }
     scratch.reverse();

@@ -5,7 +5,9 @@
 //! `PyCode_Type` instance, and the walk stops at a depth cap so a corrupt (cyclic) chain cannot
 //! loop forever.
 
-use crate::offsets::{FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR, FRAME_OWNED_BY_THREAD};
+use crate::cpython::offsets::{
+    FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR, FRAME_OWNED_BY_THREAD,
+};
 use crate::safe_read;
 use spprof_engine::raw::{CODE_ENTRY_BIT, HEADER_WORDS};
 use spprof_engine::ring::Reservation;
@@ -64,13 +66,13 @@ unsafe fn read_u8(base: usize, off: usize) -> Option<u8> {
 }
 
 impl Walker {
-    fn is_code(&self, code: usize) -> bool {
+    pub fn is_code(&self, code: usize) -> bool {
         // SAFETY: code was read from a live frame; only its header word is read.
         plausible(code) && unsafe { read_usize(code, OB_TYPE) } == Some(self.code_type)
     }
 
     /// The innermost frame of the thread whose `PyThreadState` is at `tstate`.
-    unsafe fn top_frame(&self, tstate: usize) -> usize {
+    pub unsafe fn top_frame(&self, tstate: usize) -> usize {
         // SAFETY: tstate is a registered, live thread state (caller's contract).
         let first = unsafe { read_usize(tstate, self.off.tstate_frame) }.unwrap_or(0);
         match self.off.layout {
@@ -128,8 +130,9 @@ impl Walker {
                     continue;
                 }
             }
-            // SAFETY: as above.
-            let code = unsafe { read_usize(frame, off.frame_code) }.unwrap_or(0);
+            // SAFETY: as above. 3.14+ tag the low bits of the code reference.
+            let code =
+                unsafe { read_usize(frame, off.frame_code) }.unwrap_or(0) & !off.stackref_tag_bits;
             // SAFETY: as above.
             if let Some(offset) = unsafe { self.instr_offset(frame, code, owner) } {
                 visited += 1;
@@ -142,6 +145,32 @@ impl Walker {
             frame = next;
         }
         visited
+    }
+
+    /// The innermost eval-loop entry shim frame (3.12+), which is a local variable of that run's
+    /// native eval-loop frame; `None` before 3.12 or when the chain cannot be followed.
+    ///
+    /// # Safety
+    /// As for [`Walker::walk`].
+    pub unsafe fn innermost_shim(&self, tstate: usize) -> Option<usize> {
+        let off = &self.off;
+        if off.frame_owner_shim == u8::MAX {
+            return None;
+        }
+        // SAFETY: forwarded caller contract; every read recovers from a fault.
+        let mut frame = unsafe { self.top_frame(tstate) };
+        for _ in 0..MAX_WALK {
+            if !plausible(frame) {
+                return None;
+            }
+            // SAFETY: as above.
+            if unsafe { read_u8(frame, off.frame_owner) }? >= off.frame_owner_shim {
+                return Some(frame);
+            }
+            // SAFETY: as above.
+            frame = unsafe { read_usize(frame, off.frame_back) }?;
+        }
+        None
     }
 
     /// The thread's data stack (3.11+): where its own frames live.
@@ -202,19 +231,18 @@ impl Walker {
     /// Whether `frame` (whose caller is `next`) is the first frame its eval-loop run executed.
     unsafe fn is_entry(&self, frame: usize, next: usize) -> bool {
         let off = &self.off;
-        match (off.layout, off.minor) {
-            // 3.9/3.10: every Python call is a C call of the eval loop.
-            (FrameLayout::FrameObject, _) => true,
-            // 3.11: the frame's own `is_entry` byte, which precedes `owner`.
-            // SAFETY: frame is a plausible frame pointer; the read recovers from a fault.
-            (_, 11) => unsafe { read_u8(frame, off.frame_owner - 1) }.unwrap_or(1) != 0,
-            // 3.12+: the eval loop pushes a C-stack shim frame under the first frame it runs.
-            // SAFETY: as above.
-            _ => {
-                !plausible(next)
-                    || unsafe { read_u8(next, off.frame_owner) } == Some(off.frame_owned_by_cstack)
-            }
+        if off.layout == FrameLayout::FrameObject {
+            return true; // 3.9/3.10: every Python call is a C call of the eval loop.
         }
+        if off.frame_is_entry != usize::MAX {
+            // 3.11: the frame's own `is_entry` byte.
+            // SAFETY: frame is a plausible frame pointer; the read recovers from a fault.
+            return unsafe { read_u8(frame, off.frame_is_entry) }.unwrap_or(1) != 0;
+        }
+        // 3.12+: the eval loop pushes a shim frame under the first frame it runs.
+        // SAFETY: as above.
+        !plausible(next)
+            || unsafe { read_u8(next, off.frame_owner) }.is_some_and(|o| o >= off.frame_owner_shim)
     }
 
     /// Write the innermost `depth` frames into a raw sample record (`(code, offset)` word pairs
@@ -266,14 +294,14 @@ impl Walker {
             // SAFETY: frame is a live PyFrameObject; f_lasti is an int inside it.
             let lasti = unsafe { read_i32(frame, off.frame_instr) }? as i64;
             // 3.9 counts bytes, 3.10 counts 2-byte code units.
-            return Some(if off.minor >= 10 && lasti >= 0 {
-                lasti * 2
+            return Some(if lasti >= 0 {
+                lasti * off.frame_lasti_unit as i64
             } else {
                 lasti
             });
         }
         let owner = owner?;
-        if owner == off.frame_owned_by_cstack {
+        if owner >= off.frame_owner_shim {
             return None;
         }
         // SAFETY: as above; the instruction pointer field is a pointer-sized member.
@@ -292,7 +320,7 @@ impl Walker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offsets::PY3_12;
+    use crate::cpython::offsets::PY3_12;
 
     fn put(addr: usize, value: u64) {
         // SAFETY: test buffers below, written inside their bounds.

@@ -1,39 +1,42 @@
-//! Start-time check of our generated offsets against the interpreter's own `_Py_DebugOffsets`.
+//! The interpreter's own account of its layout: `_PyRuntime.debug_offsets` (3.13+).
 //!
-//! CPython 3.13+ publishes the offsets of its internal struct fields in
-//! `_PyRuntime.debug_offsets` for out-of-process tools. The walker reads raw memory with offsets
-//! generated from one particular build's headers; a build with a different layout (a patched or
-//! differently configured interpreter) would be walked with wrong offsets. Comparing the two
-//! tables before a profile starts turns that into a clear error.
+//! CPython 3.13+ publish the offsets of their internal struct fields for out-of-process tools.
+//! The walker reads raw memory with offsets generated from one particular build's headers; a
+//! patch release or a differently configured build could move a field. Before a profile
+//! starts, every field the interpreter publishes is taken from it, and a value that differs
+//! from the generated table refuses the start, naming the field: the fields it does not publish
+//! (the per-thread dict, `_co_firsttraceable`, the data-stack chunks) come from the same table
+//! and would be as wrong.
 
-use crate::offsets::{self, Offsets};
+use super::offsets::{self, Offsets};
 
 /// The `_Py_DebugOffsets.cookie` value.
 const COOKIE: &[u8; 8] = b"xdebugpy";
 
-/// Check `off` against the running interpreter's `_PyRuntime.debug_offsets`.
+/// Return `off` with every field the running interpreter publishes in
+/// `_PyRuntime.debug_offsets` read from there, or the reason the two disagree.
 ///
-/// Returns `Ok(())` when the published values match, and also when there is nothing to check:
-/// versions without a generated layout (before 3.13), and processes where `_PyRuntime` cannot
-/// be found by `dlsym` (normally it is exported by libpython or the `python` executable, which
-/// is linked with `-export-dynamic`; an embedding host that hides it simply goes unchecked).
-/// Returns `Err(message)` when the cookie, version or any listed entry differs.
+/// Versions without a published layout (before 3.13), and processes where `_PyRuntime` cannot
+/// be found by `dlsym` (normally libpython or the `python` executable exports it; an embedding
+/// host that hides it), keep the generated table; the start-time verification
+/// ([`super::layout`]) checks it either way.
 ///
 /// `off` must describe the running interpreter's minor version: for a 3.13+ layout the
 /// `_PyRuntime` symbol is read as a 3.13+ `_PyRuntimeState`.
-pub fn check(off: &Offsets) -> Result<(), String> {
+pub fn apply(mut off: Offsets) -> Result<Offsets, String> {
     let Some(layout) = offsets::debug_offsets_layout(off.minor) else {
-        return Ok(());
+        return Ok(off);
     };
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks the symbol up.
     let rt = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_PyRuntime".as_ptr()) } as *const u8;
     if rt.is_null() {
-        return Ok(());
+        return Ok(off);
     }
     let generated = format!("CPython {}.{}", off.major, off.minor);
     let differs = format!(
         "this interpreter build differs from the one spprof's offsets were generated from \
-         ({generated} headers); refusing to profile it with wrong offsets"
+         ({generated} headers); refusing to profile it with wrong offsets. Please report it \
+         with the output of `python -VV`"
     );
     // SAFETY: `_PyRuntime` is a static `_PyRuntimeState` that lives for the whole process, and
     // `layout.cookie` + 8 lies within it (the table begins the struct and it is far larger).
@@ -59,17 +62,26 @@ pub fn check(off: &Offsets) -> Result<(), String> {
             off.major, off.minor
         ));
     }
+    if layout.free_threaded != usize::MAX && read_u64(layout.free_threaded) != 0 {
+        return Err(super::layout::free_threaded_refusal(&format!(
+            "{major}.{minor}"
+        )));
+    }
+    let generated_table = off;
     for &(name, pos) in layout.checks {
-        let expected = off
-            .field_by_name(name)
+        let field = off
+            .field_mut(name)
             .ok_or_else(|| format!("spprof: internal error: no Offsets field named {name:?}"))?;
-        let found = read_u64(pos);
-        if found != expected as u64 {
+        let published = read_u64(pos);
+        *field = usize::try_from(published).unwrap_or(usize::MAX);
+        let expected = generated_table.field_by_name(name).unwrap_or(usize::MAX);
+        if published != expected as u64 {
             return Err(format!(
-                "spprof: offset mismatch for {name}: spprof expects {expected}, but the \
-                 interpreter's _PyRuntime.debug_offsets says {found}; {differs}"
+                "spprof: offset mismatch for {name}: the interpreter's \
+                 _PyRuntime.debug_offsets says {published}, spprof's table says {expected}; \
+                 {differs}"
             ));
         }
     }
-    Ok(())
+    Ok(off)
 }
