@@ -50,16 +50,17 @@ def pytest_addoption(parser: Any) -> None:
         help="which tests get a speedscope profile file (default: failed; ini: spprof_save)")
     add("--spprof-top", default=None, metavar="N",
         help="tests listed in the summary, slowest by CPU first (default 10; ini: spprof_top)")
-    add("--spprof-interval", default=None, metavar="MS",
-        help="sampling interval in ms (default 1; CPU timers fire at the kernel tick)")
+    add("--spprof-interval", "--spprof-interval-ms", dest="spprof_interval", default=None, metavar="MS",
+        help="sampling interval in ms (default 1; CPU timers fire at the kernel tick; ini: spprof_interval)")
     add("--spprof-warn-only", action="store_true", default=False,
         help="budgets and regressions warn instead of failing the test (ini: spprof_warn_only)")
     add("--spprof-save-baseline", nargs="?", const="", default=None, metavar="PATH",
-        help="record per-test CPU/wall time and per-function profiles (default .spprof/baseline.json)")
+        help="record per-test CPU/wall time and per-function profiles (default .spprof/baseline.json; "
+             "turns --spprof on)")
     add("--spprof-compare", nargs="?", const="", default=None, metavar="PATH",
-        help="fail tests whose CPU time grew beyond the tolerance since the baseline")
+        help="fail tests whose CPU time grew beyond the tolerance since the baseline (turns --spprof on)")
     add("--spprof-tolerance", default=None, metavar="PCT",
-        help="allowed CPU growth against the baseline (default 30%%; ini: spprof_tolerance)")
+        help="allowed CPU growth against the baseline, e.g. 20 or 20%% (default 30%%; ini: spprof_tolerance)")
     add("--spprof-noise-floor", default=None, metavar="TIME",
         help="growth below this is never a regression (default 2ms; ini: spprof_noise_floor)")
     add("--spprof-rounds", default=None, metavar="N",
@@ -72,7 +73,8 @@ def pytest_addoption(parser: Any) -> None:
     parser.addini("spprof", "profile every test with spprof", type="bool", default=False)
     for name, help_ in (("spprof_phases", "call or all"), ("spprof_dir", "output directory"),
                         ("spprof_save", "all, failed or none"), ("spprof_top", "tests in the summary"),
-                        ("spprof_interval_ms", "sampling interval in ms"),
+                        ("spprof_interval", "sampling interval in ms"),
+                        ("spprof_interval_ms", "sampling interval in ms (the older name of spprof_interval)"),
                         ("spprof_cpu_budget", "default CPU budget of every test, e.g. 500ms"),
                         ("spprof_wall_budget", "default wall-time budget of every test"),
                         ("spprof_memory_budget", "default memory budget of every test, e.g. 64MB"),
@@ -99,7 +101,9 @@ def pytest_configure(config: Any) -> None:
     enabled = config.getoption("spprof")
     if enabled is None:
         enabled = config.getini("spprof")
-    if not enabled:
+    # Saving or comparing a baseline needs the profile: asking for either turns profiling on.
+    wants_baseline = any(config.getoption(name) is not None for name in ("spprof_compare", "spprof_save_baseline"))
+    if not (enabled or wants_baseline):
         return
     from ._plugin import SpprofPlugin
 

@@ -1,14 +1,19 @@
 """Baseline files: per test and Python version, CPU/wall time and per-function figures.
 
-Format (JSON)::
+Format (JSON, written without indentation)::
 
-    {"format": "spprof-pytest-baseline", "version": 1,
+    {"format": "spprof-pytest-baseline", "version": 2,
      "environments": {"cpython-3.12": {"saved": "2025-...", "platform": "Linux-x86_64",
          "tests": {"tests/test_x.py::test_a": {
              "cpu_ns": 1234, "wall_ns": 2345, "samples": 3,
-             "functions": [[function, file, self_ns, total_ns], ...],
-             "stacks": {"frames": [[function, file, line], ...],
+             "functions": [[qualified name, self_ns, total_ns], ...],
+             "stacks": {"frames": [[qualified name, relative file, line], ...],
                         "stacks": [[[frame ids, root first], weight_ns], ...]}}}}}}
+
+Functions are module-qualified names (``pkg.mod.Class.method``) and files are relative to where
+their module was found, so a baseline recorded in one checkout or environment compares in
+another; stacks start at the test (the pytest harness is cut). Version 1 keyed functions by
+absolute file paths and is not read.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 FORMAT = "spprof-pytest-baseline"
-VERSION = 1
+VERSION = 2
 
 
 def environment_key() -> str:
@@ -41,7 +46,7 @@ def load(path: Path, must_exist: bool) -> Dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "environments": {}}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BaselineError(f"cannot read the spprof baseline {path}: {exc}. Delete it and record a new one "
                             "with --spprof-save-baseline") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -57,11 +62,24 @@ def load(path: Path, must_exist: bool) -> Dict[str, Any]:
         if not isinstance(tests, dict):
             raise BaselineError(f"the spprof baseline {path} is damaged: environment {key!r} has no tests")
         for test_id, entry in tests.items():
-            if not (isinstance(entry, dict) and isinstance(entry.get("cpu_ns"), int)
-                    and isinstance(entry.get("wall_ns"), int) and isinstance(entry.get("functions"), list)):
+            if not _valid_entry(entry):
                 raise BaselineError(f"the spprof baseline {path} is damaged: entry {test_id!r} of {key!r} "
-                                    "lacks cpu_ns, wall_ns or functions")
+                                    "needs non-negative integers cpu_ns and wall_ns, and functions as "
+                                    "[name, self_ns, total_ns] rows. Record a new one with --spprof-save-baseline")
     return data
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _valid_entry(entry: Any) -> bool:
+    if not (isinstance(entry, dict) and _count(entry.get("cpu_ns")) and _count(entry.get("wall_ns"))):
+        return False
+    functions = entry.get("functions")
+    return isinstance(functions, list) and all(
+        isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and _count(row[1]) and _count(row[2])
+        for row in functions)
 
 
 def tests_for_this_python(data: Dict[str, Any]) -> Dict[str, Any]:
@@ -78,5 +96,5 @@ def save(path: Path, data: Dict[str, Any], tests: Dict[str, Any]) -> None:
     env["tests"].update(tests)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)

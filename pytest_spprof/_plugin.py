@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -100,18 +101,15 @@ def _usage(msg: str) -> pytest.UsageError:
     return pytest.UsageError(f"spprof: {msg}")
 
 
-def frame_matches(key: str, function: str, filename: str) -> bool:
-    """Whether a share-budget key ("pkg.mod.func", "Class.method", globs allowed) names the frame."""
+def name_matches(key: str, qualified: str) -> bool:
+    """Whether a share-budget key ("pkg.mod.func", "mod.Class.method", "func", globs allowed)
+    names the function with module-qualified name ``qualified``: the whole name or a tail of
+    it that starts at a dot."""
     import fnmatch
 
-    stem = filename[:-3] if filename.endswith(".py") else filename
-    if stem.endswith("/__init__"):
-        stem = stem[: -len("/__init__")]
-    full = stem.replace(os.sep, ".").replace("/", ".").lstrip(".") + "." + function
     if any(c in key for c in "*?["):
-        return fnmatch.fnmatchcase(function, key) or fnmatch.fnmatchcase(full, key) \
-            or fnmatch.fnmatchcase(full, "*." + key)
-    return function == key or full == key or full.endswith("." + key)
+        return fnmatch.fnmatchcase(qualified, key) or fnmatch.fnmatchcase(qualified, "*." + key)
+    return qualified == key or qualified.endswith("." + key)
 
 
 class SpprofPlugin:
@@ -133,7 +131,8 @@ class SpprofPlugin:
             raise _usage(f"--spprof-save must be all, failed or none, not {self.save!r}")
         self.top = self._int("spprof_top", "spprof_top", 10)
         self.rounds = self._int("spprof_rounds", "spprof_rounds", 1, minimum=1)
-        interval = _opt(config, "spprof_interval", "spprof_interval_ms") or "1"
+        interval = (config.getoption("spprof_interval") or config.getini("spprof_interval")
+                    or config.getini("spprof_interval_ms") or "1")
         try:
             self.interval_ms = float(interval)
             if not self.interval_ms >= 1:
@@ -148,7 +147,7 @@ class SpprofPlugin:
                              ("memory", "spprof_memory_budget")):
                 self.defaults.set(key, config.getini(ini) or None, f"ini option {ini}")
             self.tolerance_pct = parse_percent(_opt(config, "spprof_tolerance", "spprof_tolerance")
-                                               or DEFAULT_TOLERANCE, "--spprof-tolerance")
+                                               or DEFAULT_TOLERANCE, "--spprof-tolerance", bare_is_percent=True)
             self.noise_floor_ns = parse_time_ns(_opt(config, "spprof_noise_floor", "spprof_noise_floor")
                                                 or DEFAULT_NOISE_FLOOR, "--spprof-noise-floor")
         except BudgetError as exc:
@@ -170,10 +169,13 @@ class SpprofPlugin:
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
         self.sampler = _session.SessionSampler(self.interval_ms, memory_limit_mb=100)
+        self.names = _session.ModuleNames(str(config.rootpath))
         self.memprof: Any = None
         self.needs_memory = False
         self._open: Dict[str, Tuple[int, int, int, int, Optional[int]]] = {}
         self._problems = 0
+        #: Warn-only messages that could not be warned (warnings are errors in this run).
+        self._unraised: List[str] = []
         self.new_tests: List[str] = []
         self.dropped = 0
         self.run_file: Optional[Path] = None
@@ -189,6 +191,16 @@ class SpprofPlugin:
         except ValueError:
             raise _usage(f"--{opt.replace('_', '-')} must be an integer >= {minimum}, not {value!r}") from None
         return n
+
+    def _make_dir(self, sub: str = "") -> Path:
+        """The output directory (or its folder ``sub``), created if needed. A directory this
+        plugin creates gets a ``.gitignore`` that keeps its contents out of version control."""
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / ".gitignore").write_text("# written by pytest --spprof\n*\n", encoding="utf-8")
+        folder = self.dir / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def _path(self, value: Optional[str]) -> Optional[Path]:
         if value is None:
@@ -275,10 +287,14 @@ class SpprofPlugin:
             result.baseline_cpu_ns = int(entry["cpu_ns"])
         self.results[item.nodeid] = result
         item.stash[self.result_key] = result
-        item.user_properties.append(("spprof_cpu_ms", f"{cpu / 1e6:.3f}"))
-        item.user_properties.append(("spprof_wall_ms", f"{wall / 1e6:.3f}"))
-        item.user_properties.append(("spprof_samples", str(result.samples)))
         return result
+
+    @staticmethod
+    def _record_properties(item: Any, result: SpprofResult) -> None:
+        """The final figures as JUnit XML properties (``--junitxml``)."""
+        item.user_properties.append(("spprof_cpu_ms", f"{result.cpu_ns / 1e6:.3f}"))
+        item.user_properties.append(("spprof_wall_ms", f"{result.wall_ns / 1e6:.3f}"))
+        item.user_properties.append(("spprof_samples", str(result.samples)))
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: Any) -> Any:
@@ -294,25 +310,36 @@ class SpprofPlugin:
         self._begin(item)
         outcome = yield
         result = self._end(item)
-        if result is None or outcome.excinfo is not None or self.rounds <= 1 or not self._over(item, result):
+        if result is None:
             return
+        if outcome.excinfo is None and self.rounds > 1 and self._over(item, result):
+            self._more_rounds(item, result)
+        self._record_properties(item, result)
+
+    def _more_rounds(self, item: Any, result: SpprofResult) -> None:
         # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).
+        # The test's figures and its profile (its window of samples) are both the fastest round's.
         for _ in range(self.rounds - 1):
+            m0, s0 = time.monotonic_ns(), self.sampler.collected()
             c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
             try:
                 item.runtest()
             except BaseException:  # a repeat that fails says nothing about speed; stop repeating
                 break
-            result.cpu_ns = min(result.cpu_ns, time.thread_time_ns() - c0)
-            result.wall_ns = min(result.wall_ns, time.perf_counter_ns() - w0)
+            cpu, wall = time.thread_time_ns() - c0, time.perf_counter_ns() - w0
             result.rounds += 1
-        result.t1 = time.monotonic_ns()
+            if cpu < result.cpu_ns:
+                result.cpu_ns, result.wall_ns = cpu, wall
+                result.t0, result.t1 = m0, time.monotonic_ns()
+                result.samples = self.sampler.collected() - s0
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
     def pytest_runtest_teardown(self, item: Any, nextitem: Any) -> Any:
         yield
         if self.phases == "all":
-            self._end(item)
+            result = self._end(item)
+            if result is not None:
+                self._record_properties(item, result)
 
     def _over(self, item: Any, r: SpprofResult) -> bool:
         from . import budget_key
@@ -358,7 +385,12 @@ class SpprofPlugin:
         result.problems = problems
         message = self._message(result, problems)
         if self.warn_only:
-            item.warn(SpprofBudgetWarning(message))
+            try:
+                item.warn(SpprofBudgetWarning(message))
+            except Warning:
+                # `-W error` / `filterwarnings = error` turned the warning into an exception: the
+                # test still passes (warn-only), and the message goes to the terminal summary.
+                self._unraised.append(message)
         else:
             rep.outcome = "failed"
             rep.longrepr = message
@@ -380,18 +412,33 @@ class SpprofPlugin:
                 problems.append(f"live heap grew by {fmt_bytes(r.memory_bytes)}, over the budget of "
                                 f"{fmt_bytes(b.memory_bytes)} (memory={b.source.get('memory')})")
             if b.share:
-                _, incl, total = _session.function_times(self.profile_of(r))
-                for key, limit in b.share.items():
-                    got = sum(ns for (fn, file), ns in incl.items() if frame_matches(key, fn, file))
-                    # a function on several frames of one stack: incl counts each (fn, file) once per stack
-                    pct = 100.0 * got / total if total else 0.0
-                    if pct > limit:
-                        problems.append(f"{key} took {pct:.1f}% of the test's time ({fmt_ns(got)} of "
-                                        f"{fmt_ns(total)}), over its share budget of {limit:g}%")
+                problems += self._share_problems(r, b.share)
         if self._regressed(r):
             base = r.baseline_cpu_ns or 0
             growth = 100.0 * (r.cpu_ns - base) / base if base else math.inf
             problems.append(self._regression_text(item, r, base, growth))
+        return problems
+
+    def _share_problems(self, r: SpprofResult, shares: Dict[str, float]) -> List[str]:
+        """Share budgets: each sample counts once for a key, however many of its frames match."""
+        import difflib
+
+        samples = self.names.portable(self.profile_of(r)).samples
+        total = sum(s.weight_ns for s in samples)
+        problems = []
+        for key, limit in shares.items():
+            hits = [s for s in samples if any(name_matches(key, f.function_name) for f in s.frames)]
+            if samples and not hits:
+                names = sorted({f.function_name for s in samples for f in s.frames})
+                close = difflib.get_close_matches(key, names, n=3, cutoff=0.3) or names[-3:]
+                problems.append(f"the share budget key {key!r} names no function of this test's profile; "
+                                f"keys are module-qualified names such as {', '.join(map(repr, close))}")
+                continue
+            got = sum(s.weight_ns for s in hits)
+            pct = 100.0 * got / total if total else 0.0
+            if pct > limit:
+                problems.append(f"{key} took {pct:.1f}% of the test's time ({fmt_ns(got)} of "
+                                f"{fmt_ns(total)}), over its share budget of {limit:g}%")
         return problems
 
     def _regression_text(self, item: Any, r: SpprofResult, base: int, growth: float) -> str:
@@ -399,32 +446,30 @@ class SpprofPlugin:
                  f"{self.tolerance_pct:g}% and {fmt_ns(self.noise_floor_ns)}"
                  + (f"; fastest of {r.rounds} rounds" if r.rounds > 1 else "") + ")"]
         entry = self.baseline.get(r.nodeid, {})
-        profile = self.profile_of(r)
-        cur_self, cur_incl, _ = _session.function_times(profile)
-        old = {(f[0], f[1]): (int(f[2]), int(f[3])) for f in entry.get("functions", [])}
-        keys = set(old) | set(cur_self) | set(cur_incl)
+        profile = self.names.portable(self.profile_of(r))
+        cur_self, cur_incl = _function_times_by_name(profile)
+        old = {row[0]: (int(row[1]), int(row[2])) for row in entry.get("functions", [])}
         test_fn = getattr(getattr(item, "function", None), "__name__", None)
         rows = []
-        for k in keys:
-            d_self = cur_self.get(k, 0) - old.get(k, (0, 0))[0]
-            d_total = cur_incl.get(k, 0) - old.get(k, (0, 0))[1]
-            # Harness frames (pytest, the standard library) and the test function itself contain
-            # every change; they name nothing unless their own code got slower.
-            if d_self <= 0 and (d_total <= 0 or _is_harness(k[1]) or k[0].split(".")[-1] == test_fn):
+        for name in set(old) | set(cur_self) | set(cur_incl):
+            d_self = cur_self.get(name, 0) - old.get(name, (0, 0))[0]
+            d_total = cur_incl.get(name, 0) - old.get(name, (0, 0))[1]
+            # The standard library and the test function itself contain every change; they name
+            # nothing unless their own code got slower.
+            if d_self <= 0 and (d_total <= 0 or self.names.is_stdlib(name) or name.split(".")[-1] == test_fn):
                 continue
-            rows.append((d_self > 0, d_self if d_self > 0 else d_total, d_self, d_total, k))
+            rows.append((d_self > 0, d_self if d_self > 0 else d_total, d_self, d_total, name))
         rows.sort(key=lambda row: (not row[0], -row[1]))
-        grown = [(d_self, d_total, k) for _, _, d_self, d_total, k in rows[:6]]
+        grown = [(d_self, d_total, name) for _, _, d_self, d_total, name in rows[:6]]
         if grown:
             lines.append("functions whose time grew most (self, total):")
-            for d_self, d_total, (fn, file) in grown:
-                lines.append(f"  +{fmt_ns(d_self):>9} self  +{fmt_ns(d_total):>9} total  {fn}  ({_short(file)})")
+            for d_self, d_total, name in grown:
+                lines.append(f"  +{fmt_ns(d_self):>9} self  +{fmt_ns(d_total):>9} total  {name}")
         if entry.get("stacks"):
             try:
                 from spprof import flamegraph
 
-                path = self.dir / "profiles" / (_safe_name(r.nodeid) + ".diff.svg")
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path = self._make_dir("profiles") / (_safe_name(r.nodeid) + ".diff.svg")
                 flamegraph.diff_svg(_session.profile_from_stacks(entry["stacks"]), profile, path,
                                     title=f"{r.nodeid}: now vs. baseline")
                 r.files["diff_svg"] = str(path)
@@ -484,8 +529,7 @@ class SpprofPlugin:
         if not hasattr(self, "_parts"):
             import tempfile
 
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._parts = Path(tempfile.mkdtemp(prefix=".xdist-parts-", dir=self.dir))
+            self._parts = Path(tempfile.mkdtemp(prefix=".xdist-parts-", dir=self._make_dir()))
         return self._parts
 
     def pytest_sessionstart(self, session: Any) -> None:
@@ -523,14 +567,12 @@ class SpprofPlugin:
 
     def _finish_tests(self) -> None:
         """What needs this process's samples: other threads' time, hottest functions, profile files."""
-        profiles = self.dir / "profiles"
         for r in self.results.values():
-            r.other_threads_cpu_ns = sum(s.weight_ns for _, s in self.sampler.samples_between(r.t0, r.t1)
+            r.other_threads_cpu_ns = sum(s.weight_ns for s in self.profile_of(r).samples
                                          if s.thread_id != r.thread_id)
             r.hottest = self._hottest(r)
             if self.save == "all" or (self.save == "failed" and r.outcome == "failed"):
-                path = profiles / (_safe_name(r.nodeid) + ".speedscope.json")
-                profiles.mkdir(parents=True, exist_ok=True)
+                path = self._make_dir("profiles") / (_safe_name(r.nodeid) + ".speedscope.json")
                 self.profile_of(r).save(path)
                 r.files["speedscope"] = str(path)
 
@@ -539,13 +581,11 @@ class SpprofPlugin:
         for r in self.results.values():
             if r.outcome != "passed":
                 continue
-            profile = self.profile_of(r)
-            self_ns, incl, _ = _session.function_times(profile)
-            functions = [[fn, file, ns, incl[(fn, file)]]
-                         for (fn, file), ns in sorted(self_ns.items(), key=lambda kv: -kv[1])]
-            functions += [[fn, file, 0, ns] for (fn, file), ns in incl.items() if (fn, file) not in self_ns]
+            profile = self.names.portable(self.profile_of(r))
+            self_ns, incl = _function_times_by_name(profile)
+            functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
             tests[r.nodeid] = {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
-                               "functions": functions, "stacks": _session.stacks_of(profile)}
+                               "functions": functions, "stacks": _session.stacks_of(profile, limit=200)}
         return tests
 
     def _write_run(self) -> Optional[Path]:
@@ -554,8 +594,7 @@ class SpprofPlugin:
         if self._role() == "worker":  # a part, merged by the controller
             folder, name = self._parts_dir(), f"{self.config.workerinput['workerid']}.arrow"
         else:
-            folder, name = self.dir, "run.arrow"
-        folder.mkdir(parents=True, exist_ok=True)
+            folder, name = self._make_dir(), "run.arrow"
         return write_run(folder / name, self.sampler.chunks, self.results.values())
 
     def _write_part(self, baseline_tests: Dict[str, Any]) -> None:
@@ -593,7 +632,7 @@ class SpprofPlugin:
     def _write_outputs(self, dropped: int, baseline_tests: Dict[str, Any], run: Optional[Path]) -> None:
         """The run's files, from the results of this process or of every xdist worker."""
         self.dropped, self.run_file = dropped, run
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._make_dir()
         summary = {"format": "spprof-pytest-results", "version": 1,
                    "python": _baseline.environment_key(), "phases": self.phases, "dropped_samples": dropped,
                    "tests": {r.nodeid: r.record() for r in self.results.values()}}
@@ -632,6 +671,8 @@ class SpprofPlugin:
                 hot = ", ".join(f"{fn} ({file}) {pct:.0f}%" for fn, file, pct in r.hottest)
                 if hot:
                     tr.write_line(f"{'':>31}  {hot}")
+        for message in self._unraised:
+            tr.write_line(message)
         if self._problems:
             verb = "warned about" if self.warn_only else "failed"
             tr.write_line(f"spprof {verb} {self._problems} test(s) over budget or slower than the baseline")
@@ -669,21 +710,16 @@ class SpprofPlugin:
         self.sampler.finish()  # an interrupted run must not leave the sampler running
 
 
-def _stdlib_dirs() -> Tuple[str, ...]:
-    import sysconfig
-
-    dirs = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
-    return tuple(os.path.join(d, "") for d in dirs if d)
-
-
-def _is_harness(filename: str) -> bool:
-    if any(part in filename for part in ("/_pytest/", "/pluggy/", "/pytest_spprof/", "/xdist/", "/execnet/")) \
-            or filename == "<string>":
-        return True
-    return filename.startswith(_STDLIB) and "site-packages" not in filename
-
-
-_STDLIB = _stdlib_dirs()
+def _function_times_by_name(profile: Any) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """Self and total time per function name (of a portable profile, whose names are unique)."""
+    self_ns: Dict[str, int] = defaultdict(int)
+    incl_ns: Dict[str, int] = defaultdict(int)
+    by_key_self, by_key_incl, _ = _session.function_times(profile)
+    for (name, _file), ns in by_key_self.items():
+        self_ns[name] += ns
+    for (name, _file), ns in by_key_incl.items():
+        incl_ns[name] += ns
+    return dict(self_ns), dict(incl_ns)
 
 
 def _short(path: str) -> str:

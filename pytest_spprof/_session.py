@@ -11,6 +11,7 @@ kept as a chunk) and started again at once.
 from __future__ import annotations
 
 import bisect
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -103,14 +104,23 @@ class SessionSampler:
 
 def window_profile(sampler: SessionSampler, t0: int, t1: int) -> Any:
     """The spprof.Profile of the samples taken in [t0, t1) (CLOCK_MONOTONIC ns), timestamps
-    relative to t0."""
+    relative to t0, stacks starting at the test (the pytest harness cut from their root).
+
+    A sample's weight is the time its thread used since its previous sample, which for a
+    thread's first sample in the window may reach back before the test started: that weight
+    is clipped to the time elapsed since the window opened."""
     from datetime import datetime, timedelta
 
     from spprof import Profile, Sample
 
-    picked = sampler.samples_between(t0, t1)
-    samples = [Sample(s.timestamp_ns + chunk.origin_ns - t0, s.thread_id, s.thread_name, s.frames,
-                      s.weight_ns, s.on_cpu) for chunk, s in picked]
+    samples, seen = [], set()
+    for chunk, s in sampler.samples_between(t0, t1):
+        at = s.timestamp_ns + chunk.origin_ns - t0
+        weight = s.weight_ns
+        if s.thread_id not in seen:
+            seen.add(s.thread_id)
+            weight = min(weight, max(0, at))
+        samples.append(Sample(at, s.thread_id, s.thread_name, cut_harness(s.frames), weight, s.on_cpu))
     ref = sampler.chunks[-1].profile if sampler.chunks else None
     # Wall-clock datetimes of the window, from the chunk's start time.
     if ref is not None:
@@ -123,6 +133,43 @@ def window_profile(sampler: SessionSampler, t0: int, t1: int) -> Any:
     now = datetime.now().astimezone()
     return Profile(now, now, sampler.interval_ms, samples, 0, platform.python_version(),
                    f"{platform.system()}-{platform.machine()}")
+
+
+#: Where the pytest harness runs: the pytest/pluggy/xdist machinery, this plugin, and the way
+#: in (runpy, ``pytest/__main__.py``, the ``pytest`` console script).
+_HARNESS_PARTS = ("/_pytest/", "/pluggy/", "/pytest_spprof/", "/xdist/", "/execnet/", "/pytest/__main__.py",
+                  "/runpy.py")
+
+
+def is_harness(filename: str) -> bool:
+    if any(part in filename for part in _HARNESS_PARTS) or filename.startswith("<frozen runpy"):
+        return True
+    return os.path.basename(filename) in ("pytest", "py.test") and "/bin/" in filename
+
+
+#: The frames from which pytest calls a test function or a fixture: a test's stack starts
+#: below the innermost of them. (file ending, function name without its class)
+_ENTRY_POINTS = {("/_pytest/python.py", "pytest_pyfunc_call"), ("/_pytest/fixtures.py", "call_fixture_func"),
+                 ("/_pytest/fixtures.py", "_teardown_yield_fixture"), ("/unittest/case.py", "_callTestMethod"),
+                 ("/unittest/case.py", "_callSetUp"), ("/unittest/case.py", "_callTearDown")}
+
+
+def _is_entry_point(frame: Any) -> bool:
+    name = frame.function_name.rsplit(".", 1)[-1]
+    return any(frame.filename.endswith(end) and name == fn for end, fn in _ENTRY_POINTS)
+
+
+def cut_harness(frames: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    """The stack from the test function or fixture on: below the innermost frame where pytest
+    calls one, else from the first frame that is not harness. Harness frames deeper in (a test
+    calling ``pytest.raises``) stay."""
+    for i in range(len(frames) - 1, -1, -1):
+        if _is_entry_point(frames[i]):
+            return frames[i + 1:] if i + 1 < len(frames) else frames
+    for i, f in enumerate(frames):
+        if not is_harness(f.filename):
+            return frames[i:] if i else frames
+    return frames
 
 
 def function_times(profile: Any) -> Tuple[Dict[Tuple[str, str], int], Dict[Tuple[str, str], int], int]:
@@ -170,3 +217,80 @@ def profile_from_stacks(data: Dict[str, Any], title_time: Any = None) -> Any:
     when = title_time or datetime.now().astimezone()
     return Profile(when, when, 1.0, samples, 0, platform.python_version(),
                    f"{platform.system()}-{platform.machine()}")
+
+
+def _stdlib_dirs() -> Tuple[str, ...]:
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
+    return tuple(os.path.join(d, "") for d in dirs if d)
+
+
+_STDLIB = _stdlib_dirs()
+
+
+class ModuleNames:
+    """Frames named the same in any checkout and environment: functions as module-qualified names
+    (``pkg.mod.Class.method``, the module found from the file's place under ``sys.path`` or the
+    rootdir), files relative to where the module was found; native frames as
+    ``library:function``. Baselines and diffs are keyed by these names."""
+
+    def __init__(self, rootdir: str) -> None:
+        self.rootdir = os.path.abspath(rootdir)
+        self._roots: Optional[List[str]] = None
+        self._modules: Dict[str, Tuple[str, str]] = {}
+        self._stdlib: set = set()
+
+    def _split(self, filename: str) -> Tuple[str, str]:
+        """(module, relative file) of a Python source file."""
+        known = self._modules.get(filename)
+        if known is not None:
+            return known
+        if self._roots is None:  # sys.path as it is once the tests are collected
+            import sys
+
+            roots = {os.path.abspath(p) for p in sys.path if p} | {self.rootdir}
+            self._roots = sorted(roots, key=len, reverse=True)
+        rel = filename
+        if not filename.startswith("<"):
+            root = next((r for r in self._roots if filename.startswith(os.path.join(r, ""))), None)
+            rel = os.path.relpath(filename, root) if root else filename.lstrip(os.sep)
+        stem = rel[:-3] if rel.endswith(".py") else rel
+        if stem.endswith(os.sep + "__init__"):
+            stem = stem[: -len("__init__") - 1]
+        module = stem.replace(os.sep, ".") if not filename.startswith("<") else filename
+        self._modules[filename] = (module, rel)
+        return module, rel
+
+    def function(self, frame: Any) -> str:
+        if frame.is_native:
+            return f"{os.path.basename(frame.filename)}:{frame.function_name}"
+        module, _ = self._split(frame.filename)
+        name = f"{module}.{frame.function_name}"
+        if frame.filename.startswith(_STDLIB) and "-packages" not in frame.filename:
+            self._stdlib.add(name)
+        return name
+
+    def is_stdlib(self, name: str) -> bool:
+        """Whether ``name`` (as :meth:`function` gave it) is a function of the standard library."""
+        return name in self._stdlib
+
+    def file(self, frame: Any) -> str:
+        return os.path.basename(frame.filename) if frame.is_native else self._split(frame.filename)[1]
+
+    def portable(self, profile: Any) -> Any:
+        """``profile`` with every frame renamed: function → module-qualified name, file → relative."""
+        import dataclasses
+
+        from spprof import Frame
+
+        renamed: Dict[Any, Any] = {}
+
+        def rename(f: Any) -> Any:
+            new = renamed.get(f)
+            if new is None:
+                new = renamed[f] = Frame(self.function(f), self.file(f), f.lineno, f.is_native)
+            return new
+
+        samples = [dataclasses.replace(s, frames=tuple(rename(f) for f in s.frames)) for s in profile.samples]
+        return dataclasses.replace(profile, samples=samples)

@@ -66,12 +66,13 @@ def parse_bytes(value: Any, what: str = "memory") -> int:
     return int(round(number * MEMORY_UNITS[unit.lower()]))
 
 
-def parse_percent(value: Any, what: str = "share") -> float:
-    """A percentage: "20%" (a string with a percent sign)."""
+def parse_percent(value: Any, what: str = "share", bare_is_percent: bool = False) -> float:
+    """A percentage: "20%" (a string with a percent sign); with ``bare_is_percent`` a bare number
+    ("20", as a command-line option is typed) is a percentage too."""
     if not isinstance(value, str):
         raise BudgetError(f"{what} must be a percentage string such as \"20%\", not {value!r}")
     number, unit = _split(value, what, '"20%"')
-    if unit != "%":
+    if unit != "%" and not (bare_is_percent and unit == ""):
         raise BudgetError(f"{what} {value!r} must be a percentage such as \"20%\"")
     return number
 

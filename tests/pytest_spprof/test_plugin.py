@@ -230,7 +230,9 @@ def test_work():
     failure = out.split("_ test_work _")[1]
     assert "got slower than its baseline" in failure and "functions whose time grew most" in failure
     grown = failure.split("functions whose time grew most")[1].split("differential flame graph")[0]
-    assert "parse_config" in grown
+    # Named by module: the file's module name, not its path.
+    assert " test_baseline_regression_names_the_slowed_function.parse_config\n" in grown
+    assert str(pytester.path) not in (pytester.path / "base.json").read_text()
     assert "1 test(s) not in it" in out
     svgs = list((pytester.path / ".spprof" / "profiles").glob("*.diff.svg"))
     assert len(svgs) == 1 and svgs[0].read_text().lstrip().startswith("<?xml")
@@ -240,8 +242,14 @@ def test_work():
     ("{not json", "cannot read the spprof baseline"),
     ('{"format": "other"}', "is not an spprof baseline"),
     ('{"format": "spprof-pytest-baseline", "version": 99, "environments": {}}', "format version 99"),
-    ('{"format": "spprof-pytest-baseline", "version": 1, "environments": {"x": {"tests": {"t": {}}}}}',
+    ('{"format": "spprof-pytest-baseline", "version": 1, "environments": {}}', "format version 1"),
+    ('{"format": "spprof-pytest-baseline", "version": 2, "environments": {"x": {"tests": {"t": {}}}}}',
      "damaged"),
+    ('{"format": "spprof-pytest-baseline", "version": 2, "environments": {"x": {"tests": {"t": '
+     '{"cpu_ns": 1, "wall_ns": 1, "functions": [["a"]]}}}}}', "damaged"),
+    ('{"format": "spprof-pytest-baseline", "version": 2, "environments": {"x": {"tests": {"t": '
+     '{"cpu_ns": -4009762740, "wall_ns": 1, "functions": []}}}}}', "damaged"),
+    ("[" * 100_000 + "]" * 100_000, "cannot read the spprof baseline"),
 ])
 def test_bad_baseline_is_usage_error(pytester, content, message):
     (pytester.path / "base.json").write_text(content)

@@ -138,6 +138,9 @@ pub fn write(
     let mut batches: Vec<Rows> = vec![Rows::default()];
     let mut stack: Vec<FrameId> = Vec::new();
     let mut samples = 0u64;
+    // (test, thread) pairs whose first sample in the window was seen: a first sample's weight
+    // (time since the thread's previous sample) is clipped to the time since the window opened.
+    let mut seen: std::collections::HashSet<(i32, u64)> = std::collections::HashSet::new();
     for chunk in chunks {
         let store = chunk.store;
         // Per-store ids → file-wide keys, computed once per chunk.
@@ -170,6 +173,11 @@ pub fn write(
             }
             let n = stack.len();
             let thread = store.thread_ids[i] as usize;
+            let tid = store.threads()[thread].tid;
+            let mut weight = store.weights[i];
+            if seen.insert((w.test, tid)) {
+                weight = weight.min((t - w.t0).max(0));
+            }
             for d in 0..n.max(1) {
                 if batches
                     .last()
@@ -191,9 +199,9 @@ pub fn write(
                 rows.is_native
                     .push(frame.is_some_and(|f| store.frames()[f].is_native));
                 rows.is_leaf.push(d + 1 >= n);
-                rows.tid.push(store.threads()[thread].tid as i64);
+                rows.tid.push(tid as i64);
                 rows.timestamp.push(t - w.t0);
-                rows.weight.push(store.weights[i]);
+                rows.weight.push(weight);
                 all.thread_name.push(thread_key[thread]);
                 all.test.push(w.test);
             }
