@@ -4,13 +4,16 @@ Format (JSON, written without indentation)::
 
     {"format": "spprof-pytest-baseline", "version": 2,
      "environments": {"cpython-3.12": {"saved": "2025-...", "platform": "Linux-x86_64",
+         "speed_ns": 1500000,
          "tests": {"tests/test_x.py::test_a": {
-             "cpu_ns": 1234, "wall_ns": 2345, "samples": 3,
+             "cpu_ns": 1234, "wall_ns": 2345, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
              "functions": [[qualified name, self_ns, total_ns], ...],
              "stacks": {"frames": [[qualified name, relative file, line], ...],
                         "stacks": [[[frame ids, root first], weight_ns], ...]}}}}}}
 
-Functions are module-qualified names (``pkg.mod.Class.method``) and files are relative to where
+``cpu_ns`` is the test's first call, ``warm_ns`` the rounds that followed it (see ``_verdict``),
+and ``speed_ns`` the machine's speed figure when they were recorded. Functions are
+module-qualified names (``pkg.mod.Class.method``) and files are relative to where
 their module was found, so a baseline recorded in one checkout or environment compares in
 another; stacks start at the test (the pytest harness is cut). Version 1 keyed functions by
 absolute file paths and is not read.
@@ -61,6 +64,9 @@ def load(path: Path, must_exist: bool) -> Dict[str, Any]:
         tests = env.get("tests") if isinstance(env, dict) else None
         if not isinstance(tests, dict):
             raise BaselineError(f"the spprof baseline {path} is damaged: environment {key!r} has no tests")
+        if not (_count(env.get("speed_ns", 1)) and env.get("speed_ns", 1) > 0):
+            raise BaselineError(f"the spprof baseline {path} is damaged: the speed_ns of {key!r} is not a "
+                                "positive integer")
         for test_id, entry in tests.items():
             if not _valid_entry(entry):
                 raise BaselineError(f"the spprof baseline {path} is damaged: entry {test_id!r} of {key!r} "
@@ -76,20 +82,25 @@ def _count(value: Any) -> bool:
 def _valid_entry(entry: Any) -> bool:
     if not (isinstance(entry, dict) and _count(entry.get("cpu_ns")) and _count(entry.get("wall_ns"))):
         return False
+    warm = entry.get("warm_ns", [])
+    if not (isinstance(warm, list) and all(_count(ns) for ns in warm)):
+        return False
     functions = entry.get("functions")
     return isinstance(functions, list) and all(
         isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and _count(row[1]) and _count(row[2])
         for row in functions)
 
 
-def tests_for_this_python(data: Dict[str, Any]) -> Dict[str, Any]:
-    env = data["environments"].get(environment_key())
-    return env["tests"] if env else {}
+def environment(data: Dict[str, Any]) -> Dict[str, Any]:
+    """This Python's section (``tests``, ``speed_ns``, ...), empty when there is none."""
+    return data["environments"].get(environment_key()) or {}
 
 
-def save(path: Path, data: Dict[str, Any], tests: Dict[str, Any]) -> None:
-    """Replace this Python's entries for ``tests`` (other tests and Pythons are kept)."""
+def save(path: Path, data: Dict[str, Any], tests: Dict[str, Any], speed_ns: int) -> None:
+    """Replace this Python's entries for ``tests`` (other tests and Pythons are kept).
+    ``speed_ns`` is the machine-speed figure its times go with (see ``_verdict``)."""
     env = data["environments"].setdefault(environment_key(), {"tests": {}})
+    env["speed_ns"] = speed_ns
     env["saved"] = datetime.now().astimezone().isoformat(timespec="seconds")
     env["platform"] = f"{platform.system()}-{platform.machine()}"
     env["python"] = platform.python_version()

@@ -16,14 +16,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from . import _baseline, _session
+from . import _baseline, _session, _verdict
 from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse_time_ns
 
-#: Run-to-run CPU noise measured on the development VM: up to 28 % between the fastest and slowest
-#: of 10 runs of a 50 ms test (see docs/design.md), so 30 %; the floor keeps sub-millisecond
-#: tests from flapping.
-DEFAULT_TOLERANCE = "30%"
+#: The least growth of a test's warm rounds that is a regression (an effect-size floor on top of
+#: the significance test; see _verdict and docs/design.md); the floor keeps sub-millisecond tests
+#: from flapping.
+DEFAULT_TOLERANCE = "15%"
 DEFAULT_NOISE_FLOOR = "2ms"
+#: Without warm rounds (a baseline whose repeats failed) only the first calls can be compared,
+#: whose run-to-run noise reached 28 % on the development VM: never a narrower margin than this.
+FIRST_CALL_TOLERANCE_PCT = 30.0
 
 
 class SpprofBudgetWarning(pytest.PytestWarning):
@@ -52,6 +55,12 @@ class SpprofResult:
     #: CPU time of this test in the baseline, None when it is not in the baseline.
     baseline_cpu_ns: Optional[int] = None
     rounds: int = 1
+    #: The evidence of the comparison with the baseline, when it went beyond screening.
+    regression: Optional[str] = None
+    #: The function blamed first for a regression, and the time it gained (ns).
+    culprit: Optional[Tuple[str, int]] = None
+    #: Warm rounds run when a baseline is saved (CPU ns each).
+    warm_ns: List[int] = field(default_factory=list)
     #: Files written for this test (speedscope profile, differential flame graph).
     files: Dict[str, str] = field(default_factory=dict)
     #: The test's hottest functions by self time: (function, file, percent of its samples).
@@ -59,10 +68,14 @@ class SpprofResult:
     t0: int = 0
     t1: int = 0
     thread_id: int = 0
+    #: Judged on warm rounds (``regression`` says how), not on the first call alone.
+    confirmed: bool = False
+    #: (start, end, rounds) of the warm rounds, in CLOCK_MONOTONIC ns.
+    warm_window: Optional[Tuple[int, int, int]] = None
     _profile: Any = field(default=None, repr=False)
 
     _RECORDED = ("cpu_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "outcome",
-                 "baseline_cpu_ns", "rounds", "problems", "files", "hottest")
+                 "baseline_cpu_ns", "rounds", "regression", "culprit", "problems", "files", "hottest")
 
     def record(self) -> Dict[str, Any]:
         """The figures as JSON (results.json, and what an xdist worker hands the controller)."""
@@ -70,8 +83,9 @@ class SpprofResult:
 
     @classmethod
     def from_record(cls, record: Dict[str, Any]) -> SpprofResult:
-        r = cls(record["nodeid"], **{k: record[k] for k in cls._RECORDED if k != "hottest"})
+        r = cls(record["nodeid"], **{k: record[k] for k in cls._RECORDED if k not in ("hottest", "culprit")})
         r.hottest = [tuple(h) for h in record["hottest"]]
+        r.culprit = tuple(record["culprit"]) if record["culprit"] else None
         return r
 
     @property
@@ -158,11 +172,15 @@ class SpprofPlugin:
         self.save_baseline = self._path(default_baseline if save_bl == "" else save_bl)
         self.compare_path = self._path(default_baseline if compare == "" else compare)
         self.baseline: Dict[str, Any] = {}
+        #: The machine-speed figure (see _verdict.machine_speed_ns) of the baseline and of this run.
+        self.baseline_speed_ns: Optional[int] = None
+        self.speed_ns: Optional[int] = None
         if self.compare_path is not None:
             try:
-                self.baseline = _baseline.tests_for_this_python(_baseline.load(self.compare_path, True))
+                env = _baseline.environment(_baseline.load(self.compare_path, True))
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
+            self.baseline, self.baseline_speed_ns = env.get("tests", {}), env.get("speed_ns")
         if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
             try:
                 _baseline.load(self.save_baseline, False)
@@ -312,9 +330,54 @@ class SpprofPlugin:
         result = self._end(item)
         if result is None:
             return
-        if outcome.excinfo is None and self.rounds > 1 and self._over(item, result):
-            self._more_rounds(item, result)
+        if outcome.excinfo is None:
+            if self.save_baseline is not None:
+                result.warm_ns = self._warm_rounds(item, result, _verdict.ROUNDS - 1)
+            if not self._confirm(item, result) and self.rounds > 1 and self._over(item, result):
+                self._more_rounds(item, result)
         self._record_properties(item, result)
+
+    def _warm_rounds(self, item: Any, result: SpprofResult, n: int) -> List[int]:
+        """Run the test's call ``n`` more times; the CPU time of each round that passed. Their
+        samples (``result.warm_window``) give the blame of a regression more samples to go on."""
+        times = []
+        m0 = time.monotonic_ns()
+        for _ in range(n):
+            c0 = time.thread_time_ns()
+            try:
+                item.runtest()
+            except BaseException:  # a repeat that fails says nothing about speed; stop repeating
+                break
+            times.append(time.thread_time_ns() - c0)
+        result.warm_window = (m0, time.monotonic_ns(), len(times))
+        return times
+
+    def _speed_ratio(self, fresh: bool = False) -> float:
+        """This machine's speed figure now over the baseline's (> 1: slower now); 1 without one."""
+        if not self.baseline_speed_ns:
+            return 1.0
+        if fresh or self.speed_ns is None:
+            self.speed_ns = _verdict.machine_speed_ns()
+        return self.speed_ns / self.baseline_speed_ns
+
+    def _confirm(self, item: Any, r: SpprofResult) -> bool:
+        """A test whose first call looks slower than its baseline and whose baseline has warm
+        rounds is judged on warm rounds run now (see _verdict). False when it does not apply."""
+        entry = self.baseline.get(r.nodeid)
+        if entry is None or len(entry.get("warm_ns", ())) < 3:
+            return False
+        if not _verdict.looks_slower(r.cpu_ns, entry["cpu_ns"], self._speed_ratio(), self.tolerance_pct,
+                                     self.noise_floor_ns):
+            return True
+        current = self._warm_rounds(item, r, _verdict.ROUNDS)
+        if len(current) < 3:
+            return True  # the repeats failed: no evidence either way, no verdict
+        r.rounds += len(current)
+        verdict = _verdict.judge(current, entry["warm_ns"], self._speed_ratio(fresh=True), self.tolerance_pct,
+                                 self.noise_floor_ns, "the test's call")
+        r.regression = verdict.evidence if verdict.regressed else None
+        r.confirmed = True
+        return True
 
     def _more_rounds(self, item: Any, result: SpprofResult) -> None:
         # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).
@@ -351,10 +414,13 @@ class SpprofPlugin:
         return self._regressed(r)
 
     def _regressed(self, r: SpprofResult) -> bool:
+        if r.confirmed:
+            return r.regression is not None
         if r.baseline_cpu_ns is None:
             return False
-        base = r.baseline_cpu_ns
-        return r.cpu_ns > base * (1 + self.tolerance_pct / 100) and r.cpu_ns - base > self.noise_floor_ns
+        base = r.baseline_cpu_ns * self._speed_ratio()
+        tolerance = max(self.tolerance_pct, FIRST_CALL_TOLERANCE_PCT)
+        return r.cpu_ns > base * (1 + tolerance / 100) and r.cpu_ns - base > self.noise_floor_ns
 
     # -- verdicts ------------------------------------------------------------------------------------
 
@@ -374,15 +440,17 @@ class SpprofPlugin:
         result.outcome = own if rep.outcome == "passed" else rep.outcome
         # The test's own failure (or skip) is its report; spprof adds nothing to it.
         if own == "passed" and rep.outcome == "passed":
-            self._verdict(item, result, rep)
+            self._judge(item, result, rep)
         item.ihook.pytest_spprof_result(item=item, result=result)
 
-    def _verdict(self, item: Any, result: SpprofResult, rep: Any) -> None:
+    def _judge(self, item: Any, result: SpprofResult, rep: Any) -> None:
         problems = self._check(item, result)
         if not problems:
             return
         self._problems += 1
         result.problems = problems
+        if result.culprit is not None:
+            item.user_properties.append(("spprof_culprit", result.culprit[0]))  # teardown report: JUnit
         message = self._message(result, problems)
         if self.warn_only:
             try:
@@ -414,9 +482,7 @@ class SpprofPlugin:
             if b.share:
                 problems += self._share_problems(r, b.share)
         if self._regressed(r):
-            base = r.baseline_cpu_ns or 0
-            growth = 100.0 * (r.cpu_ns - base) / base if base else math.inf
-            problems.append(self._regression_text(item, r, base, growth))
+            problems.append(self._regression_text(item, r))
         return problems
 
     def _share_problems(self, r: SpprofResult, shares: Dict[str, float]) -> List[str]:
@@ -441,10 +507,16 @@ class SpprofPlugin:
                                 f"{fmt_ns(total)}), over its share budget of {limit:g}%")
         return problems
 
-    def _regression_text(self, item: Any, r: SpprofResult, base: int, growth: float) -> str:
-        lines = [f"CPU time {fmt_ns(r.cpu_ns)} vs. {fmt_ns(base)} in the baseline (+{growth:.0f}%, tolerance "
-                 f"{self.tolerance_pct:g}% and {fmt_ns(self.noise_floor_ns)}"
-                 + (f"; fastest of {r.rounds} rounds" if r.rounds > 1 else "") + ")"]
+    def _regression_text(self, item: Any, r: SpprofResult) -> str:
+        if r.regression is not None:
+            lines = [r.regression]
+        else:
+            base = (r.baseline_cpu_ns or 0) * self._speed_ratio()
+            growth = 100.0 * (r.cpu_ns - base) / base if base else math.inf
+            lines = [f"CPU {fmt_ns(r.cpu_ns)} vs. {fmt_ns(base)} (first calls: the baseline has no warm rounds; "
+                     f"+{growth:.0f}%, over {max(self.tolerance_pct, FIRST_CALL_TOLERANCE_PCT):g}% and "
+                     f"{fmt_ns(self.noise_floor_ns)}" + (f"; fastest of {r.rounds} rounds" if r.rounds > 1 else "")
+                     + f"; machine speed ×{1 / self._speed_ratio():.2f})"]
         entry = self.baseline.get(r.nodeid, {})
         profile = self.names.portable(self.profile_of(r))
         cur_self, cur_incl = _function_times_by_name(profile)
@@ -461,7 +533,11 @@ class SpprofPlugin:
             rows.append((d_self > 0, d_self if d_self > 0 else d_total, d_self, d_total, name))
         rows.sort(key=lambda row: (not row[0], -row[1]))
         grown = [(d_self, d_total, name) for _, _, d_self, d_total, name in rows[:6]]
-        if grown:
+        path, gained = _verdict.blame_path(_stacks_by_name(entry.get("stacks")), self._round_stacks(r))
+        if path:
+            r.culprit = (path[-1], gained)
+            shown = " → ".join(path[-4:]) if len(path) <= 4 else "… → " + " → ".join(path[-3:])
+            lines.append(f"the extra time runs down {shown} (+{fmt_ns(gained)})")
             lines.append("functions whose time grew most (self, total):")
             for d_self, d_total, name in grown:
                 lines.append(f"  +{fmt_ns(d_self):>9} self  +{fmt_ns(d_total):>9} total  {name}")
@@ -477,6 +553,28 @@ class SpprofPlugin:
             except Exception as exc:  # the verdict stands even if the graph cannot be drawn
                 lines.append(f"(no differential flame graph: {exc})")
         return "\n".join(lines)
+
+    def _round_profile(self, r: SpprofResult) -> Any:
+        """The test's profile per round, portable: the first call and its warm rounds, weights
+        divided by the rounds (blame has more samples to go on than one round gives)."""
+        import dataclasses
+
+        profile = self.names.portable(self.profile_of(r))
+        if r.warm_window is None:
+            return profile
+        t0, t1, rounds = r.warm_window
+        warm = self.names.portable(self._window(t0, t1))
+        samples = [dataclasses.replace(s, weight_ns=s.weight_ns // (rounds + 1))
+                   for s in profile.samples + warm.samples]
+        return dataclasses.replace(profile, samples=samples)
+
+    def _round_stacks(self, r: SpprofResult) -> List[Tuple[Tuple[str, ...], int]]:
+        """The stacks of the warm rounds of a confirmation, per round (the cold call's without)."""
+        if r.warm_window is None:
+            return _stacks_by_name(self.names.portable(self.profile_of(r)))
+        t0, t1, rounds = r.warm_window
+        warm = self.names.portable(self._window(t0, t1))
+        return [(names, w // max(1, rounds)) for names, w in _stacks_by_name(warm)]
 
     def _message(self, r: SpprofResult, problems: List[str]) -> str:
         lines = [f"spprof: {r.nodeid} broke its performance budget" if not self._regressed(r) or len(problems) > 1
@@ -500,11 +598,14 @@ class SpprofPlugin:
 
     def profile_of(self, r: SpprofResult) -> Any:
         if r._profile is None:
-            # The window reaches into the chunk being recorded: cut it first.
-            if self.sampler.active and (not self.sampler.chunks or r.t1 > self.sampler.origin_ns):
-                self.sampler.checkpoint()
-            r._profile = _session.window_profile(self.sampler, r.t0, r.t1)
+            r._profile = self._window(r.t0, r.t1)
         return r._profile
+
+    def _window(self, t0: int, t1: int) -> Any:
+        """The profile of [t0, t1); a window that reaches into the chunk being recorded cuts it first."""
+        if self.sampler.active and (not self.sampler.chunks or t1 > self.sampler.origin_ns):
+            self.sampler.checkpoint()
+        return _session.window_profile(self.sampler, t0, t1)
 
     # -- the end of the run ----------------------------------------------------------------------------
     #
@@ -585,7 +686,8 @@ class SpprofPlugin:
             self_ns, incl = _function_times_by_name(profile)
             functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
             tests[r.nodeid] = {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
-                               "functions": functions, "stacks": _session.stacks_of(profile, limit=200)}
+                               "warm_ns": r.warm_ns, "functions": functions,
+                               "stacks": _session.stacks_of(self._round_profile(r), limit=200)}
         return tests
 
     def _write_run(self) -> Optional[Path]:
@@ -639,7 +741,7 @@ class SpprofPlugin:
         (self.dir / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         if self.save_baseline is not None:
             data = _baseline.load(self.save_baseline, False)
-            _baseline.save(self.save_baseline, data, baseline_tests)
+            _baseline.save(self.save_baseline, data, baseline_tests, self.speed_ns or _verdict.machine_speed_ns())
         if self.compare_path is not None:
             self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
         if self.markdown:
@@ -673,6 +775,8 @@ class SpprofPlugin:
                     tr.write_line(f"{'':>31}  {hot}")
         for message in self._unraised:
             tr.write_line(message)
+        for line in self._culprit_lines():
+            tr.write_line(line)
         if self._problems:
             verb = "warned about" if self.warn_only else "failed"
             tr.write_line(f"spprof {verb} {self._problems} test(s) over budget or slower than the baseline")
@@ -689,6 +793,24 @@ class SpprofPlugin:
                       f"summary {self.dir / 'results.json'}"
                       + (f"; whole run {run}" if run else ""))
 
+    def _culprits(self) -> List[Tuple[str, int, int]]:
+        """(function, regressed tests it is blamed first for, the time it gained in them)."""
+        tally: Dict[str, List[int]] = defaultdict(lambda: [0, 0])
+        for r in self.results.values():
+            if r.culprit is not None and r.problems:
+                tally[r.culprit[0]][0] += 1
+                tally[r.culprit[0]][1] += r.culprit[1]
+        return sorted(((name, n, ns) for name, (n, ns) in tally.items()), key=lambda c: (-c[1], -c[2]))
+
+    def _culprit_lines(self) -> List[str]:
+        culprits = self._culprits()
+        if not culprits:
+            return []
+        lines = ["regressions explained by (the function blamed first in each regressed test):"]
+        lines += [f"  {name} explains {n} regressed test{'s' if n > 1 else ''}, +{fmt_ns(ns)} in total"
+                  for name, n, ns in culprits[:10]]
+        return lines
+
     def _markdown(self) -> str:
         out = [f"## spprof: {len(self.results)} tests profiled", ""]
         problems = [r for r in self.results.values() if r.problems]
@@ -697,6 +819,11 @@ class SpprofPlugin:
                     + (" (warnings only)" if self.warn_only else ""), ""]
             for r in problems:
                 out.append(f"- `{r.nodeid}`: " + "; ".join(p.splitlines()[0] for p in r.problems))
+            out.append("")
+        culprits = self._culprits()
+        if culprits:
+            out += ["| culprit | regressed tests | time gained |", "|---|---:|---:|"]
+            out += [f"| `{name}` | {n} | +{fmt_ns(ns)} |" for name, n, ns in culprits[:10]]
             out.append("")
         out += ["| test | CPU | wall | samples | baseline CPU | hottest functions |",
                 "|---|---:|---:|---:|---:|---|"]
@@ -708,6 +835,17 @@ class SpprofPlugin:
 
     def pytest_unconfigure(self, config: Any) -> None:
         self.sampler.finish()  # an interrupted run must not leave the sampler running
+
+
+def _stacks_by_name(source: Any) -> List[Tuple[Tuple[str, ...], int]]:
+    """(function names root first, weight) per stack, of a portable profile or of a baseline
+    entry's ``stacks`` (see ``_session.stacks_of``)."""
+    if source is None:
+        return []
+    if isinstance(source, dict):
+        names = [frame[0] for frame in source["frames"]]
+        return [(tuple(names[i] for i in ids), int(w)) for ids, w in source["stacks"]]
+    return [(tuple(f.function_name for f in s.frames), s.weight_ns) for s in source.samples]
 
 
 def _function_times_by_name(profile: Any) -> Tuple[Dict[str, int], Dict[str, int]]:

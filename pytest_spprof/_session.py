@@ -161,14 +161,15 @@ def _is_entry_point(frame: Any) -> bool:
 
 def cut_harness(frames: Tuple[Any, ...]) -> Tuple[Any, ...]:
     """The stack from the test function or fixture on: below the innermost frame where pytest
-    calls one, else from the first frame that is not harness. Harness frames deeper in (a test
-    calling ``pytest.raises``) stay."""
+    calls one (harness frames deeper in, as in a test calling ``pytest.raises``, stay). A sample
+    taken in pytest's own code, outside any test or fixture, keeps what follows its innermost
+    harness frame, or that frame alone."""
     for i in range(len(frames) - 1, -1, -1):
         if _is_entry_point(frames[i]):
-            return frames[i + 1:] if i + 1 < len(frames) else frames
-    for i, f in enumerate(frames):
-        if not is_harness(f.filename):
-            return frames[i:] if i else frames
+            return frames[i + 1:] if i + 1 < len(frames) else frames[i:]
+    for i in range(len(frames) - 1, -1, -1):
+        if is_harness(frames[i].filename):
+            return frames[i + 1:] if i + 1 < len(frames) else frames[i:]
     return frames
 
 

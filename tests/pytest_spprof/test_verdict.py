@@ -1,0 +1,112 @@
+"""The statistics of regression verdicts (pytest_spprof._verdict), and a verdict end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from math import comb
+
+import pytest
+from test_plugin import run
+
+from pytest_spprof import _verdict
+
+
+def brute_force_p(current, baseline):
+    """P(U >= observed) by enumerating every assignment of the pooled values to the groups."""
+    pooled = list(current) + list(baseline)
+    n = len(current)
+
+    def u(xs, ys):
+        return sum(2 if x > y else 1 if x == y else 0 for x in xs for y in ys) // 2
+
+    observed = u(current, baseline)
+    hits = total = 0
+    for chosen in itertools.combinations(range(len(pooled)), n):
+        xs = [pooled[i] for i in chosen]
+        ys = [pooled[i] for i in range(len(pooled)) if i not in chosen]
+        total += 1
+        hits += u(xs, ys) >= observed
+    return hits / total
+
+
+def test_mann_whitney_matches_enumeration():
+    rng = random.Random(3)
+    for _ in range(30):
+        n, m = rng.randint(1, 6), rng.randint(1, 6)
+        current = [rng.randint(0, 9) for _ in range(n)]  # distinct values and ties
+        baseline = [rng.randint(0, 9) for _ in range(m)]
+        if len(set(current + baseline)) == n + m:
+            assert _verdict.mann_whitney_greater(current, baseline) == pytest.approx(brute_force_p(current, baseline))
+    # Complete separation: the smallest p the sizes allow.
+    assert _verdict.mann_whitney_greater([5, 6, 7, 8, 9], [1, 2, 3, 4]) == pytest.approx(1 / comb(9, 4))
+    assert _verdict.mann_whitney_greater([1, 2, 3], [1, 2, 3]) > 0.5
+
+
+def test_judge_needs_significance_and_the_effect_floor():
+    base = [100_000_000, 101_000_000, 99_000_000, 100_500_000]
+    slower = [130_000_000, 131_000_000, 129_000_000, 130_500_000, 130_200_000]
+    verdict = _verdict.judge(slower, base, 1.0, 15, 2_000_000, "the test's call")
+    assert verdict.regressed and verdict.p_value < _verdict.ALPHA
+    assert verdict.evidence.startswith("CPU 130.2 ms vs. 100.2 ms") and "+30%" in verdict.evidence
+    # Consistently 5 % slower: significant, but under the effect floor.
+    assert not _verdict.judge([int(b * 1.05) for b in base] + [105_000_000], base, 1.0, 15, 2_000_000, "x").regressed
+    # 30 % slower, but the machine is 30 % slower now too.
+    assert not _verdict.judge(slower, base, 1.3, 15, 2_000_000, "x").regressed
+    # Overlapping rounds: not significant.
+    assert not _verdict.judge([90_000_000, 140_000_000, 95_000_000, 150_000_000, 99_000_000], base, 1.0, 15,
+                              2_000_000, "x").regressed
+
+
+def test_blame_follows_the_growth_down_the_call_path():
+    base = [(("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
+    # lib.tokenize's own code got slower.
+    cur = [(("test", "lib.parse", "lib.tokenize"), 30), (("test", "lib.render"), 10)]
+    assert _verdict.blame_path(base, cur) == (("test", "lib.parse", "lib.tokenize"), 20)
+    # lib.parse's own code got slower: the growth stops there.
+    cur = [(("test", "lib.parse"), 20), (("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
+    assert _verdict.blame_path(base, cur) == (("test", "lib.parse"), 20)
+    # Growth spread over two calls: the test is the last function that carries it.
+    cur = [(("test", "lib.parse", "lib.tokenize"), 20), (("test", "lib.render"), 20)]
+    assert _verdict.blame_path(base, cur) == (("test",), 20)
+
+
+SUITE = """
+import os
+import pytest
+
+def work(n):
+    return sum(i * i for i in range(n))
+
+def parse_config():
+    work(int(os.environ.get("EXTRA", "0")))
+
+@pytest.mark.parametrize("n", range(4))
+def test_steady(n):
+    work(200_000)
+
+def test_work():
+    work(200_000)
+    parse_config()
+"""
+
+
+def test_a_regression_is_judged_on_warm_rounds_and_blamed(pytester, monkeypatch):
+    pytester.makepyfile(SUITE)
+    run(pytester, "--spprof-save-baseline=base.json").assert_outcomes(passed=5)
+    entry = json.loads((pytester.path / "base.json").read_text())
+    (env,) = entry["environments"].values()
+    assert env["speed_ns"] > 0
+    assert all(len(test["warm_ns"]) == _verdict.ROUNDS - 1 for test in env["tests"].values())
+    monkeypatch.setenv("EXTRA", "200000")  # test_work does twice the work
+    result = run(pytester, "--spprof-compare=base.json", "--junitxml=junit.xml", "--spprof-markdown=summary.md")
+    result.assert_outcomes(passed=4, failed=1)
+    out = result.stdout.str()
+    failure = out.split("_ test_work _")[1]
+    assert "median of 5 warm rounds vs. 4 in the baseline" in failure and "machine speed ×" in failure
+    (path,) = [line for line in failure.splitlines() if "the extra time runs down" in line]
+    assert "_blamed.test_work → test_a_regression_is_judged_on_warm_rounds_and_blamed.parse_config" in path
+    assert "explains 1 regressed test" in out
+    assert 'name="spprof_culprit"' in (pytester.path / "junit.xml").read_text()
+    assert "| culprit | regressed tests | time gained |" in (pytester.path / "summary.md").read_text()
