@@ -163,9 +163,10 @@ def main() -> int:
             plain_elapsed, _ = suite.run([], m)
             costs.append(elapsed / plain_elapsed)
             alarms.append(len(flagged))
-            print(f"  {m} run {i + 1}: {len(flagged)} of {len(tests)} tests flagged, {elapsed:.1f} s "
-                  f"(plain {plain_elapsed:.1f} s)" + "".join(f"\n    {k}: {v['problems'][0].splitlines()[0]}"
-                                                         for k, v in flagged.items()))
+            rerun = sum(1 for v in tests.values() if v["rounds"] > 1)
+            details = "".join(f"\n    {k}: {v['problems'][0].splitlines()[0]}" for k, v in flagged.items())
+            print(f"  {m} run {i + 1}: {len(flagged)} of {len(tests)} tests flagged ({rerun} re-run to confirm), "
+                  f"{elapsed:.1f} s (plain {plain_elapsed:.1f} s){details}")
         print(f"{m}: false alarms per run {alarms} (runs with none: {alarms.count(0)}/{len(alarms)}); "
               f"compare/plain wall time {spread(costs)}")
 

@@ -7,12 +7,13 @@ Format (JSON, written without indentation)::
          "speed_ns": 1500000,
          "tests": {"tests/test_x.py::test_a": {
              "cpu_ns": 1234, "wall_ns": 2345, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
+             "speed_ns": 1510000,
              "functions": [[qualified name, self_ns, total_ns], ...],
              "stacks": {"frames": [[qualified name, relative file, line], ...],
                         "stacks": [[[frame ids, root first], weight_ns], ...]}}}}}}
 
 ``cpu_ns`` is the test's first call, ``warm_ns`` the rounds that followed it (see ``_verdict``),
-and ``speed_ns`` the machine's speed figure when they were recorded. Functions are
+and ``speed_ns`` the machine's speed figure when they ran (the environment's: at the end). Functions are
 module-qualified names (``pkg.mod.Class.method``) and files are relative to where
 their module was found, so a baseline recorded in one checkout or environment compares in
 another; stacks start at the test (the pytest harness is cut). Version 1 keyed functions by
@@ -27,7 +28,7 @@ import platform
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple, Tuple
 
 FORMAT = "spprof-pytest-baseline"
 VERSION = 2
@@ -85,10 +86,38 @@ def _valid_entry(entry: Any) -> bool:
     warm = entry.get("warm_ns", [])
     if not (isinstance(warm, list) and all(_count(ns) for ns in warm)):
         return False
+    if not (entry.get("speed_ns") is None or _count(entry["speed_ns"])):
+        return False
     functions = entry.get("functions")
     return isinstance(functions, list) and all(
         isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and _count(row[1]) and _count(row[2])
         for row in functions)
+
+
+class Entry(NamedTuple):
+    """A test's baseline as a comparing run keeps it: tuples of numbers and one string are not
+    tracked by the cycle collector, so a large baseline does not slow the tests that call
+    ``gc.collect()`` (attrs' suite has such tests: parsed, a 1,400-test baseline made them 2x
+    slower, and they were flagged)."""
+
+    cpu_ns: int
+    warm_ns: Tuple[int, ...]
+    #: The machine-speed figure when the test's rounds ran (0: unknown, use the environment's).
+    speed_ns: int
+    #: JSON of {"functions": ..., "stacks": ...}, parsed only to explain a regression.
+    detail: str
+
+    def functions(self) -> Any:
+        return json.loads(self.detail)["functions"]
+
+    def stacks(self) -> Any:
+        return json.loads(self.detail)["stacks"]
+
+
+def entries(tests: Dict[str, Any]) -> Dict[str, Entry]:
+    return {test: Entry(e["cpu_ns"], tuple(e.get("warm_ns", ())), e.get("speed_ns") or 0,
+                        json.dumps({"functions": e["functions"], "stacks": e.get("stacks")}))
+            for test, e in tests.items()}
 
 
 def environment(data: Dict[str, Any]) -> Dict[str, Any]:

@@ -59,8 +59,9 @@ class SpprofResult:
     regression: Optional[str] = None
     #: The function blamed first for a regression, and the time it gained (ns).
     culprit: Optional[Tuple[str, int]] = None
-    #: Warm rounds run when a baseline is saved (CPU ns each).
+    #: Warm rounds run when a baseline is saved (CPU ns each), and the machine-speed figure then.
     warm_ns: List[int] = field(default_factory=list)
+    speed_ns: Optional[int] = None
     #: Files written for this test (speedscope profile, differential flame graph).
     files: Dict[str, str] = field(default_factory=dict)
     #: The test's hottest functions by self time: (function, file, percent of its samples).
@@ -171,16 +172,17 @@ class SpprofPlugin:
         compare = config.getoption("spprof_compare")
         self.save_baseline = self._path(default_baseline if save_bl == "" else save_bl)
         self.compare_path = self._path(default_baseline if compare == "" else compare)
-        self.baseline: Dict[str, Any] = {}
-        #: The machine-speed figure (see _verdict.machine_speed_ns) of the baseline and of this run.
+        self.baseline: Dict[str, _baseline.Entry] = {}
+        #: The machine-speed figure (see _verdict.machine_speed_ns) of the baseline, and this run's
+        #: latest one with when it was taken (monotonic ns).
         self.baseline_speed_ns: Optional[int] = None
-        self.speed_ns: Optional[int] = None
+        self._speed: Tuple[int, int] = (0, 0)
         if self.compare_path is not None:
             try:
                 env = _baseline.environment(_baseline.load(self.compare_path, True))
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
-            self.baseline, self.baseline_speed_ns = env.get("tests", {}), env.get("speed_ns")
+            self.baseline, self.baseline_speed_ns = _baseline.entries(env.get("tests", {})), env.get("speed_ns")
         if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
             try:
                 _baseline.load(self.save_baseline, False)
@@ -302,7 +304,7 @@ class SpprofPlugin:
                 result.memory_bytes = mem1 - mem0
         entry = self.baseline.get(item.nodeid)
         if entry is not None:
-            result.baseline_cpu_ns = int(entry["cpu_ns"])
+            result.baseline_cpu_ns = entry.cpu_ns
         self.results[item.nodeid] = result
         item.stash[self.result_key] = result
         return result
@@ -332,6 +334,7 @@ class SpprofPlugin:
             return
         if outcome.excinfo is None:
             if self.save_baseline is not None:
+                result.speed_ns = self._speed_now(max_age_s=2.0)
                 result.warm_ns = self._warm_rounds(item, result, _verdict.ROUNDS - 1)
             if not self._confirm(item, result) and self.rounds > 1 and self._over(item, result):
                 self._more_rounds(item, result)
@@ -352,29 +355,44 @@ class SpprofPlugin:
         result.warm_window = (m0, time.monotonic_ns(), len(times))
         return times
 
-    def _speed_ratio(self, fresh: bool = False) -> float:
-        """This machine's speed figure now over the baseline's (> 1: slower now); 1 without one."""
-        if not self.baseline_speed_ns:
-            return 1.0
-        if fresh or self.speed_ns is None:
-            self.speed_ns = _verdict.machine_speed_ns()
-        return self.speed_ns / self.baseline_speed_ns
+    def _speed_now(self, max_age_s: float) -> int:
+        """The machine-speed figure, measured again when the last one is older than ``max_age_s``
+        (a machine's load changes within a run: a figure goes with the rounds timed near it)."""
+        value, at = self._speed
+        now = time.monotonic_ns()
+        if not value or now - at > max_age_s * 1e9:
+            self._speed = (_verdict.machine_speed_ns(), now)
+        return self._speed[0]
+
+    def _speed_ratio(self, then: Optional[int] = None, max_age_s: float = 2.0) -> float:
+        """This machine's speed figure now over ``then`` (a test's, else the baseline's; > 1:
+        slower now); 1 when the baseline has none."""
+        then = then or self.baseline_speed_ns
+        return self._speed_now(max_age_s) / then if then else 1.0
 
     def _confirm(self, item: Any, r: SpprofResult) -> bool:
         """A test whose first call looks slower than its baseline and whose baseline has warm
         rounds is judged on warm rounds run now (see _verdict). False when it does not apply."""
         entry = self.baseline.get(r.nodeid)
-        if entry is None or len(entry.get("warm_ns", ())) < 3:
+        if entry is None or len(entry.warm_ns) < 3:
             return False
-        if not _verdict.looks_slower(r.cpu_ns, entry["cpu_ns"], self._speed_ratio(), self.tolerance_pct,
+        if not _verdict.looks_slower(r.cpu_ns, entry.cpu_ns, self._speed_ratio(entry.speed_ns), self.tolerance_pct,
                                      self.noise_floor_ns):
             return True
-        current = self._warm_rounds(item, r, _verdict.ROUNDS)
+        # Two rounds first: most suspects of the screening are first-call noise, which two warm
+        # rounds at the baseline's pace clear; the rest get the rounds the test needs.
+        ratio = self._speed_ratio(entry.speed_ns, max_age_s=0)
+        current = self._warm_rounds(item, r, 2)
+        if len(current) == 2 and not _verdict.could_regress(current, entry.warm_ns, ratio, self.tolerance_pct):
+            r.rounds += 2
+            r.confirmed = True
+            return True
+        current += self._warm_rounds(item, r, _verdict.ROUNDS - len(current)) if len(current) == 2 else []
         if len(current) < 3:
             return True  # the repeats failed: no evidence either way, no verdict
         r.rounds += len(current)
-        verdict = _verdict.judge(current, entry["warm_ns"], self._speed_ratio(fresh=True), self.tolerance_pct,
-                                 self.noise_floor_ns, "the test's call")
+        verdict = _verdict.judge(current, entry.warm_ns, ratio, self.tolerance_pct, self.noise_floor_ns,
+                                 "the test's call")
         r.regression = verdict.evidence if verdict.regressed else None
         r.confirmed = True
         return True
@@ -517,10 +535,11 @@ class SpprofPlugin:
                      f"+{growth:.0f}%, over {max(self.tolerance_pct, FIRST_CALL_TOLERANCE_PCT):g}% and "
                      f"{fmt_ns(self.noise_floor_ns)}" + (f"; fastest of {r.rounds} rounds" if r.rounds > 1 else "")
                      + f"; machine speed ×{1 / self._speed_ratio():.2f})"]
-        entry = self.baseline.get(r.nodeid, {})
+        entry = self.baseline.get(r.nodeid)
+        stacks = entry.stacks() if entry is not None else None
         profile = self.names.portable(self.profile_of(r))
         cur_self, cur_incl = _function_times_by_name(profile)
-        old = {row[0]: (int(row[1]), int(row[2])) for row in entry.get("functions", [])}
+        old = {row[0]: (int(row[1]), int(row[2])) for row in (entry.functions() if entry is not None else [])}
         test_fn = getattr(getattr(item, "function", None), "__name__", None)
         rows = []
         for name in set(old) | set(cur_self) | set(cur_incl):
@@ -533,7 +552,7 @@ class SpprofPlugin:
             rows.append((d_self > 0, d_self if d_self > 0 else d_total, d_self, d_total, name))
         rows.sort(key=lambda row: (not row[0], -row[1]))
         grown = [(d_self, d_total, name) for _, _, d_self, d_total, name in rows[:6]]
-        path, gained = _verdict.blame_path(_stacks_by_name(entry.get("stacks")), self._round_stacks(r))
+        path, gained = _verdict.blame_path(_stacks_by_name(stacks), self._round_stacks(r))
         if path:
             r.culprit = (path[-1], gained)
             shown = " → ".join(path[-4:]) if len(path) <= 4 else "… → " + " → ".join(path[-3:])
@@ -541,12 +560,12 @@ class SpprofPlugin:
             lines.append("functions whose time grew most (self, total):")
             for d_self, d_total, name in grown:
                 lines.append(f"  +{fmt_ns(d_self):>9} self  +{fmt_ns(d_total):>9} total  {name}")
-        if entry.get("stacks"):
+        if stacks:
             try:
                 from spprof import flamegraph
 
                 path = self._make_dir("profiles") / (_safe_name(r.nodeid) + ".diff.svg")
-                flamegraph.diff_svg(_session.profile_from_stacks(entry["stacks"]), profile, path,
+                flamegraph.diff_svg(_session.profile_from_stacks(stacks), profile, path,
                                     title=f"{r.nodeid}: now vs. baseline")
                 r.files["diff_svg"] = str(path)
                 lines.append(f"differential flame graph: {path}")
@@ -686,7 +705,7 @@ class SpprofPlugin:
             self_ns, incl = _function_times_by_name(profile)
             functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
             tests[r.nodeid] = {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
-                               "warm_ns": r.warm_ns, "functions": functions,
+                               "warm_ns": r.warm_ns, "speed_ns": r.speed_ns, "functions": functions,
                                "stacks": _session.stacks_of(self._round_profile(r), limit=200)}
         return tests
 
@@ -741,7 +760,7 @@ class SpprofPlugin:
         (self.dir / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         if self.save_baseline is not None:
             data = _baseline.load(self.save_baseline, False)
-            _baseline.save(self.save_baseline, data, baseline_tests, self.speed_ns or _verdict.machine_speed_ns())
+            _baseline.save(self.save_baseline, data, baseline_tests, self._speed_now(max_age_s=2.0))
         if self.compare_path is not None:
             self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
         if self.markdown:

@@ -25,7 +25,7 @@ def write_run(path: Path, chunks: Iterable[Any], results: Iterable[Any]) -> Path
 
     results = list(results)
     windows = [(r.t0, r.t1, i) for i, r in enumerate(results)]
-    _native.write_run(os.fspath(path), [(c.profile._native(), c.origin_ns) for c in chunks], windows,
+    _native.write_run(os.fspath(path), [(c.skeleton._data, c.origin_ns) for c in chunks], windows,
                       [r.nodeid for r in results])
     return path
 

@@ -20,20 +20,47 @@ from typing import Any, Dict, List, Optional, Tuple
 
 @dataclass
 class Chunk:
-    profile: Any  # spprof.Profile
+    """The samples of one start-stop of the session's sampler.
+
+    While tests run, a chunk keeps its samples in the native (columnar) profile only, and builds
+    the Python ``Sample`` objects when a window is asked for, without keeping them: kept, they
+    were tens of thousands of objects for the cycle collector to walk, and a test that calls
+    ``gc.collect()`` got slower after every checkpoint (attrs' suite flagged such tests as
+    regressed). Once the session is over (``retain``), they are built once and kept."""
+
+    skeleton: Any  # spprof.Profile without its samples (its native data and metadata)
     origin_ns: int  # CLOCK_MONOTONIC of the chunk's timestamp 0
     times: List[int] = field(default_factory=list)  # absolute, sorted
     order: List[int] = field(default_factory=list)  # sample index per entry of times
+    retain: bool = False
+    _profile: Any = None
 
-    def index(self) -> None:
-        samples = self.profile.samples
-        pairs = sorted((s.timestamp_ns + self.origin_ns, i) for i, s in enumerate(samples))
-        self.times = [t for t, _ in pairs]
-        self.order = [i for _, i in pairs]
+    @classmethod
+    def of(cls, profile: Any, origin_ns: int) -> Chunk:
+        import dataclasses
+
+        pairs = sorted((s.timestamp_ns + origin_ns, i) for i, s in enumerate(profile.samples))
+        skeleton = dataclasses.replace(profile, samples=[], _data=profile._data, _data_samples=None)
+        return cls(skeleton, origin_ns, [t for t, _ in pairs], [i for _, i in pairs])
+
+    @property
+    def profile(self) -> Any:
+        """The chunk as a ``spprof.Profile`` (built anew while the session runs)."""
+        if self._profile is not None:
+            return self._profile
+        sk = self.skeleton
+        profile = type(sk)._from_native(sk._data, start_time=sk.start_time, end_time=sk.end_time,
+                                        interval_ms=sk.interval_ms, python_version=sk.python_version,
+                                        platform=sk.platform)
+        if self.retain:
+            self._profile = profile
+        return profile
 
     def between(self, t0: int, t1: int) -> List[Any]:
         lo = bisect.bisect_left(self.times, t0)
         hi = bisect.bisect_left(self.times, t1)
+        if lo == hi:
+            return []
         samples = self.profile.samples
         return [samples[i] for i in self.order[lo:hi]]
 
@@ -70,9 +97,7 @@ class SessionSampler:
         self.active = False
         self._collected_before += st.collected_samples if st else len(profile.samples)
         self.dropped += profile.dropped_count
-        chunk = Chunk(profile, self.origin_ns)
-        chunk.index()
-        self.chunks.append(chunk)
+        self.chunks.append(Chunk.of(profile, self.origin_ns))
 
     def checkpoint(self) -> None:
         """Make every sample taken so far available to :meth:`samples_between`."""
@@ -83,6 +108,8 @@ class SessionSampler:
     def finish(self) -> None:
         if self.active:
             self._stop()
+        for chunk in self.chunks:  # the tests are done: their samples may stay in Python now
+            chunk.retain = True
 
     # -- figures ----------------------------------------------------------------------------------
 
@@ -121,7 +148,7 @@ def window_profile(sampler: SessionSampler, t0: int, t1: int) -> Any:
             seen.add(s.thread_id)
             weight = min(weight, max(0, at))
         samples.append(Sample(at, s.thread_id, s.thread_name, cut_harness(s.frames), weight, s.on_cpu))
-    ref = sampler.chunks[-1].profile if sampler.chunks else None
+    ref = sampler.chunks[-1].skeleton if sampler.chunks else None
     # Wall-clock datetimes of the window, from the chunk's start time.
     if ref is not None:
         chunk = sampler.chunks[-1]

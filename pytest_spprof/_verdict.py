@@ -109,6 +109,14 @@ def judge(current: Sequence[int], baseline: Sequence[int], speed_ratio: float, t
     return Verdict(regressed, evidence, growth, p)
 
 
+def could_regress(current: Sequence[int], baseline: Sequence[int], speed_ratio: float,
+                  tolerance_pct: float) -> bool:
+    """After a first few warm rounds: is their median past the tolerance? If not, more rounds
+    could not make a regression of it (the verdict needs the median past it)."""
+    then = statistics.median(baseline) * speed_ratio
+    return statistics.median(current) >= then * (1 + tolerance_pct / 100)
+
+
 def looks_slower(cold_ns: int, baseline_cold_ns: int, speed_ratio: float, tolerance_pct: float,
                  noise_floor_ns: int) -> bool:
     """Screening: the first call is slower than the baseline's by half the tolerance and the
