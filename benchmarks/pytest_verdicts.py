@@ -105,7 +105,15 @@ def slow_down(suite: Suite, baseline: dict, min_cpu_ns: int):
         for name, self_ns, _total in entry["functions"]:
             if name.split(".")[0] in package and "<" not in name:
                 weight[name] = weight.get(name, 0) + self_ns
-    target = max(weight, key=weight.get)
+    def patchable(name):
+        module, _, qualname = name.rpartition(".")
+        path = suite.package_root.joinpath(*module.split(".")).with_suffix(".py")
+        if not path.exists():
+            path = suite.package_root.joinpath(*module.split("."), "__init__.py")
+        node = path.exists() and find_function(ast.parse(path.read_text()), qualname)
+        return bool(node) and node.body[-1].lineno > node.lineno
+
+    target = max((n for n in weight if patchable(n)), key=weight.get)
     callers = [t for t, e in baseline.items()
                if e["cpu_ns"] >= min_cpu_ns and any(row[0] == target for row in e["functions"])]
     module, _, qualname = target.rpartition(".")
@@ -116,18 +124,30 @@ def slow_down(suite: Suite, baseline: dict, min_cpu_ns: int):
     return target, callers, path, qualname
 
 
+def find_function(tree: ast.AST, qualname: str):
+    """The def of ``qualname`` (``Class.method``, ``outer.<locals>.inner``) in a module's AST."""
+    nodes = [tree]
+    for part in (p for p in qualname.split(".") if p != "<locals>"):
+        found = [c for n in nodes for c in ast.iter_child_nodes(n)
+                 if isinstance(c, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and c.name == part]
+        if not found:
+            return None
+        nodes = found
+    node = nodes[0]
+    return node if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+
+
 def patch(path: Path, qualname: str, loops: int, original: str) -> None:
-    tree = ast.parse(original)
-    node = None
-    for fn in ast.walk(tree):
-        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name == qualname.split(".")[-1]:
-            node = fn
+    """Insert the loop as the first statement of the function's body (after its docstring)."""
+    node = find_function(ast.parse(original), qualname)
     assert node is not None, qualname
     body = node.body
-    first = body[1] if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(
-        getattr(body[0], "value", None), ast.Constant) else body[0]
+    has_doc = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
+    first = body[1] if has_doc and len(body) > 1 else body[0]
     lines = original.splitlines(keepends=True)
-    indent = lines[first.lineno - 1][: len(lines[first.lineno - 1]) - len(lines[first.lineno - 1].lstrip())]
+    line = lines[first.lineno - 1]
+    assert first.lineno > node.lineno, f"{qualname}: its body shares the def's line"
+    indent = line[: len(line) - len(line.lstrip())]
     lines.insert(first.lineno - 1, f"{indent}for _spprof_slowdown in range({loops}): pass\n")
     path.write_text("".join(lines))
 

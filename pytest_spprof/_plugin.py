@@ -265,7 +265,7 @@ class SpprofPlugin:
     def _begin(self, item: Any) -> None:
         from . import budget_key
 
-        if not self.sampler.active:
+        if not self.sampler.active and self.sampler.error is None:
             self.sampler.start()
         mem0 = None
         budget = item.stash.get(budget_key, None)
@@ -794,6 +794,9 @@ class SpprofPlugin:
                     tr.write_line(f"{'':>31}  {hot}")
         for message in self._unraised:
             tr.write_line(message)
+        if self.sampler.error is not None:
+            tr.write_line(f"spprof stopped profiling during the run (tests after it have no samples): "
+                          f"{self.sampler.error}")
         for line in self._culprit_lines():
             tr.write_line(line)
         if self._problems:

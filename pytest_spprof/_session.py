@@ -74,6 +74,8 @@ class SessionSampler:
         self.origin_ns = 0
         self._collected_before = 0  # samples collected in finished chunks
         self.dropped = 0
+        #: Why sampling stopped before the session's end, if it did.
+        self.error: Optional[str] = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -100,10 +102,15 @@ class SessionSampler:
         self.chunks.append(Chunk.of(profile, self.origin_ns))
 
     def checkpoint(self) -> None:
-        """Make every sample taken so far available to :meth:`samples_between`."""
+        """Make every sample taken so far available to :meth:`samples_between`. If sampling
+        cannot start again (a test changed the process so that spprof refuses it), the session
+        goes on unprofiled and ``error`` says why."""
         if self.active:
             self._stop()
-            self.start()
+            try:
+                self.start()
+            except RuntimeError as exc:
+                self.error = str(exc)
 
     def finish(self) -> None:
         if self.active:

@@ -194,3 +194,23 @@ def test_typo():
     # "lib.*" names a module lib, not every file under a lib/ directory (the standard library).
     segments = out.split("_ test_path_segments_do_not_match _")[1].split("_ test_typo _")[0]
     assert "'lib.*' names no function" in segments
+
+
+def test_a_test_that_hides_sys_getframe_does_not_break_the_session(pytester):
+    # The share budget needs the test's profile while its monkeypatch is still in force, so the
+    # sampler restarts then: its start-up check must not need sys._getframe.
+    pytester.makepyfile(BURN + """
+import sys
+import pytest
+
+@pytest.mark.spprof(share={"burn": "100%"})
+def test_without_getframe(monkeypatch):
+    monkeypatch.delattr(sys, "_getframe")
+    burn(20)
+
+def test_after():
+    burn(20)
+""")
+    result = run(pytester, "--spprof")
+    result.assert_outcomes(passed=2)
+    assert "INTERNALERROR" not in result.stdout.str() and "stopped profiling" not in result.stdout.str()

@@ -144,7 +144,7 @@ fn word(base: usize, offset: usize) -> Option<u64> {
 }
 
 /// Check every field the walker and the thread code read against what the interpreter itself
-/// says (the C API, `threading`, `sys._getframe()`); the error names the fields to blame.
+/// says (the C API, `threading`, the interpreter's frame objects); the error names the fields to blame.
 fn verify(py: Python<'_>, walker: &Walker) -> Result<(), String> {
     let off = &walker.off;
     let ts = thread_state::current(py);
@@ -173,7 +173,7 @@ fn verify(py: Python<'_>, walker: &Walker) -> Result<(), String> {
     if dict == 0 || word(ts, off.tstate_dict) != Some(dict) {
         return Err("the thread state's dict (tstate_dict) is not PyThreadState_GetDict()".into());
     }
-    // The frame walk, deep enough to span data-stack chunks, against sys._getframe().
+    // The frame walk, deep enough to span data-stack chunks, against the frame objects.
     let walker = *walker;
     let check = PyCFunction::new_closure(
         py,
@@ -218,17 +218,21 @@ fn probe(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         .map(|p| p.bind(py).clone())
 }
 
-/// Compare the walk of the calling thread with `sys._getframe()`: the same code objects, the
+/// Compare the walk of the calling thread with its frame objects (as `sys._getframe()` shows them): the same code objects, the
 /// same instruction offsets (`f_lasti`), and each code's `_co_firsttraceable` at its RESUME.
 fn compare_frames(py: Python<'_>, walker: &Walker) -> Result<(), String> {
     let off = &walker.off;
     let walked = walk_here(py, walker);
     let mut expected = Vec::new();
     let python_err = |e: PyErr| e.to_string();
-    let mut frame = py
-        .import("sys")
-        .and_then(|sys| sys.call_method1("_getframe", (0,)))
-        .map_err(python_err)?;
+    // The interpreter's own current frame (what `sys._getframe()` returns, which a test may
+    // have monkeypatched away).
+    // SAFETY: GIL held; PyEval_GetFrame returns a borrowed reference to the current frame,
+    // non-null here as Python code (the probe) is running on this thread.
+    let mut frame = unsafe {
+        Bound::from_borrowed_ptr_or_err(py, ffi::PyEval_GetFrame() as *mut ffi::PyObject)
+    }
+    .map_err(python_err)?;
     while !frame.is_none() {
         let code = frame.getattr("f_code").map_err(python_err)?;
         let lasti: i64 = frame
