@@ -69,7 +69,7 @@ class SpprofResult:
     t0: int = 0
     t1: int = 0
     thread_id: int = 0
-    #: Judged on warm rounds (``regression`` says how), not on the first call alone.
+    #: Judged by screening and warm rounds (``regression`` says how), not on the first call alone.
     confirmed: bool = False
     #: (start, end, rounds) of the warm rounds, in CLOCK_MONOTONIC ns.
     warm_window: Optional[Tuple[int, int, int]] = None
@@ -376,8 +376,9 @@ class SpprofPlugin:
         entry = self.baseline.get(r.nodeid)
         if entry is None or len(entry.warm_ns) < 3:
             return False
-        if not _verdict.looks_slower(r.cpu_ns, entry.cpu_ns, self._speed_ratio(entry.speed_ns), self.tolerance_pct,
-                                     self.noise_floor_ns):
+        r.confirmed = True  # judged here, whatever the outcome: never on the first call alone
+        if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns), self._speed_ratio(entry.speed_ns),
+                                     self.tolerance_pct, self.noise_floor_ns):
             return True
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.
@@ -385,7 +386,6 @@ class SpprofPlugin:
         current = self._warm_rounds(item, r, 2)
         if len(current) == 2 and not _verdict.could_regress(current, entry.warm_ns, ratio, self.tolerance_pct):
             r.rounds += 2
-            r.confirmed = True
             return True
         current += self._warm_rounds(item, r, _verdict.ROUNDS - len(current)) if len(current) == 2 else []
         if len(current) < 3:
@@ -394,7 +394,6 @@ class SpprofPlugin:
         verdict = _verdict.judge(current, entry.warm_ns, ratio, self.tolerance_pct, self.noise_floor_ns,
                                  "the test's call")
         r.regression = verdict.evidence if verdict.regressed else None
-        r.confirmed = True
         return True
 
     def _more_rounds(self, item: Any, result: SpprofResult) -> None:

@@ -6,8 +6,8 @@ busy machine slows everything. So a verdict rests on *warm* rounds (the test's c
 the same process) compared with the warm rounds the baseline recorded, both scaled by the
 machine's speed measured in the same run:
 
-1. screening: the first call's CPU, against the baseline's first call; only a test that looks
-   slower by half the tolerance and the noise floor goes on (cheap: nothing is re-run);
+1. screening: the first call's CPU, against the slowest of the baseline's rounds; only a test
+   that looks slower by half the tolerance and the noise floor goes on (nothing is re-run);
 2. confirmation: the call runs ``rounds`` more times; the test regressed when its warm rounds
    are slower than the baseline's by a one-sided Mann-Whitney U test at ``alpha``, *and* their
    median grew by at least the tolerance and the noise floor (an effect-size floor: a small but
@@ -117,11 +117,13 @@ def could_regress(current: Sequence[int], baseline: Sequence[int], speed_ratio: 
     return statistics.median(current) >= then * (1 + tolerance_pct / 100)
 
 
-def looks_slower(cold_ns: int, baseline_cold_ns: int, speed_ratio: float, tolerance_pct: float,
+def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,
                  noise_floor_ns: int) -> bool:
-    """Screening: the first call is slower than the baseline's by half the tolerance and the
-    noise floor (half: a real regression of the tolerance must not hide in first-call noise)."""
-    then = baseline_cold_ns * speed_ratio
+    """Screening: the first call is slower than the slowest of the baseline's rounds (first call
+    and warm ones) by half the tolerance and the noise floor. Half: a regression of the
+    tolerance must not hide in first-call noise. The slowest round: a test whose rounds vary a
+    lot by themselves (Hypothesis draws new examples every round) is not re-run for nothing."""
+    then = max(baseline) * speed_ratio
     return cold_ns > then * (1 + tolerance_pct / 200) and cold_ns - then > noise_floor_ns
 
 
