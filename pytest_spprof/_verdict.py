@@ -130,9 +130,11 @@ def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tole
 def blame_path(baseline: Sequence[Tuple[Tuple[str, ...], int]], current: Sequence[Tuple[Tuple[str, ...], int]],
                share: float = 0.8) -> Tuple[Tuple[str, ...], int]:
     """Where a test's extra time went: the call path (root first) down which the growth runs,
-    and that growth (ns). From the root, follow the call that carries at least ``share`` of its
-    caller's growth; stop where none does (the growth is in the function's own code, or spread
-    over its calls). Stacks are (function names, root first; weight)."""
+    ending at the function blamed, and that growth (ns). From the root, follow the call that
+    carries at least ``share`` of its caller's growth; where none does, the growth is in that
+    function's own code, or in the own code of one function it reaches through several calls
+    (then that function ends the path), or spread out. Stacks are (function names, root first;
+    weight)."""
     grown: Dict[Tuple[str, ...], int] = defaultdict(int)
     for stacks, sign in ((current, 1), (baseline, -1)):
         for names, weight in stacks:
@@ -148,4 +150,15 @@ def blame_path(baseline: Sequence[Tuple[Tuple[str, ...], int]], current: Sequenc
         if total <= 0 or grown[best] < share * total:
             break
         path, total = best, grown[best]
+    # The growth may be one function's own code reached by several calls (a helper that three
+    # callers use): the function whose self time below ``path`` grew by ``share`` of it.
+    own: Dict[str, int] = defaultdict(int)
+    for stacks, sign in ((current, 1), (baseline, -1)):
+        for names, weight in stacks:
+            if names[: len(path)] == path and len(names) > len(path):
+                own[names[-1]] += sign * weight
+    if own and total > 0:
+        name, ns = max(own.items(), key=lambda kv: kv[1])
+        if ns >= share * total:
+            return path + (name,), ns
     return path, total

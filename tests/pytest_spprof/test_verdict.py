@@ -70,6 +70,10 @@ def test_blame_follows_the_growth_down_the_call_path():
     # Growth spread over two calls: the test is the last function that carries it.
     cur = [(("test", "lib.parse", "lib.tokenize"), 20), (("test", "lib.render"), 20)]
     assert _verdict.blame_path(base, cur) == (("test",), 20)
+    # One helper's own code, reached through two callers: the helper is blamed.
+    base = [(("test", "lib.parse", "lib.compile"), 10), (("test", "lib.render", "lib.compile"), 10)]
+    cur = [(("test", "lib.parse", "lib.compile"), 20), (("test", "lib.render", "lib.compile"), 20)]
+    assert _verdict.blame_path(base, cur) == (("test", "lib.compile"), 20)
 
 
 SUITE = """
