@@ -176,7 +176,7 @@ def main() -> int:
     print(f"recording the baseline: {elapsed:.1f} s ({elapsed / ref if ref else 0:.1f}x plain serial)")
     baseline = next(iter(json.loads(suite.baseline.read_text())["environments"].values()))["tests"]
 
-    for m in modes:
+    for m in modes if args.runs else ():
         costs, alarms = [], []
         for i in range(args.runs):
             elapsed, tests, flagged = suite.compare(m)
