@@ -336,7 +336,8 @@ class SpprofPlugin:
             if self.save_baseline is not None:
                 result.speed_ns = self._speed_now(max_age_s=2.0)
                 result.warm_ns = self._warm_rounds(item, result, _verdict.ROUNDS - 1)
-            if not self._confirm(item, result) and self.rounds > 1 and self._over(item, result):
+            self._confirm(item, result)
+            if self.rounds > 1 and self._over(item, result):
                 self._more_rounds(item, result)
         self._record_properties(item, result)
 
@@ -365,36 +366,37 @@ class SpprofPlugin:
         return self._speed[0]
 
     def _speed_ratio(self, then: Optional[int] = None, max_age_s: float = 2.0) -> float:
-        """This machine's speed figure now over ``then`` (a test's, else the baseline's; > 1:
-        slower now); 1 when the baseline has none."""
+        """This machine's speed figure now over ``then`` (a test's, else the baseline's), when
+        it is slower now; else 1. Only slowness is corrected: a figure that reads faster than
+        the baseline's (a cold first measurement, load that came and went while the baseline was
+        saved) would otherwise turn noise into alarms, which it did, by up to 48 %."""
         then = then or self.baseline_speed_ns
-        return self._speed_now(max_age_s) / then if then else 1.0
+        return max(1.0, self._speed_now(max_age_s) / then) if then else 1.0
 
-    def _confirm(self, item: Any, r: SpprofResult) -> bool:
-        """A test whose first call looks slower than its baseline and whose baseline has warm
-        rounds is judged on warm rounds run now (see _verdict). False when it does not apply."""
+    def _confirm(self, item: Any, r: SpprofResult) -> None:
+        """A test whose baseline has warm rounds is judged by screening and, when its first call
+        looks slower, on warm rounds run now (see _verdict); never on its first call alone."""
         entry = self.baseline.get(r.nodeid)
         if entry is None or len(entry.warm_ns) < 3:
-            return False
-        r.confirmed = True  # judged here, whatever the outcome: never on the first call alone
+            return
+        r.confirmed = True
         if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns), self._speed_ratio(entry.speed_ns),
                                      self.tolerance_pct, self.noise_floor_ns):
-            return True
+            return
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.
         ratio = self._speed_ratio(entry.speed_ns, max_age_s=0)
         current = self._warm_rounds(item, r, 2)
         if len(current) == 2 and not _verdict.could_regress(current, entry.warm_ns, ratio, self.tolerance_pct):
             r.rounds += 2
-            return True
+            return
         current += self._warm_rounds(item, r, _verdict.ROUNDS - len(current)) if len(current) == 2 else []
-        if len(current) < 3:
-            return True  # the repeats failed: no evidence either way, no verdict
         r.rounds += len(current)
+        if len(current) < 3:
+            return  # the repeats failed: no evidence either way, no verdict
         verdict = _verdict.judge(current, entry.warm_ns, ratio, self.tolerance_pct, self.noise_floor_ns,
                                  "the test's call")
         r.regression = verdict.evidence if verdict.regressed else None
-        return True
 
     def _more_rounds(self, item: Any, result: SpprofResult) -> None:
         # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).

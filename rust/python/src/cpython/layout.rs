@@ -342,7 +342,7 @@ fn check_data_stack_top(py: Python<'_>, walker: &Walker) -> Result<(), String> {
     if top <= specials_end || top > specials_end + 8 * words {
         return Err(
             "the thread state's datastack_top is not the end of its innermost frame (fields \
-             tstate_datastack_top, frame_size)"
+             tstate_datastack_top, frame_size, frame_owner)"
                 .into(),
         );
     }
