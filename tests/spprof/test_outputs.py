@@ -44,14 +44,19 @@ def test_speedscope_validates_and_has_one_profile_per_thread(profile, tmp_path):
     names = [p["name"] for p in doc["profiles"]]
     assert any(n.startswith("MainThread") for n in names) and any(n.startswith("helper") for n in names)
     frames = doc["shared"]["frames"]
+    empty = 0
     for p in doc["profiles"]:
         assert p["type"] == "sampled" and p["unit"] == "nanoseconds"
         assert len(p["samples"]) == len(p["weights"]) and p["endValue"] == sum(p["weights"])
         for stack in p["samples"]:
-            assert stack and all(0 <= i < len(frames) for i in stack)
+            # A tick can land while a thread starts or ends, before or after its first Python
+            # frame: an empty stack, rare, but not an error.
+            empty += not stack
+            assert all(0 <= i < len(frames) for i in stack)
             names = [frames[i]["name"] for i in stack]
             if "burn" in names:  # root → leaf: the innermost frame is the last
                 assert names[-1] in ("spin", "burn") and names.index("burn") >= len(names) - 2
+    assert empty <= max(1, len(profile.samples) // 100), empty
     assert sum(sum(p["weights"]) for p in doc["profiles"]) == profile.total_weight_ns
     out = profile.save(tmp_path / "p.json")
     assert json.loads(out.read_text()) == doc
