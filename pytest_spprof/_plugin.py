@@ -16,6 +16,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from spprof._api import MAX_INTERVAL_MS, check_interval_ms
+from spprof._paths import check_writable
+
 from . import _baseline, _session, _verdict
 from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse_time_ns
 
@@ -149,11 +152,10 @@ class SpprofPlugin:
         interval = (config.getoption("spprof_interval") or config.getini("spprof_interval")
                     or config.getini("spprof_interval_ms") or "1")
         try:
-            self.interval_ms = float(interval)
-            if not self.interval_ms >= 1:
-                raise ValueError
+            self.interval_ms = check_interval_ms(float(interval))
         except ValueError:
-            raise _usage(f"--spprof-interval must be a number of milliseconds >= 1, not {interval!r}") from None
+            raise _usage(f"--spprof-interval must be a number of milliseconds from 1 to {MAX_INTERVAL_MS}, "
+                         f"not {interval!r}") from None
         self.warn_only = bool(config.getoption("spprof_warn_only")) or config.getini("spprof_warn_only")
         self.markdown = _opt(config, "spprof_markdown", "spprof_markdown") or None
         try:
@@ -188,6 +190,15 @@ class SpprofPlugin:
                 _baseline.load(self.save_baseline, False)
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
+        # Outputs that could not be written fail now, not after the run.
+        outputs = [(self.dir, "--spprof-dir", True), (self.save_baseline, "--spprof-save-baseline", False),
+                   (self._path(self.markdown), "--spprof-markdown", False)]
+        for path, option, directory in outputs:
+            if path is not None:
+                try:
+                    check_writable(path, option, directory=directory, creates_folders=True)
+                except ValueError as exc:
+                    raise _usage(str(exc)) from None
         self.sampler = _session.SessionSampler(self.interval_ms, memory_limit_mb=100)
         self.names = _session.ModuleNames(str(config.rootpath))
         self.memprof: Any = None

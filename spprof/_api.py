@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Callable, List, Optional, TypeVar, Union
 
 from ._model import Frame, PathLike, Profile, ProfilerStats
+from ._paths import check_writable
 
 try:
     from . import _native
@@ -37,6 +38,9 @@ class _Run:
 
 
 _run: Optional[_Run] = None
+# start() and stop() run one at a time, so that concurrent calls from several threads each
+# either succeed or raise the documented RuntimeError (and _run always matches the session).
+_lifecycle = threading.Lock()
 
 
 def _require_native() -> Any:
@@ -47,24 +51,37 @@ def _require_native() -> Any:
     return _native
 
 
-def _check_number(name: str, value: Any, minimum: float, unit: str) -> float:
+#: Bounds of start()'s numbers: a tick at least every hour, a store of at most 1 TiB.
+MAX_INTERVAL_MS = 3_600_000
+MAX_MEMORY_LIMIT_MB = 1 << 20
+
+
+def _check_number(name: str, value: Any, minimum: float, maximum: float, unit: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of {unit}, not {type(value).__name__}")
-    if not value >= minimum:  # also rejects NaN
-        raise ValueError(f"{name} must be at least {minimum:g} {unit}, got {value!r}")
+    if not minimum <= value <= maximum:  # also rejects NaN and infinities
+        raise ValueError(f"{name} must be a number of {unit} from {minimum:g} to {maximum:g}, got {value!r}")
     return float(value)
+
+
+def check_interval_ms(value: Any) -> float:
+    """The sampling interval every front end accepts, in ms; TypeError/ValueError otherwise."""
+    return _check_number("interval_ms", value, 1, MAX_INTERVAL_MS, "milliseconds")
 
 
 def _check_output_path(output_path: Any) -> None:
     if output_path is not None and not isinstance(output_path, (str, os.PathLike)):
         raise TypeError(
             f"output_path must be a str or os.PathLike, not {type(output_path).__name__}")
+    if output_path is not None:
+        check_writable(output_path, "output_path")
 
 
 MODES = ("cpu", "wall")
-#: Signals that cannot carry sampling ticks (uncatchable, or used for crashes and job control).
-_FORBIDDEN_SIGNALS = {_signal.SIGKILL, _signal.SIGSTOP, _signal.SIGSEGV, _signal.SIGBUS,
-                      _signal.SIGFPE, _signal.SIGILL, _signal.SIGABRT, _signal.SIGCHLD}
+#: The signals that may carry sampling ticks: those no application relies on the default action
+#: of (job control, termination requests, crashes, SIGCHLD, SIGPIPE are refused).
+_TICK_SIGNALS = frozenset({_signal.SIGPROF, _signal.SIGVTALRM, _signal.SIGALRM, _signal.SIGUSR1, _signal.SIGUSR2,
+                           *range(_signal.SIGRTMIN, _signal.SIGRTMAX + 1)})
 
 
 def _check_mode_and_signal(mode: Any, signum: Any) -> None:
@@ -72,9 +89,13 @@ def _check_mode_and_signal(mode: Any, signum: Any) -> None:
         raise ValueError(f"mode must be 'cpu' (CPU time, the default) or 'wall' (elapsed time), not {mode!r}")
     if isinstance(signum, bool) or not isinstance(signum, int):
         raise TypeError(f"signum must be a signal number (e.g. signal.SIGPROF), not {type(signum).__name__}")
-    if not 1 <= signum < _signal.NSIG or signum in _FORBIDDEN_SIGNALS:
-        raise ValueError(f"signum {signum} cannot carry sampling ticks; use signal.SIGPROF (the default) "
-                         "or a real-time signal such as signal.SIGRTMIN + 1")
+    if signum not in _TICK_SIGNALS:
+        try:
+            name = _signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        raise ValueError(f"signum {name} cannot carry sampling ticks; use signal.SIGPROF (the default), "
+                         "SIGVTALRM, SIGALRM, SIGUSR1, SIGUSR2 or a real-time signal such as signal.SIGRTMIN + 1")
 
 
 def _register_this_thread(name: str) -> None:
@@ -126,19 +147,20 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     Raises ``RuntimeError`` if profiling is already active, ``ValueError`` if ``interval_ms < 1``.
     """
     global _run
-    interval = _check_number("interval_ms", interval_ms, 1, "milliseconds")
-    limit = _check_number("memory_limit_mb", memory_limit_mb, 0.25, "MB")
+    interval = check_interval_ms(interval_ms)
+    limit = _check_number("memory_limit_mb", memory_limit_mb, 0.25, MAX_MEMORY_LIMIT_MB, "MB")
     _check_output_path(output_path)
     _check_mode_and_signal(mode, signum)
     native = _require_native()
-    if native.is_active():
-        raise RuntimeError(
-            "profiling is already active; call spprof.stop() first (spprof.is_active() tells)")
-    _install_thread_start_hooks()
-    _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
-                               threading.current_thread().name, mode == "wall", signum,
-                               _native_unwinding)
-    _run = _Run(datetime.now().astimezone(), interval_ms, output_path)
+    with _lifecycle:
+        if native.is_active():
+            raise RuntimeError(
+                "profiling is already active; call spprof.stop() first (spprof.is_active() tells)")
+        _install_thread_start_hooks()
+        _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
+                                   threading.current_thread().name, mode == "wall", signum,
+                                   _native_unwinding)
+        _run = _Run(datetime.now().astimezone(), interval_ms, output_path)
     if fallback:
         warnings.warn(f"spprof: CPU-time timers are refused here ({fallback}); sampling wall-clock "
                       "time instead (see spprof.stats().fallback_reason)", RuntimeWarning, stacklevel=2)
@@ -148,11 +170,11 @@ def stop() -> Profile:
     """Stop profiling and return the profile (saved to ``output_path`` if ``start`` got one)."""
     global _run
     native = _require_native()
-    if not native.is_active():
-        raise RuntimeError("profiling is not active; call spprof.start() first")
-    data = native.stop()
-    run, _run = _run, None
-    assert run is not None
+    with _lifecycle:
+        if not native.is_active():
+            raise RuntimeError("profiling is not active; call spprof.start() first")
+        data = native.stop()
+        run, _run = _run, None
     profile = Profile._from_native(
         data,
         start_time=run.start_time,
@@ -225,8 +247,8 @@ class Profiler:
                  memory_limit_mb: float = 100, *, mode: str = "cpu",
                  signum: int = _signal.SIGPROF) -> None:
         # Validate now, so a bad argument fails where it was written.
-        _check_number("interval_ms", interval_ms, 1, "milliseconds")
-        _check_number("memory_limit_mb", memory_limit_mb, 0.25, "MB")
+        check_interval_ms(interval_ms)
+        _check_number("memory_limit_mb", memory_limit_mb, 0.25, MAX_MEMORY_LIMIT_MB, "MB")
         _check_output_path(output_path)
         _check_mode_and_signal(mode, signum)
         self.interval_ms = interval_ms
@@ -329,7 +351,8 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _run
+    global _run, _lifecycle
+    _lifecycle = threading.Lock()  # another thread may have held it at the fork
     if _native is not None:
         _native.after_fork_in_child()
     _run = None

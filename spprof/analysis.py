@@ -30,6 +30,15 @@ GROUPS = ("function", "line", "file")
 ORDERS = ("self", "total")
 
 
+def _check_profiles(**profiles: Any) -> None:
+    from ._model import Profile  # _model imports this module
+
+    for name, value in profiles.items():
+        if not isinstance(value, Profile):
+            raise TypeError(f"{name} must be a spprof.Profile (as spprof.stop() returns), "
+                            f"not {type(value).__name__}")
+
+
 def _check_group(group: Any) -> None:
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(map(repr, GROUPS))}, not {group!r}")
@@ -69,6 +78,7 @@ def diff(baseline: Profile, current: Profile, group: str = "function") -> Any:
     """Per function (or line, or file): baseline and current self and total time, their change
     (``delta_*``) and the change of their share of each profile (``*_pct``, percentage points),
     sorted by the largest growth of self time."""
+    _check_profiles(baseline=baseline, current=current)
     _check_group(group)
     if baseline._unit != current._unit:
         raise ValueError("cannot diff a CPU/wall profile with a memory profile")
@@ -84,6 +94,8 @@ def select_window(profile: Profile, start_ns: int, end_ns: int) -> Any:
             raise TypeError(f"{name} must be an int (nanoseconds since profiling started), not {value!r}")
     if end_ns < start_ns:
         raise ValueError(f"end_ns ({end_ns}) is before start_ns ({start_ns})")
+    # Times before the start or past 2**63 ns (292 years) hold no samples: clamp, do not overflow.
+    start_ns, end_ns = (min(max(t, 0), 2**63 - 1) for t in (start_ns, end_ns))
     return _require_native().select_window(profile._native(), start_ns, end_ns)
 
 

@@ -11,10 +11,11 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import _api
 from ._model import FORMATS, resolve_format
+from ._paths import check_writable
 from ._summary import render
 
 USAGE = "python -m spprof [-i MS] [-o FILE] [--format FMT] (script.py | -m module) [args ...]"
@@ -40,21 +41,48 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Our options that take a value: what follows them is not the program.
+_VALUE_OPTIONS = {"-i", "--interval", "-o", "--output", "--format", "--top"}
+
+
+def _split_module(argv: List[str]) -> Tuple[List[str], Optional[str], List[str]]:
+    """``[ours..., -m, module, theirs...]`` -> (ours, module, theirs): everything after the
+    module is the module's, as with ``python -m``. Without ``-m``, (argv, None, [])."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m" and i + 1 < len(argv):
+            return argv[:i], argv[i + 1], argv[i + 2:]
+        if arg.startswith("-m") and len(arg) > 2:  # -mmodule
+            return argv[:i], arg[2:], argv[i + 1:]
+        if arg == "--" or not arg.startswith("-"):
+            break  # the script: the rest is its own
+        i += 2 if arg in _VALUE_OPTIONS else 1
+    return argv, None, []
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
-    opts = parser.parse_args(argv)
-    if opts.module is not None:
-        # `-m mod a b`: argparse put `a` into target; it belongs to the module's argv.
-        program_args = ([opts.target] if opts.target is not None else []) + opts.args
+    ours, module, theirs = _split_module(sys.argv[1:] if argv is None else list(argv))
+    opts = parser.parse_args(ours)
+    if module is not None:
+        if opts.target is not None:
+            parser.error(f"give a script or -m module, not both ({opts.target!r} and -m {module})")
+        opts.module = module
+        program_args = theirs
     elif opts.target is None:
         parser.error("give a script to profile, or -m module")
     else:
         program_args = opts.args
-    if opts.interval < 1:
-        parser.error(f"--interval must be at least 1 ms, got {opts.interval:g}")
+    try:
+        _api.check_interval_ms(opts.interval)
+    except ValueError:
+        parser.error(f"--interval must be a number of milliseconds from 1 to {_api.MAX_INTERVAL_MS}, "
+                     f"got {opts.interval:g}")
     if opts.output is not None:
         try:
             resolve_format(Path(opts.output), opts.format)
+            check_writable(opts.output, "-o")
         except ValueError as exc:
             parser.error(str(exc))
 

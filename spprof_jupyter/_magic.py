@@ -17,7 +17,9 @@ from IPython.display import display
 
 import spprof
 from spprof import Frame, Profile, Sample
+from spprof._api import MAX_INTERVAL_MS, check_interval_ms
 from spprof._model import resolve_format
+from spprof._paths import check_writable
 
 from ._result import DEFAULT_TOP, SpprofResult
 
@@ -84,14 +86,18 @@ class _Run:
         self.memprof = memprof
         self.cpu = args.memory is None or args.cpu or args.wall or args.interval is not None
         self.interval = DEFAULT_INTERVAL_MS if args.interval is None else args.interval
-        if not self.interval >= 1:
-            raise UsageError(f"-i/--interval must be at least 1 ms, got {args.interval}")
+        try:
+            check_interval_ms(self.interval)
+        except ValueError:
+            raise UsageError(f"-i/--interval must be a number of milliseconds from 1 to {MAX_INTERVAL_MS}, "
+                             f"got {args.interval}") from None
         if args.top is not None and args.top < 0:
             raise UsageError(f"--top must be 0 or more, got {args.top}")
         if args.output:
             args.output = _unquote(args.output)
             try:
                 resolve_format(Path(args.output), None)
+                check_writable(args.output, "path")
             except ValueError as exc:
                 raise UsageError(f"-o/--output: {exc}") from None
         if self.cpu and spprof.is_active():

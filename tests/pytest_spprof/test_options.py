@@ -80,8 +80,9 @@ def test_interval_by_either_name(pytester, args, ini):
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makepyfile("def test_a():\n    pass\n")
     run(pytester, "--spprof", *args).assert_outcomes(passed=1)
-    bad = run(pytester, "--spprof", "--spprof-interval-ms=0")
-    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    for value in ("0", "inf", "nan", "1e400", "abc"):
+        bad = run(pytester, "--spprof", f"--spprof-interval-ms={value}")
+        assert bad.ret == pytest.ExitCode.USAGE_ERROR, value
 
 
 def test_the_output_directory_ignores_itself(pytester):
@@ -214,3 +215,15 @@ def test_after():
     result = run(pytester, "--spprof")
     result.assert_outcomes(passed=2)
     assert "INTERNALERROR" not in result.stdout.str() and "stopped profiling" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("option", ["--spprof-dir=afile/sub", "--spprof-markdown=afile/report.md",
+                                    "--spprof-save-baseline=adir", "--spprof-dir=afile"])
+def test_an_output_that_cannot_be_written_fails_before_the_tests_run(pytester, option):
+    pytester.makepyfile("import pathlib\ndef test_a():\n    pathlib.Path('ran').touch()\n")
+    (pytester.path / "afile").write_text("")
+    (pytester.path / "adir").mkdir()
+    result = run(pytester, "--spprof", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert option.split("=")[0] in result.stderr.str()
+    assert not (pytester.path / "ran").exists()

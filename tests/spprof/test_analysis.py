@@ -135,3 +135,10 @@ def test_bad_arguments_say_what_to_do(mix):
         profile.top(n=-1)
     with pytest.raises(TypeError, match="start_ns"):
         profile.between(0.5, 10)
+    with pytest.raises(TypeError, match="baseline must be a spprof.Profile"):
+        analysis.diff(42, profile)
+    with pytest.raises(TypeError, match="baseline must be a spprof.Profile"):
+        profile.diff(42)
+    # Times beyond any sample are an empty or a whole window, never an overflow.
+    assert len(profile.between(-2**70, 2**70).samples) == len(profile.samples)
+    assert len(analysis.between(profile, 2**70, 2**71)) == 0

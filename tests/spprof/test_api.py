@@ -53,17 +53,23 @@ def test_start_stop_returns_a_profile_with_the_documented_fields():
 def test_errors_are_the_documented_exceptions_with_guidance():
     with pytest.raises(RuntimeError, match="not active.*spprof.start"):
         spprof.stop()
-    for bad in (0, 0.5, -3, float("nan")):
-        with pytest.raises(ValueError, match="interval_ms must be at least 1"):
+    for bad in (0, 0.5, -3, float("nan"), float("inf"), 2**70, 10**400):
+        with pytest.raises(ValueError, match="interval_ms must be a number of milliseconds from 1 to"):
             spprof.start(interval_ms=bad)
     with pytest.raises(TypeError, match="interval_ms must be a number"):
         spprof.start(interval_ms="10")
     with pytest.raises(TypeError, match="interval_ms"):
         spprof.start(interval_ms=True)
-    with pytest.raises(ValueError, match="memory_limit_mb"):
-        spprof.start(memory_limit_mb=0)
+    for bad in (0, float("inf"), 2**70):
+        with pytest.raises(ValueError, match="memory_limit_mb"):
+            spprof.start(memory_limit_mb=bad)
     with pytest.raises(TypeError, match="output_path"):
         spprof.start(output_path=42)
+    # An output path that could not be written is refused before profiling starts.
+    with pytest.raises(ValueError, match="folder .*nodir.* does not exist"):
+        spprof.start(output_path="nodir/x.json")
+    with pytest.raises(ValueError, match="is a folder"):
+        spprof.start(output_path=".")
     assert not spprof.is_active()
     spprof.start()
     with pytest.raises(RuntimeError, match="already active.*spprof.stop"):

@@ -57,9 +57,25 @@ def test_profiles_a_module_with_collapsed_output(tmp_path):
     assert "spin (" in out.read_text()
 
 
+def test_everything_after_the_module_is_the_modules(tmp_path):
+    (tmp_path / "tool.py").write_text("import sys\nprint(sys.argv[1:])\n")
+    r = run("-i", "1", "-o", str(tmp_path / "out.collapsed"), "-m", "tool", "--its-args", "-o", "x", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "['--its-args', '-o', 'x']" in r.stdout
+    r = run("-mtool", "-i", "5", cwd=tmp_path)
+    assert r.returncode == 0 and "['-i', '5']" in r.stdout, r.stderr
+
+
 def test_bad_options_are_usage_errors(tmp_path):
-    r = run("-i", "0", str(EXAMPLES / "hotspots.py"))
-    assert r.returncode == 2 and "at least 1 ms" in r.stderr
+    for bad in ("0", "inf", "nan", "1e400"):
+        r = run("-i", bad, str(EXAMPLES / "hotspots.py"))
+        assert r.returncode == 2 and "from 1 to" in r.stderr, r.stderr
+    # Before the program runs: a profile that cannot be written is not lost at the end.
+    marker = tmp_path / "ran"
+    script = tmp_path / "prog.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    r = run("-o", str(tmp_path / "nodir" / "x.json"), str(script))
+    assert r.returncode == 2 and "does not exist" in r.stderr and not marker.exists(), r.stderr
     r = run("-o", str(tmp_path / "x.pdf"), str(EXAMPLES / "hotspots.py"))
     assert r.returncode == 2 and "extension" in r.stderr
     r = run(str(tmp_path / "missing.py"))

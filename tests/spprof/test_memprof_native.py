@@ -55,7 +55,7 @@ def test_preload_path_is_the_shipped_library():
 # Three native allocation sites (ctypes.PyDLL keeps the GIL, as a C extension does, so each
 # allocation has its Python stack), plus churn that is freed. Sizes are mixed per site.
 NATIVE_WORKLOAD = """
-    import ctypes, json, random, sys
+    import array, ctypes, json, random, sys
     import spprof.memprof as mp
     libc = ctypes.PyDLL(None)
     libc.malloc.restype = ctypes.c_void_p
@@ -64,34 +64,37 @@ NATIVE_WORKLOAD = """
     rng = random.Random(7)
     RATE = 64 * 1024
 
-    def keep_big(out):
+    # Each site keeps its pointers and sizes in two arrays that grow in its own frame: the
+    # Python bytes it leaves live are those two buffers, known exactly (sys.getsizeof).
+    def keep_big(ptrs, sizes):
         for _ in range(100):
-            n = rng.randrange(200_000, 600_000); out.append((libc.malloc(n), n))
+            n = rng.randrange(200_000, 600_000); ptrs.append(libc.malloc(n)); sizes.append(n)
 
-    def keep_mid(out):
+    def keep_mid(ptrs, sizes):
         for _ in range(1_500):
-            n = rng.randrange(8_000, 40_000); out.append((libc.malloc(n), n))
+            n = rng.randrange(8_000, 40_000); ptrs.append(libc.malloc(n)); sizes.append(n)
 
-    def keep_small(out):
+    def keep_small(ptrs, sizes):
         for _ in range(40_000):
-            n = rng.randrange(64, 1_000); out.append((libc.malloc(n), n))
+            n = rng.randrange(64, 1_000); ptrs.append(libc.malloc(n)); sizes.append(n)
 
     def churn():
         for _ in range(3_000):
             libc.free(libc.malloc(rng.randrange(1_000, 100_000)))
 
     mp.start(sampling_rate_kb=RATE // 1024)
-    kept = {"keep_big": [], "keep_mid": [], "keep_small": []}
-    churn(); keep_big(kept["keep_big"]); churn(); keep_mid(kept["keep_mid"]); churn()
-    keep_small(kept["keep_small"]); churn()
+    kept = {k: (array.array("Q"), array.array("Q")) for k in ("keep_big", "keep_mid", "keep_small")}
+    churn(); keep_big(*kept["keep_big"]); churn(); keep_mid(*kept["keep_mid"]); churn()
+    keep_small(*kept["keep_small"]); churn()
     snap = mp.get_snapshot()
     sites = {d["function"]: d["estimated_bytes"] for d in snap.top_allocators(50)}
     out = {"sources": mp.get_stats().sources, "live": snap.live_samples, "total": snap.estimated_heap_bytes,
-           "sites": sites, "sizes": {k: [n for _, n in v] for k, v in kept.items()}}
+           "sites": sites, "sizes": {k: list(v[1]) for k, v in kept.items()},
+           "python_bytes": {k: sum(map(sys.getsizeof, v)) for k, v in kept.items()}}
     mp.stop()
     def free_all():
-        for blocks in kept.values():
-            for p, _ in blocks:
+        for ptrs, _ in kept.values():
+            for p in ptrs:
                 libc.free(p)
         kept.clear()
     free_all()
@@ -106,7 +109,7 @@ def test_native_allocations_estimate_and_split_match_the_truth():
     rate = 64 * 1024
     assert out["sources"] == ["python", "native"]
     sizes = out["sizes"]
-    truth = {k: sum(v) for k, v in sizes.items()}
+    truth = {k: sum(v) + out["python_bytes"][k] for k, v in sizes.items()}
     total = sum(truth.values())
     total_sigma = sigma([s for v in sizes.values() for s in v], rate)
     assert 4 * total_sigma < 0.1 * total and out["live"] >= 200, (total_sigma, out["live"])
@@ -123,10 +126,8 @@ def test_native_allocations_estimate_and_split_match_the_truth():
 def test_without_the_library_native_allocations_are_not_seen():
     out = last_json(run(NATIVE_WORKLOAD, preload=False))
     assert out["sources"] == ["python"]
-    # Only the Python objects of the sites remain: about 140 bytes per block (a tuple and two
-    # ints), a quarter of the native bytes for keep_small (~5 MB, with a sampling error of about
-    # 0.6 MB at 64 KiB) and under 1 % for the others. Seen native blocks would put each site
-    # over 100 %.
+    # Only the sites' two arrays remain: 16 bytes per block, under 5 % of the native bytes for
+    # keep_small and far less for the others. Seen native blocks would put each site over 50 %.
     for site, sizes in out["sizes"].items():
         assert out["sites"].get(site, 0) < 0.5 * sum(sizes), (site, out["sites"].get(site))
 

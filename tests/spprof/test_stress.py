@@ -204,3 +204,57 @@ def test_python_called_from_c_in_a_tight_loop():
         n += 1
     profile = spprof.stop()
     assert n > 0 and len(profile.samples) > 100
+
+
+CONCURRENT_STOPS = """
+import sys, threading
+import spprof
+from spprof import memprof
+from workloads import spin
+
+outcomes = {}
+lock = threading.Lock()
+
+def call(name, fn):
+    try:
+        fn()
+    except RuntimeError as exc:
+        name += ": " + ("already" if "already" in str(exc) else "not active")
+    with lock:
+        outcomes[name] = outcomes.get(name, 0) + 1
+
+for round in range(int(sys.argv[1])):
+    spprof.start(interval_ms=1)
+    memprof.start(sampling_rate_kb=64)
+    spin(2000)
+    # The binding's own stop() too, beneath the API's lock: it must not abort either.
+    callers = [threading.Thread(target=call, args=args)
+               for args in (("stop", spprof.stop), ("stop", spprof._native.stop), ("stop", spprof._native.stop),
+                            ("memprof.stop", memprof.stop), ("memprof.stop", memprof.stop),
+                            ("start", lambda: spprof.start(interval_ms=1)))]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    if spprof.is_active():  # the start() came after the stop() calls
+        call("stop", spprof.stop)
+print(outcomes)
+"""
+
+
+def test_start_and_stop_from_many_threads_at_once_succeed_or_raise(tmp_path):
+    # Two stop() calls at once used to abort the process (a panic in the binding). Each call
+    # must either succeed or raise RuntimeError, and each round yields exactly one profile.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rounds = 30
+    r = subprocess.run([sys.executable, "-c", CONCURRENT_STOPS, str(rounds)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    outcomes = eval(r.stdout.strip().splitlines()[-1])
+    # Every session started is stopped exactly once; every other call raises RuntimeError.
+    assert outcomes["stop"] == rounds + outcomes.get("start", 0), outcomes
+    assert outcomes["memprof.stop"] == rounds and outcomes["memprof.stop: not active"] == rounds, outcomes

@@ -243,12 +243,48 @@ def test_sampling_on_another_signal():
     with spprof.Profiler(interval_ms=1, signum=signum) as p:
         burn_cpu(0.2)
     assert len(p.profile.samples) > 20
-    with pytest.raises(ValueError, match="signum"):
-        spprof.start(signum=signal.SIGKILL)
+    refused = ["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGCHLD",
+               "SIGPIPE", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGKILL", "SIGSTOP"]
+    for name in refused:
+        signum = getattr(signal, name)
+        before = signal.getsignal(signum)
+        with pytest.raises(ValueError, match=f"signum {name} cannot carry"):
+            spprof.start(signum=signum)
+        assert signal.getsignal(signum) == before and not spprof.is_active()
     with pytest.raises(TypeError, match="signum"):
         spprof.start(signum="SIGPROF")
     with pytest.raises(ValueError, match="mode"):
         spprof.start(mode="gpu")
+
+
+SIGNAL_AFTER_STOP = """
+import os, signal, sys
+import spprof
+from workloads import burn_cpu
+signum, disposition = getattr(signal, sys.argv[1]), sys.argv[2]
+if disposition == "ignore":
+    signal.signal(signum, signal.SIG_IGN)
+spprof.start(interval_ms=1, signum=signum)
+burn_cpu(0.05)
+spprof.stop()
+os.kill(os.getpid(), signum)
+burn_cpu(0.05)
+print("survived")
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGPROF", "SIGUSR1", "SIGALRM"])
+@pytest.mark.parametrize("disposition", ["default", "ignore"])
+def test_after_stop_the_signal_does_what_it_did_before(name, disposition, tmp_path):
+    # The signal's default action (terminate) must come back at stop(), as must "ignore";
+    # an application handler is restored by the test above.
+    r = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_STOP, name, disposition], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(Path(workloads.__file__).parent)))
+    if disposition == "default":
+        assert r.returncode == -getattr(signal, name), (r.returncode, r.stderr[-2000:])
+    else:
+        assert r.returncode == 0 and r.stdout.strip() == "survived", (r.returncode, r.stderr[-2000:])
 
 
 def test_a_thread_that_blocks_the_signal_neither_crashes_nor_hangs():

@@ -183,7 +183,8 @@ def test_unknown_option_is_a_usage_error(ip, capsys):
     assert "not_run" not in ip.user_ns
     assert "Traceback" not in capsys.readouterr().out
     for bad in ("%%spprof -i 0.5\nnot_run = 1\n", "%%spprof -o out.unknown\nnot_run = 1\n",
-                "%%spprof stray\nnot_run = 1\n", "%spprof -q", "%%spprof -i abc\nnot_run = 1\n"):
+                "%%spprof stray\nnot_run = 1\n", "%spprof -q", "%%spprof -i abc\nnot_run = 1\n",
+                "%%spprof -i inf\nnot_run = 1\n", "%%spprof -o nodir/x.json\nnot_run = 1\n"):
         result = run(ip, bad)
         assert isinstance(result.error_in_exec, UsageError), bad
         assert "not_run" not in ip.user_ns

@@ -139,6 +139,10 @@ fn choose_clock(wall: bool) -> Result<(Clock, Option<String>), String> {
     }
 }
 
+fn not_active() -> PyErr {
+    PyRuntimeError::new_err("profiling is not active; call spprof.start() first")
+}
+
 fn already_active() -> PyErr {
     PyRuntimeError::new_err(
         "profiling is already active; call spprof.stop() first (spprof.is_active() tells)",
@@ -174,12 +178,16 @@ fn register_all_threads(py: Python<'_>) -> PyResult<usize> {
 #[pyfunction]
 fn stop(py: Python<'_>) -> PyResult<ProfileData> {
     let drainer = match session::lock().as_mut() {
-        Some(s) => s.take_drainer(),
-        None => {
+        Some(s) if s.stopping => {
             return Err(PyRuntimeError::new_err(
-                "profiling is not active; call spprof.start() first",
+                "spprof.stop() is already running in another thread; only that call returns the profile",
             ))
         }
+        Some(s) => {
+            s.stopping = true;
+            s.take_drainer()
+        }
+        None => return Err(not_active()),
     };
     if let Some(drainer) = drainer {
         drainer.stop_and_join(py);
@@ -187,7 +195,10 @@ fn stop(py: Python<'_>) -> PyResult<ProfileData> {
     // After the join: the drainer's thread scan must not register anything after this.
     threads::unregister_all();
     // From here to the end the GIL is held: no code object can be freed before the final drain.
-    let s = session::lock().take().expect("session present");
+    // Only the stop() that set `stopping` gets here, so the session is still present.
+    let Some(s) = session::lock().take() else {
+        return Err(not_active());
+    };
     ACTIVE.store(false, Ordering::Release);
     sampler::restore_application_handler(s.signal);
     let (interval_ns, clock) = (s.interval_ns, s.clock);

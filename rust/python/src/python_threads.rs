@@ -63,6 +63,9 @@ fn placeholder_name(tid: i32) -> String {
 /// Register the thread `tid` whose thread state is `ts`. Ok(false) if it already was or has
 /// exited meanwhile.
 fn register(py: Python<'_>, s: &mut Session, ts: usize, tid: i32, name: &str) -> PyResult<bool> {
+    if s.stopping {
+        return Ok(false);
+    }
     if let Some(index) = threads::store_thread_of(tid) {
         if name != placeholder_name(tid) {
             s.store.rename_thread(index, name);

@@ -122,8 +122,9 @@ pub fn install(signal: i32) -> Result<(), String> {
 }
 
 /// Put back an application's own handler of `signal`. When the previous disposition was the
-/// default (which for SIGPROF terminates the process) or "ignore", ours stays installed but
-/// idle: a timer signal still pending on some thread after `stop` must not kill the process.
+/// default or "ignore", ours stays installed but idle, and acts exactly as that disposition
+/// for every signal that is not a tick (see [`chain`]): a tick still pending on some thread
+/// after `stop` must not kill the process.
 pub fn restore_application_handler(signal: i32) {
     let mut prev = PREVIOUS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = prev.iter().position(|(s, _)| *s == signal) {
@@ -169,14 +170,19 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
     unsafe { *errno = saved };
 }
 
-/// Hand a signal that is not one of our timer ticks to whoever handled it before us.
+/// Hand a signal that is not one of our timer ticks to whoever handled it before us, or do
+/// what its previous disposition would have done.
 fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let Some(handler) = PREV_HANDLER.get(signal as usize) else {
         return;
     };
     let handler = handler.load(Ordering::SeqCst);
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        return; // not ours and nobody else's: dropping it beats terminating the process
+    if handler == libc::SIG_IGN {
+        return;
+    }
+    if handler == libc::SIG_DFL {
+        terminate_by_default(signal);
+        return;
     }
     if PREV_FLAGS[signal as usize].load(Ordering::SeqCst) as i32 & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
@@ -187,6 +193,20 @@ fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
         // SAFETY: without SA_SIGINFO the previous handler takes only the signal number.
         let f: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
         f(signal);
+    }
+}
+
+/// The default action of every signal `spprof.start` accepts (SIGPROF, SIGVTALRM, SIGALRM,
+/// SIGUSR1/2, real-time signals) is to terminate the process: put the default back and raise
+/// the signal again; it is delivered, and kills the process, when this handler returns.
+fn terminate_by_default(signal: i32) {
+    // SAFETY: sigaction is plain data; zeroed with SIG_DFL (0) is the default disposition.
+    let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
+    default.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: sigaction and raise are async-signal-safe; the pointer is to a valid action.
+    unsafe {
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+        libc::raise(signal);
     }
 }
 

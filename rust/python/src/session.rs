@@ -36,6 +36,9 @@ pub struct Session {
     pub thread_error: Option<String>,
     /// Threads that called `unregister_thread()`: the scan leaves them alone.
     pub opted_out: HashSet<i32>,
+    /// Set by the `stop()` that ends this session: another `stop()` refuses, and no thread is
+    /// registered any more (its timer would outlive the session).
+    pub stopping: bool,
     drainer: Option<ResolverThread>,
     scratch: Vec<u32>,
 }
@@ -72,6 +75,7 @@ impl Session {
             fallback: None,
             thread_error: None,
             opted_out: HashSet::new(),
+            stopping: false,
             drainer: None,
             scratch: Vec::new(),
         }
