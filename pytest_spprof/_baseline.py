@@ -28,7 +28,9 @@ import platform
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, Dict, List, NamedTuple, Tuple
+
+from . import _journal
 
 FORMAT = "spprof-pytest-baseline"
 VERSION = 2
@@ -43,6 +45,27 @@ class BaselineError(ValueError):
 
 
 def load(path: Path, must_exist: bool) -> Dict[str, Any]:
+    """The baseline at ``path`` with the entries of its journals (runs that were killed before
+    they saved it, see ``_journal``) applied."""
+    data = _load_file(path, must_exist and not _journal.baseline_journals(path))
+    _apply_journals(data, _journal.baseline_journals(path))
+    return data
+
+
+def journal_entry(test_id: str, entry: Dict[str, Any]) -> Dict[str, Any]:
+    """A line of a baseline journal: one test's entry for this Python."""
+    return {"environment": environment_key(), "test": test_id, "entry": entry}
+
+
+def _apply_journals(data: Dict[str, Any], journals: List[Path]) -> None:
+    for path in journals:
+        for line in _journal.read(path):
+            if isinstance(line, dict) and _valid_entry(line.get("entry")) and isinstance(line.get("test"), str):
+                env = data["environments"].setdefault(str(line.get("environment")), {"tests": {}})
+                env["tests"][line["test"]] = line["entry"]
+
+
+def _load_file(path: Path, must_exist: bool) -> Dict[str, Any]:
     if not path.exists():
         if must_exist:
             raise BaselineError(f"no baseline at {path}; record one first with "
@@ -133,8 +156,16 @@ def save(path: Path, data: Dict[str, Any], tests: Dict[str, Any], speed_ns: int)
     env["saved"] = datetime.now().astimezone().isoformat(timespec="seconds")
     env["platform"] = f"{platform.system()}-{platform.machine()}"
     env["python"] = platform.python_version()
+    journals = _journal.baseline_journals(path)
+    _apply_journals(data, journals)  # also those of killed runs that came after `data` was read
     env["tests"].update(tests)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():  # the write failed (a full disk): leave no partial file behind
+            tmp.unlink()
+    for journal in journals:  # compacted
+        journal.unlink(missing_ok=True)

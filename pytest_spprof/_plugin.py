@@ -12,14 +12,14 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
 from spprof._api import MAX_INTERVAL_MS, check_interval_ms
 from spprof._paths import check_writable
 
-from . import _baseline, _session, _verdict
+from . import _baseline, _journal, _session, _verdict
 from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse_time_ns
 
 #: The least growth of a test's warm rounds that is a regression (an effect-size floor on top of
@@ -30,6 +30,9 @@ DEFAULT_NOISE_FLOOR = "2ms"
 #: Without warm rounds (a baseline whose repeats failed) only the first calls can be compared,
 #: whose run-to-run noise reached 28 % on the development VM: never a narrower margin than this.
 FIRST_CALL_TOLERANCE_PCT = 30.0
+STOPPED_PROFILER = ("spprof: this test called spprof.stop() while pytest --spprof was profiling it, so its "
+                    "samples went to that call and it has no figures. Profile it yourself only in runs "
+                    "without --spprof (the spprof_profiler fixture gives a test its own profile).")
 
 
 class SpprofBudgetWarning(pytest.PytestWarning):
@@ -51,8 +54,9 @@ class SpprofResult:
     other_threads_cpu_ns: Optional[int] = None
     #: Net growth of the live heap (spprof.memprof estimate), when a memory budget applies.
     memory_bytes: Optional[int] = None
-    #: "passed", "failed", "skipped" (the test's own outcome, or failed by spprof).
-    outcome: str = "passed"
+    #: "passed", "failed", "skipped" (the test's own outcome, or failed by spprof), or
+    #: "interrupted" (Ctrl-C, SIGTERM: its figures are partial and never enter a baseline).
+    outcome: str = "interrupted"
     #: Messages of broken budgets / regressions (empty when none).
     problems: List[str] = field(default_factory=list)
     #: CPU time of this test in the baseline, None when it is not in the baseline.
@@ -107,12 +111,13 @@ def _opt(config: Any, name: str, ini: str) -> Any:
 
 
 def _safe_name(nodeid: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", nodeid.replace("::", "__"))
-    if len(name) > 150:
-        import hashlib
+    """A file name for a test's outputs: readable, and unique through a hash of the whole id
+    (ids that differ only in characters a file name cannot hold would collide otherwise).
+    results.json maps each test id to its files."""
+    import hashlib
 
-        name = name[:130] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:12]
-    return name
+    name = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", nodeid.replace("::", "__"))[:120]
+    return f"{name}-{hashlib.sha1(nodeid.encode()).hexdigest()[:10]}"
 
 
 def _usage(msg: str) -> pytest.UsageError:
@@ -210,6 +215,13 @@ class SpprofPlugin:
         self.new_tests: List[str] = []
         self.dropped = 0
         self.run_file: Optional[Path] = None
+        #: Baseline entries of the passed tests, made as each test finishes.
+        self.baseline_tests: Dict[str, Any] = {}
+        #: Outputs that could not be written (reported in the terminal summary).
+        self.output_errors: List[str] = []
+        self._results: Optional[_journal.Journal] = None
+        self._baseline_file: Optional[_journal.Journal] = None
+        self._sigterm_handler: Any = None
 
     def _int(self, opt: str, ini: str, default: int, minimum: int = 0) -> int:
         value = _opt(self.config, opt, ini)
@@ -306,9 +318,12 @@ class SpprofPlugin:
         cpu = time.thread_time_ns() - c0
         wall = time.perf_counter_ns() - w0
         t1 = time.monotonic_ns()
+        stopped = self.sampler.lost()
         result = SpprofResult(item.nodeid, cpu_ns=cpu, wall_ns=wall,
-                              samples=self.sampler.collected() - s0, t0=m0, t1=t1,
+                              samples=max(0, self.sampler.collected() - s0), t0=m0, t1=t1,
                               thread_id=threading.get_native_id())
+        if stopped:
+            result.problems.append(STOPPED_PROFILER)
         if mem0 is not None and self.memprof is not None:
             mem1 = self._heap()
             if mem1 is not None:
@@ -470,8 +485,41 @@ class SpprofPlugin:
         result.outcome = own if rep.outcome == "passed" else rep.outcome
         # The test's own failure (or skip) is its report; spprof adds nothing to it.
         if own == "passed" and rep.outcome == "passed":
-            self._judge(item, result, rep)
+            if STOPPED_PROFILER in result.problems:  # no figures to judge: fail this test only
+                self._problems += 1
+                rep.outcome, rep.longrepr, result.outcome = "failed", STOPPED_PROFILER, "failed"
+            else:
+                self._judge(item, result, rep)
+        self._settle(result)
         item.ihook.pytest_spprof_result(item=item, result=result)
+
+    def _settle(self, r: SpprofResult) -> None:
+        """Put what a finished test leaves on disk now (see _journal): its profile file when it
+        is kept, its baseline entry, and its record. Taking its samples out of the running
+        profiler (a checkpoint, ~4 ms) happens only for the first two."""
+        keep = self.save == "all" or (self.save == "failed" and r.outcome == "failed")
+        entry = self.save_baseline is not None and r.outcome == "passed"
+        if keep or entry:
+            self.sampler.checkpoint()
+        if keep:
+            path = self._make_dir("profiles") / (_safe_name(r.nodeid) + ".speedscope.json")
+            if self._output(f"the profile of {r.nodeid}", lambda: self.profile_of(r).save(path)):
+                r.files["speedscope"] = str(path)
+        if entry:
+            self.baseline_tests[r.nodeid] = self._baseline_entry(r)
+            self._output("the baseline journal", lambda: self._baseline_journal.append(
+                _baseline.journal_entry(r.nodeid, self.baseline_tests[r.nodeid])))
+        self._output("the results journal", lambda: self._results_journal.append(r.record()))
+
+    def _output(self, what: str, write: Callable[[], Any]) -> bool:
+        """Run one writer; a failure (a full disk, a folder removed meanwhile) is reported at the
+        end of the run and does not keep the other outputs from being written."""
+        try:
+            write()
+            return True
+        except OSError as exc:
+            self.output_errors.append(f"could not write {what}: {exc}")
+            return False
 
     def _judge(self, item: Any, result: SpprofResult, rep: Any) -> None:
         problems = self._check(item, result)
@@ -664,13 +712,48 @@ class SpprofPlugin:
             self._parts = Path(tempfile.mkdtemp(prefix=".xdist-parts-", dir=self._make_dir()))
         return self._parts
 
+    @property
+    def _results_journal(self) -> _journal.Journal:
+        if self._results is None:
+            if self._role() == "worker":  # beside the part the worker writes at its end
+                path = self._parts_dir() / f"{self.config.workerinput['workerid']}.results.jsonl"
+            else:
+                path = self._make_dir() / "results.jsonl"
+            self._results = _journal.Journal(path)
+        return self._results
+
+    @property
+    def _baseline_journal(self) -> _journal.Journal:
+        if self._baseline_file is None:
+            assert self.save_baseline is not None
+            self._baseline_file = _journal.baseline_journal(self.save_baseline)
+        return self._baseline_file
+
     def pytest_sessionstart(self, session: Any) -> None:
+        self._catch_sigterm()
         if self._role() == "worker":
             return
+        self._results_journal.remove()  # a killed earlier run's: this run's results replace it
         profiles = self.dir / "profiles"
         if profiles.is_dir():  # profiles of an earlier run would mislead
             for old in list(profiles.glob("*.speedscope.json")) + list(profiles.glob("*.diff.svg")):
                 old.unlink()
+
+    def _catch_sigterm(self) -> None:
+        """SIGTERM (a CI job's timeout, ``kill``) ends the run as Ctrl-C does: the test in flight
+        is interrupted, and the finished tests' results are written. Only when SIGTERM has its
+        default action, in the main thread: an application's own handler is left alone."""
+        import signal
+
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt("SIGTERM: pytest --spprof writes the results of the finished tests")
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        self._sigterm_handler = on_sigterm
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: Any) -> None:
@@ -686,40 +769,31 @@ class SpprofPlugin:
             self._merge_parts()
             return
         self._finish_tests()
-        baseline_tests = self._baseline_entries() if self.save_baseline is not None else {}
         if role == "worker":
-            self._write_part(baseline_tests)
+            if self._output("this worker's results", lambda: self._write_part(self.baseline_tests)):
+                self._results_journal.remove()
         elif self.results:
             run = self._write_run() if self.arrow else None
-            self._write_outputs(self.sampler.dropped, baseline_tests, run)
+            self._write_outputs(self.sampler.dropped, self.baseline_tests, run)
 
     @property
     def arrow(self) -> bool:
         return not self.config.getoption("spprof_no_arrow") and bool(self.config.getini("spprof_arrow"))
 
     def _finish_tests(self) -> None:
-        """What needs this process's samples: other threads' time, hottest functions, profile files."""
+        """What needs this process's samples: other threads' time, hottest functions."""
         for r in self.results.values():
             r.other_threads_cpu_ns = sum(s.weight_ns for s in self.profile_of(r).samples
                                          if s.thread_id != r.thread_id)
             r.hottest = self._hottest(r)
-            if self.save == "all" or (self.save == "failed" and r.outcome == "failed"):
-                path = self._make_dir("profiles") / (_safe_name(r.nodeid) + ".speedscope.json")
-                self.profile_of(r).save(path)
-                r.files["speedscope"] = str(path)
 
-    def _baseline_entries(self) -> Dict[str, Any]:
-        tests = {}
-        for r in self.results.values():
-            if r.outcome != "passed":
-                continue
-            profile = self.names.portable(self.profile_of(r))
-            self_ns, incl = _function_times_by_name(profile)
-            functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
-            tests[r.nodeid] = {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples,
-                               "warm_ns": r.warm_ns, "speed_ns": r.speed_ns, "functions": functions,
-                               "stacks": _session.stacks_of(self._round_profile(r), limit=200)}
-        return tests
+    def _baseline_entry(self, r: SpprofResult) -> Dict[str, Any]:
+        profile = self.names.portable(self.profile_of(r))
+        self_ns, incl = _function_times_by_name(profile)
+        functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
+        return {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples, "warm_ns": r.warm_ns,
+                "speed_ns": r.speed_ns, "functions": functions,
+                "stacks": _session.stacks_of(self._round_profile(r), limit=200)}
 
     def _write_run(self) -> Optional[Path]:
         from ._run import write_run
@@ -728,7 +802,9 @@ class SpprofPlugin:
             folder, name = self._parts_dir(), f"{self.config.workerinput['workerid']}.arrow"
         else:
             folder, name = self._make_dir(), "run.arrow"
-        return write_run(folder / name, self.sampler.chunks, self.results.values())
+        path = folder / name
+        return path if self._output(str(path), lambda: write_run(path, self.sampler.chunks,
+                                                                  self.results.values())) else None
 
     def _write_part(self, baseline_tests: Dict[str, Any]) -> None:
         run = self._write_run() if self.arrow and self.results else None
@@ -743,21 +819,29 @@ class SpprofPlugin:
 
         folder = self._parts_dir()
         dropped, baseline_tests, runs = 0, {}, []
+        records = []
         for path in sorted(folder.glob("*.json")):
             part = json.loads(path.read_text(encoding="utf-8"))
-            for record in part["tests"]:
-                r = SpprofResult.from_record(record)
-                self.results[r.nodeid] = r
-                self._problems += bool(r.problems)
+            records += part["tests"]
             dropped += part["dropped"]
             baseline_tests.update(part["baseline"])
             if part["run"]:
                 runs.append(Path(part["run"]))
+        # A worker that crashed or was killed wrote no part: its journal has its finished tests
+        # (their baseline entries are in the baseline's journals, compacted when it is saved).
+        for path in sorted(folder.glob("*.results.jsonl")):
+            if not path.with_name(path.name.replace(".results.jsonl", ".json")).exists():
+                records += _journal.read(path)
+        for record in records:
+            r = SpprofResult.from_record(record)
+            self.results[r.nodeid] = r
+            self._problems += bool(r.problems)
         run = None
         if runs:
             from ._run import merge_runs
 
-            run = merge_runs(self.dir / "run.arrow", runs)
+            path = self.dir / "run.arrow"
+            run = path if self._output(str(path), lambda: merge_runs(path, runs)) else None
         if self.results:
             self._write_outputs(dropped, baseline_tests, run)
         shutil.rmtree(folder, ignore_errors=True)
@@ -765,21 +849,21 @@ class SpprofPlugin:
     def _write_outputs(self, dropped: int, baseline_tests: Dict[str, Any], run: Optional[Path]) -> None:
         """The run's files, from the results of this process or of every xdist worker."""
         self.dropped, self.run_file = dropped, run
-        self._make_dir()
         summary = {"format": "spprof-pytest-results", "version": 1,
                    "python": _baseline.environment_key(), "phases": self.phases, "dropped_samples": dropped,
                    "tests": {r.nodeid: r.record() for r in self.results.values()}}
-        (self.dir / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        results = self.dir / "results.json"
+        if self._output(str(results), lambda: _write_text(results, json.dumps(summary, indent=1))):
+            self._results_journal.remove()  # compacted into results.json
         if self.save_baseline is not None:
-            data = _baseline.load(self.save_baseline, False)
-            _baseline.save(self.save_baseline, data, baseline_tests, self._speed_now(max_age_s=2.0))
+            path = self.save_baseline
+            self._output(str(path), lambda: _baseline.save(path, _baseline.load(path, False), baseline_tests,
+                                                           self._speed_now(max_age_s=2.0)))
         if self.compare_path is not None:
             self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
-        if self.markdown:
-            path = self._path(self.markdown)
-            assert path is not None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self._markdown(), encoding="utf-8")
+        markdown = self._path(self.markdown)
+        if markdown is not None:
+            self._output(str(markdown), lambda: _write_text(markdown, self._markdown()))
 
     def _slowest(self) -> List[SpprofResult]:
         return sorted(self.results.values(), key=lambda r: -r.cpu_ns)[: self.top]
@@ -817,8 +901,10 @@ class SpprofPlugin:
         if self.compare_path is not None:
             tr.write_line(f"compared with the baseline {self.compare_path} "
                           f"({_baseline.environment_key()}); {len(self.new_tests)} test(s) not in it")
-        if self.save_baseline is not None:
+        if self.save_baseline is not None and not any(str(self.save_baseline) in e for e in self.output_errors):
             tr.write_line(f"baseline saved: {self.save_baseline}")
+        for error in self.output_errors:
+            tr.write_line(f"spprof {error}", red=True)
         if self.dropped:
             tr.write_line(f"spprof dropped {self.dropped} samples (memory limit)")
         saved = sum(1 for r in self.results.values() if "speedscope" in r.files)
@@ -869,6 +955,10 @@ class SpprofPlugin:
 
     def pytest_unconfigure(self, config: Any) -> None:
         self.sampler.finish()  # an interrupted run must not leave the sampler running
+        import signal
+
+        if self._sigterm_handler is not None and signal.getsignal(signal.SIGTERM) is self._sigterm_handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _stacks_by_name(source: Any) -> List[Tuple[Tuple[str, ...], int]]:
@@ -892,6 +982,18 @@ def _function_times_by_name(profile: Any) -> Tuple[Dict[str, int], Dict[str, int
     for (name, _file), ns in by_key_incl.items():
         incl_ns[name] += ns
     return dict(self_ns), dict(incl_ns)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary file, removed if the write fails (a full disk)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _short(path: str) -> str:

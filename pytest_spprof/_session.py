@@ -91,9 +91,21 @@ class SessionSampler:
         self.origin_ns = (m0 + m1) // 2 - int((st.duration_ms if st else 0.0) * 1e6)
         self.active = True
 
+    def lost(self) -> bool:
+        """Whether the profiler was stopped under us (a test called ``spprof.stop()``): its
+        samples since the last checkpoint went to that call. The next test starts it again."""
+        import spprof
+
+        if self.active and not spprof.is_active():
+            self.active = False
+            return True
+        return False
+
     def _stop(self) -> None:
         import spprof
 
+        if self.lost():
+            return
         st = spprof.stats()
         profile = spprof.stop()
         self.active = False

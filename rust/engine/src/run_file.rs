@@ -229,21 +229,28 @@ pub fn write(
     Ok(samples)
 }
 
-/// Write through a temporary file, so a reader never sees half a file.
+/// Write through a temporary file, so a reader never sees half a file; the temporary file is
+/// removed when anything fails (a full disk).
 fn write_batches(
     path: &Path,
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<(), ArrowError> {
     let tmp = path.with_extension(format!("arrow.tmp{}", std::process::id()));
-    let mut writer = FileWriter::try_new(File::create(&tmp)?, schema)?;
-    for batch in batches {
-        writer.write(batch)?;
+    let written = (|| {
+        let mut writer = FileWriter::try_new(File::create(&tmp)?, schema)?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+        drop(writer);
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp); // best effort: the error below is what matters
     }
-    writer.finish()?;
-    drop(writer);
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    written
 }
 
 /// Join run files written by [`write`] (one per pytest-xdist worker) into `path`: sample ids are
