@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -245,8 +247,6 @@ print(outcomes)
 def test_start_and_stop_from_many_threads_at_once_succeed_or_raise(tmp_path):
     # Two stop() calls at once used to abort the process (a panic in the binding). Each call
     # must either succeed or raise RuntimeError, and each round yields exactly one profile.
-    import subprocess
-    import sys
     from pathlib import Path
 
     rounds = 30
@@ -258,3 +258,52 @@ def test_start_and_stop_from_many_threads_at_once_succeed_or_raise(tmp_path):
     # Every session started is stopped exactly once; every other call raises RuntimeError.
     assert outcomes["stop"] == rounds + outcomes.get("start", 0), outcomes
     assert outcomes["memprof.stop"] == rounds and outcomes["memprof.stop: not active"] == rounds, outcomes
+
+
+SUBINTERPRETERS = """
+import threading
+try:
+    import _interpreters as interpreters
+except ImportError:
+    import _xxsubinterpreters as interpreters
+import spprof
+from spprof import memprof
+
+spprof.start(interval_ms=1)
+memprof.start(sampling_rate_kb=1)
+CODE = '''
+import threading
+def make(n):
+    return [bytes(100) for _ in range(n)]
+keep = make(20000)
+t = threading.Thread(target=make, args=(5000,)); t.start(); t.join()
+'''
+
+def churn():
+    for _ in range(5):
+        iid = interpreters.create()
+        interpreters.run_string(iid, CODE)
+        interpreters.destroy(iid)
+
+threads = [threading.Thread(target=churn) for _ in range(2)]
+for t in threads:
+    t.start()
+churn()
+for t in threads:
+    t.join()
+profile = spprof.stop()
+top = {d["function"] for d in memprof.get_snapshot().top_allocators(20)}
+memprof.stop()
+memprof.shutdown()
+print(sorted(top), len(profile.samples))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="subinterpreters with their own allocator state: 3.12+")
+def test_subinterpreters_created_and_destroyed_under_both_profilers(tmp_path):
+    # memprof used to record the frames of subinterpreters' allocations and resolve them after
+    # the subinterpreter (and its code objects) had been destroyed: a segfault in memprof.stop().
+    r = subprocess.run([sys.executable, "-c", SUBINTERPRETERS], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "'<subinterpreter>'" in r.stdout, r.stdout

@@ -30,6 +30,9 @@ pub const FLAG_FREE: u32 = 8;
 pub const FLAG_NO_STACK: u32 = 16;
 /// The record carries native code addresses after its frames.
 pub const FLAG_NATIVE: u32 = 32;
+/// The allocating thread ran in a subinterpreter: its frames were not read (their code objects
+/// die with that interpreter, unseen by the main interpreter's code watcher).
+pub const FLAG_SUBINTERPRETER: u32 = 64;
 /// Bit 0 of a code word: the outermost frame of one eval-loop run (see the module docs).
 pub const CODE_ENTRY_BIT: u64 = 1;
 /// Words after the frames of a memory record.

@@ -609,6 +609,15 @@ fn gil_tstate() -> usize {
     }
 }
 
+/// Whether the thread state `tstate` (the caller's own, holding the GIL) belongs to the main
+/// interpreter. Reads one field and the runtime's main-interpreter pointer: no lock.
+fn in_main_interpreter(walker: &Walker, tstate: usize) -> bool {
+    // SAFETY: tstate is the calling thread's live thread state; `interp` is a plain field of it.
+    let interp = unsafe { *((tstate + walker.off.tstate_interp) as *const usize) };
+    // SAFETY: no preconditions; it reads the runtime's pointer to the main interpreter.
+    interp == unsafe { ffi::PyInterpreterState_Main() } as usize
+}
+
 /// The calling thread's kernel id: from its thread state when it has one that records it
 /// (3.11+), which saves a system call (half the cost of recording a sample), else `gettid`.
 fn own_tid(walker: &Walker, tstate: usize) -> u32 {
@@ -631,8 +640,13 @@ fn record_alloc(key: u64, address: u64, size: u64) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let tstate = gil_tstate();
     let walker = &sh.walker;
+    let mut flags = raw::FLAG_ALLOC;
+    let mut tstate = gil_tstate();
+    if tstate != 0 && !in_main_interpreter(walker, tstate) {
+        flags |= raw::FLAG_SUBINTERPRETER;
+        tstate = 0;
+    }
     let total = if tstate != 0 {
         // SAFETY: tstate is the calling thread's own, and it holds the GIL: its chain is stable.
         unsafe { walker.depth(tstate, MAX_DEPTH + 1) }
@@ -640,7 +654,6 @@ fn record_alloc(key: u64, address: u64, size: u64) {
         0
     };
     let depth = total.min(MAX_DEPTH);
-    let mut flags = raw::FLAG_ALLOC;
     if total > depth {
         flags |= raw::FLAG_TRUNCATED;
     }
@@ -768,8 +781,13 @@ impl MemSession {
                 return;
             }
             let stack = if raw.flags & raw::FLAG_NO_STACK != 0 {
+                let name = if raw.flags & raw::FLAG_SUBINTERPRETER != 0 {
+                    "<subinterpreter>"
+                } else {
+                    "<allocated without the GIL>"
+                };
                 store
-                    .intern_frame("<allocated without the GIL>", "<spprof>", 0, false)
+                    .intern_frame(name, "<spprof>", 0, false)
                     .and_then(|f| store.intern_stack([f]))
             } else {
                 resolve_stack(py, &raw, store, resolver, scratch)
