@@ -1,18 +1,20 @@
 """The profile data model of the usage guide (Profile, Sample, Frame, ProfilerStats) and its outputs.
 
-A profile recorded by spprof is columnar inside the native extension (interned frames and stacks);
-the dataclasses here are built from it once, with one ``Frame`` object per distinct frame and one
-tuple per distinct stack, and the writers work on the columnar form directly.
+A profile recorded by spprof is columnar inside the native extension (interned frames and stacks).
+``Profile.samples`` builds its ``Sample`` objects from those columns as they are read (one
+``Frame`` object per distinct frame, one tuple per distinct stack), so ``stop()`` makes no
+Python object per sample; the writers and the analysis work on the columnar form directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -51,6 +53,79 @@ class Sample:
     on_cpu: bool = True
 
 
+class SampleSequence(SequenceABC):
+    """The samples of a recorded profile, read from its native columns on demand: a list-like
+    sequence (``len``, indexing, slicing, iteration) whose ``Sample`` objects are made as they
+    are read and not kept, so a profile of millions of samples costs its columns only."""
+
+    _BATCH = 4096
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+        self._frames: Optional[List[Frame]] = None
+        self._stacks: Dict[int, Tuple[Frame, ...]] = {}
+        self._threads: Optional[List[Tuple[int, str]]] = None
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _stack(self, stack_id: int) -> Tuple[Frame, ...]:
+        stack = self._stacks.get(stack_id)
+        if stack is None:
+            if self._frames is None:
+                from . import _native
+
+                self._frames = [Frame(*f) for f in _native.frames_of(self._data)]
+            frames = self._frames
+            stack = self._stacks[stack_id] = tuple(frames[i] for i in self._data.stack(stack_id))
+        return stack
+
+    def _samples(self, start: int, stop: int) -> List[Sample]:
+        if self._threads is None:
+            self._threads = self._data.threads()
+        threads = self._threads
+        return [Sample(ts, threads[t][0], threads[t][1], self._stack(sid), weight, on_cpu)
+                for ts, t, weight, sid, on_cpu in self._data.sample_rows(start, stop)]
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[Sample]: ...
+
+    def __getitem__(self, index: Any) -> Any:
+        n = len(self)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step == 1:
+                return self._samples(start, stop) if start < stop else []
+            return [self[i] for i in range(start, stop, step)]
+        i = index.__index__()
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("sample index out of range")
+        return self._samples(i, i + 1)[0]
+
+    def __iter__(self) -> Iterator[Sample]:
+        n = len(self)
+        for start in range(0, n, self._BATCH):
+            yield from self._samples(start, min(n, start + self._BATCH))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SequenceABC) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, as a list is
+
+    def __add__(self, other: Any) -> List[Sample]:
+        return list(self) + list(other)
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} samples>"
+
+
 @dataclass
 class ProfilerStats:
     """Live counters of a running profile (``spprof.stats()``)."""
@@ -78,14 +153,15 @@ class Profile:
     start_time: datetime
     end_time: datetime
     interval_ms: float
-    samples: List[Sample]
+    #: A ``SampleSequence`` for a recorded profile, or any sequence of ``Sample`` given.
+    samples: Sequence[Sample]
     dropped_count: int
     python_version: str
     platform: str
     #: "cpu" (weights are CPU time) or "wall" (weights are elapsed time).
     mode: str = "cpu"
-    # The native columnar profile the samples were built from, reused by the writers as long as
-    # ``samples`` is still the list built from it.
+    # The native columnar profile the samples are read from, reused by the writers as long as
+    # ``samples`` is still the sequence over it.
     _data: Any = field(default=None, repr=False, compare=False)
     _data_samples: Any = field(default=None, repr=False, compare=False)
 
@@ -94,13 +170,7 @@ class Profile:
     @classmethod
     def _from_native(cls, data: Any, *, start_time: datetime, end_time: datetime,
                      interval_ms: float, python_version: str, platform: str) -> Profile:
-        frames_raw, stacks_raw, samples_raw, threads = data.columns()
-        frames = [Frame(f, file, line, native) for f, file, line, native in frames_raw]
-        stacks = {sid: tuple(frames[i] for i in ids) for sid, ids in stacks_raw.items()}
-        samples = [
-            Sample(ts, threads[t][0], threads[t][1], stacks[sid], weight, on_cpu)
-            for ts, t, weight, sid, on_cpu in samples_raw
-        ]
+        samples = SampleSequence(data)
         return cls(start_time, end_time, interval_ms, samples, data.dropped, python_version,
                    platform, "wall" if data.wall else "cpu", data, samples)
 
@@ -121,6 +191,8 @@ class Profile:
     @property
     def total_weight_ns(self) -> int:
         """Time the profile accounts for (sum of the samples' weights)."""
+        if self._data is not None and self.samples is self._data_samples:
+            return int(self._data.total_weight())
         return sum(s.weight_ns for s in self.samples)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import defaultdict
@@ -66,7 +67,11 @@ def test_two_loops_of_one_function_split_by_line():
     spprof.start(interval_ms=1)
     deadline = time.thread_time_ns() + 2_500_000_000
     while time.thread_time_ns() < deadline:
+        c0 = time.thread_time_ns()
         a, b = two_loops(rng.randint(1, 10) * unit, rng.randint(1, 30) * unit, time.thread_time_ns)
+        # The rest of the call: its clock reads, entry and return (an upper bound of the time
+        # on two_loops' other lines, which a loaded machine makes larger).
+        truth["other"] += time.thread_time_ns() - c0 - a - b
         truth["one"] += a
         truth["two"] += b
     profile = spprof.stop()
@@ -86,9 +91,11 @@ def test_two_loops_of_one_function_split_by_line():
                     measured["other"] += s.weight_ns
                 break
     assert n > 200
-    # Nearly all time in two_loops is on the two loop lines.
-    assert measured["other"] <= 0.05 * sum(measured.values()), measured
-    assert_shares_match({k: measured[k] for k in ("one", "two")}, truth, n)
+    # The time on two_loops' other lines is no more than the measured bound, within 4 s.e.
+    p_other = truth["other"] / sum(truth.values())
+    assert measured["other"] / sum(measured.values()) <= p_other + 4 * math.sqrt(p_other * (1 - p_other) / n) + 0.01, \
+        (measured, dict(truth))
+    assert_shares_match({k: measured[k] for k in ("one", "two")}, {k: truth[k] for k in ("one", "two")}, n)
 
 
 def leaf(n):

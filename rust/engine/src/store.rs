@@ -12,6 +12,8 @@ pub type FrameId = u32;
 pub type StackId = u32;
 /// The stack of a sample that had no frame at all.
 pub const EMPTY_STACK: StackId = u32::MAX;
+/// The thread entry shared by the threads registered once the memory budget ran out.
+pub const OVERFLOW_THREAD_NAME: &str = "<threads past the memory limit>";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {
@@ -36,6 +38,9 @@ pub struct Store {
     stack_nodes: Vec<(StackId, FrameId)>,
     stack_ids: HashMap<(StackId, FrameId), StackId>,
     threads: Vec<ThreadInfo>,
+    thread_index: HashMap<(u64, Box<str>), u32>,
+    /// The entry that stands for the threads registered after the budget ran out.
+    overflow_thread: Option<u32>,
     // One entry per sample (columns).
     pub timestamps_ns: Vec<i64>,
     pub weights: Vec<i64>,
@@ -99,6 +104,7 @@ impl Store {
             + vec_bytes(&self.stack_nodes)
             + map_bytes(&self.stack_ids)
             + vec_bytes(&self.threads)
+            + map_bytes(&self.thread_index)
             + vec_bytes(&self.timestamps_ns)
             + vec_bytes(&self.weights)
             + vec_bytes(&self.stacks)
@@ -185,26 +191,64 @@ impl Store {
         Some(id)
     }
 
-    /// Register a thread; returns its index for [`Store::add_sample`].
+    /// Register a thread; returns its index for [`Store::add_sample`]. When the budget has no
+    /// room for another thread (thread churn), the thread shares one entry with the others
+    /// registered after that, [`OVERFLOW_THREAD_NAME`], so the table stays within the budget.
     pub fn add_thread(&mut self, tid: u64, name: &str) -> u32 {
-        let info = ThreadInfo {
+        if let Some(&i) = self.thread_index.get(&(tid, name.into())) {
+            return i;
+        }
+        // Room for this thread and for the overflow entry after it, so that adding the overflow
+        // entry never grows the table past the budget.
+        let cost = 3 * (name.len() + OVERFLOW_THREAD_NAME.len())
+            + vec_growth(&self.threads, 2)
+            + map_growth(&self.thread_index, 2);
+        if !self.fits(cost) {
+            return self.overflow_thread();
+        }
+        self.push_thread(tid, name)
+    }
+
+    fn push_thread(&mut self, tid: u64, name: &str) -> u32 {
+        let index = self.threads.len() as u32;
+        self.string_bytes += 3 * name.len(); // the name, and its copy in the index
+        self.threads.push(ThreadInfo {
             tid,
             name: name.to_owned(),
-        };
-        if let Some(i) = self.threads.iter().position(|t| *t == info) {
-            return i as u32;
+        });
+        self.thread_index.insert((tid, name.into()), index);
+        index
+    }
+
+    /// The one entry past the budget (`add_thread` kept room for it).
+    fn overflow_thread(&mut self) -> u32 {
+        match self.overflow_thread {
+            Some(i) => i,
+            None => {
+                let i = self.push_thread(0, OVERFLOW_THREAD_NAME);
+                self.overflow_thread = Some(i);
+                i
+            }
         }
-        self.string_bytes += name.len();
-        self.threads.push(info);
-        self.threads.len() as u32 - 1
     }
 
     /// Give thread `index` its real name (it was registered before its name was known).
     pub fn rename_thread(&mut self, index: u32, name: &str) {
-        if let Some(t) = self.threads.get_mut(index as usize) {
-            self.string_bytes += name.len();
-            t.name = name.to_owned();
+        if Some(index) == self.overflow_thread {
+            return;
         }
+        let Some(t) = self.threads.get_mut(index as usize) else {
+            return;
+        };
+        if t.name == name {
+            return;
+        }
+        let key = (t.tid, std::mem::take(&mut t.name).into_boxed_str());
+        t.name = name.to_owned();
+        let tid = t.tid;
+        self.string_bytes = self.string_bytes + 3 * name.len() - 3 * key.1.len();
+        self.thread_index.remove(&key);
+        self.thread_index.insert((tid, name.into()), index);
     }
 
     /// Intern the stack `frames` (root first); `None` when the budget is exhausted.
@@ -300,6 +344,27 @@ mod tests {
         assert_eq!(s.intern_stack([]).unwrap(), EMPTY_STACK);
         assert!(s.stack_frames(EMPTY_STACK).is_empty());
         assert_eq!(frame(&mut s, "a"), a);
+    }
+
+    #[test]
+    fn thread_churn_stays_within_the_budget() {
+        let budget = 256 * 1024;
+        let mut s = Store::new(budget);
+        let first = s.add_thread(1, "MainThread");
+        let mut overflow = None;
+        for tid in 2..60_000u64 {
+            let i = s.add_thread(tid, &format!("Thread-{tid} (worker_function)"));
+            assert!(s.bytes_used() <= budget + 256, "{} > {budget}", s.bytes_used());
+            if s.threads()[i as usize].name == OVERFLOW_THREAD_NAME {
+                overflow.get_or_insert(i);
+                assert_eq!(Some(i), overflow); // one shared entry
+            }
+        }
+        assert!(overflow.is_some() && s.threads().len() < 3_000);
+        assert_eq!(s.add_thread(1, "MainThread"), first); // known threads keep their entry
+        s.rename_thread(first, "Main");
+        assert_eq!(s.add_thread(1, "Main"), first);
+        assert_eq!(s.threads()[first as usize].name, "Main");
     }
 
     #[test]

@@ -2,11 +2,9 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
 use spprof_engine::collapsed;
 use spprof_engine::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A finished profile. Immutable: the store is shared (`Arc`) with whatever is built on it
@@ -98,48 +96,44 @@ impl ProfileData {
         self.store.bytes_used()
     }
 
-    /// `(frames, stacks, samples, threads)` for building the Python dataclasses:
-    /// frames `[(function, file, line, is_native)]`; stacks `{stack_id: (frame index, ... root→leaf)}`;
-    /// samples `[(timestamp_ns, thread index, weight, stack_id, on_cpu)]`; threads `[(tid, name)]`.
-    fn columns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    /// Samples `start..stop` as `(timestamp_ns, thread index, weight, stack id, on_cpu)`: the
+    /// rows `Profile.samples` builds its `Sample` objects from, a batch at a time.
+    fn sample_rows(&self, start: usize, stop: usize) -> Vec<(i64, u32, i64, u32, bool)> {
         let s = &self.store;
-        let frames = PyList::empty(py);
-        for f in s.frames() {
-            frames.append((s.string(f.function), s.string(f.file), f.line, f.is_native))?;
+        (start..stop.min(s.len()))
+            .map(|i| {
+                (
+                    s.timestamps_ns[i],
+                    s.thread_ids[i],
+                    s.weights[i],
+                    s.stacks[i],
+                    s.on_cpu[i],
+                )
+            })
+            .collect()
+    }
+
+    /// The frame ids of stack `stack`, root first (none for the empty stack).
+    fn stack(&self, stack: u32) -> Vec<u32> {
+        if stack == EMPTY_STACK {
+            Vec::new()
+        } else {
+            self.store.stack_frames(stack)
         }
-        let mut stacks: HashMap<u32, Bound<'py, PyTuple>> = HashMap::new();
-        let samples = PyList::empty(py);
-        for i in 0..s.len() {
-            let stack = s.stacks[i];
-            if let std::collections::hash_map::Entry::Vacant(e) = stacks.entry(stack) {
-                let ids = if stack == EMPTY_STACK {
-                    vec![]
-                } else {
-                    s.stack_frames(stack)
-                };
-                e.insert(PyTuple::new(py, ids)?);
-            }
-            samples.append((
-                s.timestamps_ns[i],
-                s.thread_ids[i],
-                s.weights[i],
-                stack,
-                s.on_cpu[i],
-            ))?;
-        }
-        let threads = PyList::empty(py);
-        for t in s.threads() {
-            threads.append((t.tid, t.name.as_str()))?;
-        }
-        PyTuple::new(
-            py,
-            [
-                frames.into_any(),
-                stacks.into_pyobject(py)?.into_any(),
-                samples.into_any(),
-                threads.into_any(),
-            ],
-        )
+    }
+
+    /// The thread table `[(tid, name)]` (sample rows hold indices into it).
+    fn threads(&self) -> Vec<(u64, String)> {
+        self.store
+            .threads()
+            .iter()
+            .map(|t| (t.tid, t.name.clone()))
+            .collect()
+    }
+
+    /// The sum of the samples' weights.
+    fn total_weight(&self) -> i64 {
+        self.store.weights.iter().sum()
     }
 
     /// Speedscope JSON text.
