@@ -180,11 +180,11 @@ class Profile:
             return self._data
         from . import _native
 
-        return _native.ProfileData.from_samples([
+        return _native.ProfileData.from_samples(
             (s.timestamp_ns, s.thread_id, s.thread_name or "", s.weight_ns, s.on_cpu,
              [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames])
             for s in self.samples
-        ])
+        )
 
     # -- figures --------------------------------------------------------------------------------
 
@@ -247,8 +247,11 @@ class Profile:
         """The profile as a speedscope document (a dict ready for ``json.dump``)."""
         return json.loads(self._speedscope_text())
 
+    #: The speedscope unit of the weights.
+    _speedscope_unit = "nanoseconds"
+
     def _speedscope_text(self) -> str:
-        return self._native().speedscope(self._title())
+        return self._native().speedscope(self._title(), self._speedscope_unit)
 
     def _title(self) -> str:
         return f"spprof {self.start_time:%Y-%m-%d %H:%M:%S} (Python {self.python_version})"
@@ -278,7 +281,10 @@ class Profile:
         table in one self-contained page). See ``FORMATS``."""
         path = Path(os.fspath(path))
         fmt = resolve_format(path, format)
-        writers = {"speedscope": self._speedscope_text, "collapsed": self.to_collapsed,
+        if fmt == "speedscope":  # one entry per sample: streamed to the file
+            self._native().save_speedscope(path, self._title(), self._speedscope_unit)
+            return path
+        writers = {"collapsed": self.to_collapsed,
                    "svg": self.to_flamegraph_svg, "html": self.to_html}
         text = writers[fmt]()
         path.write_text(text, encoding="utf-8")

@@ -97,6 +97,8 @@ class MemProfStats:
     estimated_heap_bytes: int
     heap_map_load_percent: float
     collisions: int
+    #: The mean bytes between samples now: the rate given to ``start()``, doubled each time the
+    #: live-heap map filled up further (``sampling_rate_raises``).
     sampling_rate_bytes: int
     #: Allocation sources being tracked: ``"python"`` (CPython's allocator domains) while
     #: profiling, plus ``"native"`` (the malloc family) when the process runs with the LD_PRELOAD
@@ -115,6 +117,10 @@ class MemProfStats:
     #: by a few C modules) stays unhooked, as a thread without the GIL may still be inside the
     #: old hook.
     unhooked_domains: List[str] = field(default_factory=list)
+    #: How often the sampling rate was doubled because the live-heap map passed half full (then
+    #: each further eighth): more live samples than it holds would be refused and leave the
+    #: estimate low; fewer, heavier samples keep it unbiased. ``get_snapshot()`` warns.
+    sampling_rate_raises: int = 0
 
 
 class _MemoryProfile(Profile):
@@ -124,8 +130,7 @@ class _MemoryProfile(Profile):
     def _unit(self) -> str:
         return "bytes"
 
-    def _speedscope_text(self) -> str:
-        return self._native().speedscope(self._title(), "bytes")
+    _speedscope_unit = "bytes"
 
     def to_collapsed(self) -> str:
         """Collapsed stacks weighted by estimated live bytes."""
@@ -274,6 +279,17 @@ def get_snapshot() -> HeapSnapshot:
             "live. Start tracemalloc after memprof.start(), or call memprof.stop() and "
             "memprof.start() again to hook the Python domains again.",
             RuntimeWarning, stacklevel=2)
+    if stats.sampling_rate_raises:
+        warnings.warn(
+            f"spprof.memprof: the live-heap map filled up ({stats.live_samples} live samples), so the "
+            f"sampling rate was doubled {stats.sampling_rate_raises} time(s), to "
+            f"{stats.sampling_rate_bytes // 1024} KiB; the estimate stays unbiased but is coarser. "
+            "Start with a larger sampling_rate_kb for a heap this big.", RuntimeWarning, stacklevel=2)
+    if stats.dropped_samples:
+        warnings.warn(
+            f"spprof.memprof dropped {stats.dropped_samples} sampled allocation(s) (the sample ring or "
+            "the live-heap map was full): the estimate is low by about their weight. Use a larger "
+            "sampling_rate_kb.", RuntimeWarning, stacklevel=2)
     profile = _MemoryProfile._from_native(
         data, start_time=_started_at or now, end_time=now, interval_ms=0.0,
         python_version=".".join(map(str, sys.version_info[:3])), platform=sys.platform)

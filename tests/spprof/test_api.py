@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -283,3 +284,34 @@ def test_forked_child_starts_stopped_and_can_profile():
     assert status == 0 and code == b"\x01"
     assert spprof.is_active()
     assert len(spprof.stop().samples) > 0
+
+
+def test_samples_are_a_lazy_sequence_over_the_native_columns():
+    with spprof.Profiler(interval_ms=1) as p:
+        burn(0.1)
+    samples = p.profile.samples
+    n = len(samples)
+    assert n > 20 and repr(samples) == f"<{n} samples>"
+    as_list = list(samples)
+    assert samples[0] == as_list[0] and samples[-1] == as_list[-1] and samples[n // 2] == as_list[n // 2]
+    assert samples[2:7] == as_list[2:7] and samples[::5] == as_list[::5] and samples[5:2] == []
+    assert samples == as_list and as_list == samples
+    assert p.profile.total_weight_ns == sum(s.weight_ns for s in as_list)
+    with pytest.raises(IndexError):
+        samples[n]
+    # A profile assembled from those samples is the same profile.
+    rebuilt = dataclasses.replace(p.profile, samples=as_list, _data=None, _data_samples=None)
+    assert rebuilt.to_collapsed() == p.profile.to_collapsed()
+
+
+def test_thread_churn_stays_within_the_memory_limit():
+    spprof.start(interval_ms=1, memory_limit_mb=0.25)
+    for i in range(1_500):
+        t = threading.Thread(target=burn, args=(0.001,), name=f"churn-{i}-{'x' * 40}")
+        t.start()
+        t.join()
+    stats = spprof.stats()
+    profile = spprof.stop()
+    assert stats.memory_bytes <= 0.25 * 2**20 * 1.02, stats
+    names = {s.thread_name for s in profile.samples}
+    assert "<threads past the memory limit>" in names and len(names) < 1_000, len(names)

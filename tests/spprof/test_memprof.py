@@ -446,3 +446,25 @@ def test_samples_carry_addresses_sizes_and_stacks(snapshot):
         assert s.weight == 64 * 1024
         assert s.size <= s.estimated_bytes < s.size * 1.01
         assert s.stack[-1].filename == __file__ and s.stack[-1].lineno > 0
+
+
+def test_a_heap_too_big_for_the_live_map_raises_the_rate_and_warns():
+    # 1 M live blocks of 1.5 KB at a 1 KiB rate: more live samples than half the heap map holds.
+    # The rate doubles instead of samples being refused (the estimate was 59 % low, unwarned).
+    r = run_python("""
+        import json, warnings
+        from spprof import memprof
+        memprof.start(sampling_rate_kb=1)
+        keep = [bytearray(1500) for _ in range(1_000_000)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimate = memprof.get_snapshot().estimated_heap_bytes
+        stats = memprof.get_stats()
+        print(json.dumps({"estimate": estimate, "raises": stats.sampling_rate_raises,
+                          "rate": stats.sampling_rate_bytes, "warnings": [str(w.message) for w in caught]}))
+    """)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    truth = 1_000_000 * (1500 + sys.getsizeof(bytearray()))
+    assert out["raises"] >= 1 and out["rate"] >= 2048, out
+    assert any("sampling rate was doubled" in w for w in out["warnings"]), out["warnings"]
+    assert abs(out["estimate"] - truth) < 0.05 * truth, (out["estimate"], truth)

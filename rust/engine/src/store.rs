@@ -354,7 +354,11 @@ mod tests {
         let mut overflow = None;
         for tid in 2..60_000u64 {
             let i = s.add_thread(tid, &format!("Thread-{tid} (worker_function)"));
-            assert!(s.bytes_used() <= budget + 256, "{} > {budget}", s.bytes_used());
+            assert!(
+                s.bytes_used() <= budget + 256,
+                "{} > {budget}",
+                s.bytes_used()
+            );
             if s.threads()[i as usize].name == OVERFLOW_THREAD_NAME {
                 overflow.get_or_insert(i);
                 assert_eq!(Some(i), overflow); // one shared entry

@@ -112,6 +112,11 @@ static FREE_VIA_RAW: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Frees of sampled allocations whose record found the ring full (they stay live: a fake leak).
 static LOST_FREES: AtomicU64 = AtomicU64::new(0);
+/// The heap map's fill (live samples) at which the sampling rate is doubled next, and how many
+/// times it was: a full map would refuse samples and leave the estimate low, while a larger
+/// rate keeps it unbiased (each sample's weight uses the rate it was drawn with).
+static NEXT_RAISE_AT: AtomicUsize = AtomicUsize::new(HEAP_MAP_SLOTS / 2);
+static RATE_RAISES: AtomicU64 = AtomicU64::new(0);
 
 struct Saved(UnsafeCell<[PyMemAllocatorEx; 3]>);
 // SAFETY: an entry is written by `install_hooks` (GIL held) before our wrapper of its domain is
@@ -640,6 +645,7 @@ fn record_alloc(key: u64, address: u64, size: u64) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    raise_rate_if_filling(&sh.map);
     let walker = &sh.walker;
     let mut flags = raw::FLAG_ALLOC;
     let mut tstate = gil_tstate();
@@ -675,6 +681,30 @@ fn record_alloc(key: u64, address: u64, size: u64) {
     rec.write(raw::body_words(depth) + 1, size);
     rec.write(raw::body_words(depth) + 2, address);
     rec.commit();
+}
+
+/// Double the sampling rate when the heap map passes half full, then at every further eighth.
+/// Atomics only: the thread that wins the compare-exchange for a step raises the rate once.
+fn raise_rate_if_filling(map: &HeapMap) {
+    let at = NEXT_RAISE_AT.load(Ordering::Relaxed);
+    if map.len() < at
+        || NEXT_RAISE_AT
+            .compare_exchange(
+                at,
+                at + map.capacity() / 8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+    {
+        return;
+    }
+    let mean = SAMPLER.mean().saturating_mul(2);
+    SAMPLER.set_mean(mean);
+    if SMALL_FAST.load(Ordering::Relaxed) {
+        SMALL_SAMPLER.set_mean(mean);
+    }
+    RATE_RAISES.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cold]
@@ -930,6 +960,8 @@ fn memprof_start(py: Python<'_>, rate_bytes: u64) -> PyResult<()> {
     wrap_again();
     choose_free_paths();
     SAMPLER.set_mean(rate_bytes);
+    NEXT_RAISE_AT.store(sh.map.len().max(sh.map.capacity() / 2), Ordering::Relaxed);
+    RATE_RAISES.store(0, Ordering::Relaxed);
     native_alloc::connect();
     set_flags(true, true);
     crate::resolver_thread::wait_until_started(py);
@@ -1094,6 +1126,7 @@ fn memprof_stats(py: Python<'_>) -> PyResult<Py<PyDict>> {
     )?;
     d.set_item("collisions", sh.map_or(0, |s| s.map.collisions()))?;
     d.set_item("sampling_rate_bytes", SAMPLER.mean())?;
+    d.set_item("sampling_rate_raises", RATE_RAISES.load(Ordering::Relaxed))?;
     d.set_item(
         "dropped_samples",
         DROPPED.load(Ordering::Relaxed) + sh.map_or(0, |s| s.map.refused()),

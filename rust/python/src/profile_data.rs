@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use spprof_engine::collapsed;
 use spprof_engine::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
+use std::io::Write;
 use std::sync::Arc;
 
 /// A finished profile. Immutable: the store is shared (`Arc`) with whatever is built on it
@@ -61,13 +62,15 @@ type SampleIn = (
 
 #[pymethods]
 impl ProfileData {
-    /// Build from plain values (a profile assembled or edited in Python):
-    /// `[(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf]), ...]`.
+    /// Build from plain values (a profile assembled or edited in Python), an iterable of
+    /// `(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf])`.
+    /// It is consumed one sample at a time: a generator costs no list of every sample.
     #[staticmethod]
     #[pyo3(signature = (samples, interval_ns = 0))]
-    fn from_samples(samples: Vec<SampleIn>, interval_ns: u64) -> PyResult<ProfileData> {
+    fn from_samples(samples: &Bound<'_, PyAny>, interval_ns: u64) -> PyResult<ProfileData> {
         let mut store = Store::new(usize::MAX);
-        for (ts, tid, name, weight, on_cpu, frames) in samples {
+        for sample in samples.try_iter()? {
+            let (ts, tid, name, weight, on_cpu, frames): SampleIn = sample?.extract()?;
             let thread = store.add_thread(tid, &name);
             let ids = frames
                 .iter()
@@ -134,6 +137,40 @@ impl ProfileData {
     /// The sum of the samples' weights.
     fn total_weight(&self) -> i64 {
         self.store.weights.iter().sum()
+    }
+
+    /// Write speedscope JSON to `path`, streamed from the store (a profile of millions of samples
+    /// is never one string), through a temporary file that is removed if writing fails.
+    #[pyo3(signature = (path, name, unit = "nanoseconds"))]
+    fn save_speedscope(
+        &self,
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        name: &str,
+        unit: &str,
+    ) -> PyResult<()> {
+        let opts = speedscope::Options {
+            name,
+            unit,
+            exporter: concat!("spprof ", env!("CARGO_PKG_VERSION")),
+        };
+        let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+        tmp_name.push(format!(".tmp{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        py.detach(|| {
+            let written = (|| {
+                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+                speedscope::write(&self.store, &opts, &mut out)?;
+                out.flush()?;
+                drop(out);
+                std::fs::rename(&tmp, &path)
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp); // best effort: the error is what matters
+            }
+            written
+        })?;
+        Ok(())
     }
 
     /// Speedscope JSON text.
