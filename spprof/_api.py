@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import atexit
+import contextlib
 import functools
 import numbers
 import os
@@ -14,7 +15,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, List, Optional, TypeVar, Union
+from typing import Any, Callable, Iterator, List, Optional, TypeVar, Union
 
 from ._model import Frame, PathLike, Profile, ProfilerStats
 from ._paths import check_writable
@@ -87,6 +88,8 @@ _TICK_SIGNALS = frozenset({_signal.SIGPROF, _signal.SIGVTALRM, _signal.SIGALRM, 
 def _check_mode_and_signal(mode: Any, signum: Any) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be 'cpu' (CPU time, the default) or 'wall' (elapsed time), not {mode!r}")
+    if signum is None:
+        return
     if isinstance(signum, bool) or not isinstance(signum, int):
         raise TypeError(f"signum must be a signal number (e.g. signal.SIGPROF), not {type(signum).__name__}")
     if signum not in _TICK_SIGNALS:
@@ -96,6 +99,20 @@ def _check_mode_and_signal(mode: Any, signum: Any) -> None:
             name = str(signum)
         raise ValueError(f"signum {name} cannot carry sampling ticks; use signal.SIGPROF (the default), "
                          "SIGVTALRM, SIGALRM, SIGUSR1, SIGUSR2 or a real-time signal such as signal.SIGRTMIN + 1")
+
+
+def _tick_signal(native: Any, signum: Optional[int]) -> int:
+    """The signal asked for, or SIGPROF; when the application handles SIGPROF itself, a free
+    real-time signal instead: a standard signal does not queue, so sharing SIGPROF lost about a
+    quarter of the application's ticks (and some of ours)."""
+    if signum is not None:
+        return signum
+    if not native.signal_handled_by_another(_signal.SIGPROF):
+        return _signal.SIGPROF
+    for candidate in range(_signal.SIGRTMIN + 1, _signal.SIGRTMAX + 1):
+        if not native.signal_handled_by_another(candidate):
+            return candidate
+    return _signal.SIGPROF
 
 
 def _register_this_thread(name: str) -> None:
@@ -137,12 +154,13 @@ def _install_thread_start_hooks() -> None:
 
 def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
           memory_limit_mb: float = 100, *, mode: str = "cpu",
-          signum: int = _signal.SIGPROF) -> None:
+          signum: Optional[int] = None) -> None:
     """Start profiling every Python thread.
 
     ``mode="cpu"`` (default) samples each thread's CPU time; ``mode="wall"`` samples every thread
     on the monotonic clock, running or waiting. ``signum`` is the signal that carries the
-    sampling ticks (for applications that use SIGPROF themselves).
+    sampling ticks: by default SIGPROF, or a free real-time signal when the application has its
+    own SIGPROF handler.
 
     Raises ``RuntimeError`` if profiling is already active, ``ValueError`` if ``interval_ms < 1``.
     """
@@ -158,8 +176,8 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
                 "profiling is already active; call spprof.stop() first (spprof.is_active() tells)")
         _install_thread_start_hooks()
         _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
-                                   threading.current_thread().name, mode == "wall", signum,
-                                   _native_unwinding)
+                                   threading.current_thread().name, mode == "wall",
+                                   _tick_signal(native, signum), _native_unwinding)
         _run = _Run(datetime.now().astimezone(), interval_ms, output_path)
     if fallback:
         warnings.warn(f"spprof: CPU-time timers are refused here ({fallback}); sampling wall-clock "
@@ -167,25 +185,46 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
 
 
 def stop() -> Profile:
-    """Stop profiling and return the profile (saved to ``output_path`` if ``start`` got one)."""
+    """Stop profiling and return the profile (saved to ``output_path`` if ``start`` got one).
+
+    A Ctrl-C while it runs is held until the profile is saved, then raised."""
     global _run
     native = _require_native()
-    with _lifecycle:
+    with _ctrl_c_after(), _lifecycle:
         if not native.is_active():
             raise RuntimeError("profiling is not active; call spprof.start() first")
         data = native.stop()
         run, _run = _run, None
-    profile = Profile._from_native(
-        data,
-        start_time=run.start_time,
-        end_time=datetime.now().astimezone(),
-        interval_ms=run.interval_ms,
-        python_version=platform.python_version(),
-        platform=f"{platform.system()}-{platform.machine()}",
-    )
-    if run.output_path is not None:
-        profile.save(run.output_path)
+        profile = Profile._from_native(
+            data,
+            start_time=run.start_time,
+            end_time=datetime.now().astimezone(),
+            interval_ms=run.interval_ms,
+            python_version=platform.python_version(),
+            platform=f"{platform.system()}-{platform.machine()}",
+        )
+        if run.output_path is not None:
+            profile.save(run.output_path)
     return profile
+
+
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold SIGINT's KeyboardInterrupt until the block is done (a profile half taken out of
+    the sampler, or half saved, would be lost). Only in the main thread, and only while SIGINT
+    has Python's default handler: an application's own handler is left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or _signal.getsignal(_signal.SIGINT) is not _signal.default_int_handler):
+        yield
+        return
+    pending: List[int] = []
+    _signal.signal(_signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def is_active() -> bool:
@@ -210,6 +249,7 @@ def stats() -> Optional[ProfilerStats]:
         memory_bytes=raw["memory_bytes"],
         mode=raw["mode"],
         fallback_reason=raw["fallback_reason"],
+        signal=raw["signal"],
         threads_seen=raw["threads_seen"],
     )
 
@@ -245,7 +285,7 @@ class Profiler:
 
     def __init__(self, interval_ms: float = 10, output_path: Optional[PathLike] = None,
                  memory_limit_mb: float = 100, *, mode: str = "cpu",
-                 signum: int = _signal.SIGPROF) -> None:
+                 signum: Optional[int] = None) -> None:
         # Validate now, so a bad argument fails where it was written.
         check_interval_ms(interval_ms)
         _check_number("memory_limit_mb", memory_limit_mb, 0.25, MAX_MEMORY_LIMIT_MB, "MB")
@@ -269,7 +309,7 @@ class Profiler:
 
 def profile(func: Optional[F] = None, *, interval_ms: float = 10,
             output_path: Optional[PathLike] = None, memory_limit_mb: float = 100,
-            mode: str = "cpu", signum: int = _signal.SIGPROF) -> Union[F, Callable[[F], F]]:
+            mode: str = "cpu", signum: Optional[int] = None) -> Union[F, Callable[[F], F]]:
     """Decorator: profile every call of the function (``@spprof.profile`` or
     ``@spprof.profile(interval_ms=..., output_path=...)``). The latest call's profile is the
     wrapper's ``last_profile``. Inside an already running profile, calls just run (the outer

@@ -144,6 +144,9 @@ class ProfilerStats:
     fallback_reason: Optional[str] = None
     #: Threads seen during the run (including those that have ended).
     threads_seen: int = 0
+    #: The signal carrying the ticks: SIGPROF, or a real-time signal when the application has its
+    #: own SIGPROF handler (or ``start(signum=...)`` chose one).
+    signal: int = 0
 
 
 @dataclass

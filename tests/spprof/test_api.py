@@ -15,7 +15,7 @@ import pytest
 import spprof
 from spprof import _native
 from workloads import burn_cpu as burn
-from workloads import spin
+from workloads import assert_sampled, spin
 
 
 def test_native_extension_is_loaded():
@@ -34,12 +34,12 @@ def test_start_stop_returns_a_profile_with_the_documented_fields():
     assert st.memory_bytes > 0
     profile = spprof.stop()
     assert not spprof.is_active()
+    assert_sampled(profile, 0.3)
     assert isinstance(profile.start_time, datetime) and profile.end_time >= profile.start_time
     assert profile.interval_ms == 1
     assert profile.dropped_count == 0
     assert profile.python_version == "{}.{}.{}".format(*sys.version_info[:3])
     assert profile.platform.startswith("Linux")
-    assert len(profile.samples) > 20
     s = profile.samples[0]
     assert s.thread_id == threading.get_native_id()
     assert s.thread_name == threading.current_thread().name
@@ -217,7 +217,7 @@ def test_start_from_a_non_main_thread():
     t.start()
     t.join()
     p = out["profile"]
-    assert len(p.samples) > 20
+    assert_sampled(p, 0.3)
     assert (out["tid"], "starter") in {(s.thread_id, s.thread_name) for s in p.samples}
 
 
@@ -288,10 +288,10 @@ def test_forked_child_starts_stopped_and_can_profile():
 
 def test_samples_are_a_lazy_sequence_over_the_native_columns():
     with spprof.Profiler(interval_ms=1) as p:
-        burn(0.1)
+        burn(0.2)
     samples = p.profile.samples
     n = len(samples)
-    assert n > 20 and repr(samples) == f"<{n} samples>"
+    assert n > 5 and repr(samples) == f"<{n} samples>"
     as_list = list(samples)
     assert samples[0] == as_list[0] and samples[-1] == as_list[-1] and samples[n // 2] == as_list[n // 2]
     assert samples[2:7] == as_list[2:7] and samples[::5] == as_list[::5] and samples[5:2] == []

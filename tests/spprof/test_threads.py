@@ -24,7 +24,7 @@ import pytest
 
 import spprof
 import workloads
-from workloads import assert_shares_match, burn_cpu
+from workloads import assert_sampled, assert_shares_match, burn_cpu
 
 
 def samples_by_tid(profile):
@@ -152,26 +152,37 @@ def test_sleeping_thread_has_no_cpu_samples_but_wall_samples():
     cpu_profile = spprof.stop()
     assert len(samples_by_tid(cpu_profile)[ids["tid"]]) <= 1
 
-    with spprof.Profiler(interval_ms=5, mode="wall") as p:
-        t = threading.Thread(target=sleeper, args=(ids,))
+    burnt = threading.Event()
+
+    def sleeper_until_burnt(out):
+        # Sleeps until the main thread has burnt its CPU, then 0.3 s more while it joins: on a
+        # loaded machine burning takes longer, so no fixed sleep would cover both.
+        out["tid"] = threading.get_native_id()
         t0 = time.monotonic()
+        burnt.wait()
+        time.sleep(0.3)
+        out["slept"] = time.monotonic() - t0
+
+    with spprof.Profiler(interval_ms=5, mode="wall") as p:
+        t = threading.Thread(target=sleeper_until_burnt, args=(ids,))
         t.start()
         burn_cpu(0.3)
+        burnt.set()
         t.join()
-        elapsed = time.monotonic() - t0
     assert p.profile.mode == "wall"
     sleeping = samples_by_tid(p.profile)[ids["tid"]]
-    expected = 0.6 / 0.005
+    expected = ids["slept"] / 0.005
     assert 0.3 * expected <= len(sleeping) <= 1.3 * expected, len(sleeping)  # ticks may be late under load
     assert sum(not s.on_cpu for s in sleeping) >= 0.9 * len(sleeping)
     assert any("sleeper" in f.function_name for s in sleeping for f in s.frames)
     total = sum(s.weight_ns for s in sleeping)
-    assert 0.5e9 <= total <= elapsed * 1e9 + 10e6, total
+    assert 0.8 * ids["slept"] * 1e9 <= total <= ids["slept"] * 1e9 + 20e6, total
     main = samples_by_tid(p.profile)[threading.get_native_id()]
     burning = [s for s in main if any(f.function_name.endswith("burn_cpu") for f in s.frames)]
     joining = [s for s in main if any(f.function_name.endswith("join") for f in s.frames)]
     assert burning and joining
-    assert sum(s.on_cpu for s in burning) >= 0.85 * len(burning)
+    # A burning thread runs for most of its samples' time unless the machine is overloaded.
+    assert sum(s.on_cpu for s in burning) > 0.5 * len(burning)
     assert sum(not s.on_cpu for s in joining) >= 0.85 * len(joining)
 
 
@@ -186,7 +197,8 @@ def test_falls_back_to_wall_mode_when_cpu_timers_are_refused():
         profile = spprof.stop()
     finally:
         spprof._api._native._refuse_cpu_timers(False)
-    assert profile.mode == "wall" and len(profile.samples) > 10
+    assert profile.mode == "wall"
+    assert_sampled(profile, 0.1)
 
 
 def _child_profiles(queue):
@@ -194,7 +206,7 @@ def _child_profiles(queue):
         ok = not spprof.is_active()
         spprof.start(interval_ms=1)
         burn_cpu(0.2)
-        n = len(spprof.stop().samples)
+        n = sum(s.weight_ns for s in spprof.stop().samples)
         queue.put((ok, n))
     except BaseException as exc:  # report, not hang the parent
         queue.put((False, repr(exc)))
@@ -212,8 +224,8 @@ def test_multiprocessing_fork_child_starts_stopped():
     burn_cpu(0.05)
     profile = spprof.stop()
     assert proc.exitcode == 0
-    assert result[0] is True and result[1] > 10, result
-    assert len(profile.samples) > 10
+    assert result[0] is True and result[1] > 0.1e9, result  # the child's 0.2 s of CPU
+    assert_sampled(profile, 0.1)
 
 
 def test_an_application_sigprof_handler_keeps_working_and_is_restored():
@@ -229,7 +241,7 @@ def test_an_application_sigprof_handler_keeps_working_and_is_restored():
         burn_cpu(0.1)  # Python runs the handler at the next bytecode boundary
         profile = spprof.stop()
         assert calls == [signal.SIGPROF]
-        assert len(profile.samples) > 20  # and our ticks were not passed to it
+        assert_sampled(profile, 0.1)  # and our ticks were not passed to it
         assert signal.getsignal(signal.SIGPROF) is handler
         os.kill(os.getpid(), signal.SIGPROF)
         burn_cpu(0.01)
@@ -242,7 +254,7 @@ def test_sampling_on_another_signal():
     signum = signal.SIGRTMIN + 3
     with spprof.Profiler(interval_ms=1, signum=signum) as p:
         burn_cpu(0.2)
-    assert len(p.profile.samples) > 20
+    assert_sampled(p.profile, 0.2)
     refused = ["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGCHLD",
                "SIGPIPE", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGKILL", "SIGSTOP"]
     for name in refused:
@@ -366,3 +378,26 @@ def test_300_threads_at_once_and_2000_short_lived_threads_leave_nothing_behind()
     assert st.threads_seen >= 2300
     assert posix_timers() == baseline
     assert len({s.thread_id for s in profile.samples}) > 10
+
+
+def test_an_application_that_handles_sigprof_keeps_it_to_itself():
+    # An application that profiles itself with setitimer(ITIMER_PROF) and a SIGPROF handler:
+    # spprof moves its own ticks to a free real-time signal, as a standard signal does not queue
+    # (sharing SIGPROF lost about a quarter of the application's ticks).
+    ticks = []
+    previous = signal.signal(signal.SIGPROF, lambda signum, frame: ticks.append(signum))
+    try:
+        spprof.start(interval_ms=1)
+        chosen = spprof.stats().signal
+        signal.setitimer(signal.ITIMER_PROF, 0.002, 0.002)
+        burn_cpu(0.2)
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        profile = spprof.stop()
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+    assert signal.SIGRTMIN < chosen <= signal.SIGRTMAX, chosen
+    assert ticks and set(ticks) == {signal.SIGPROF}
+    assert sum(s.weight_ns for s in profile.samples) > 0.1e9  # spprof sampled all along
+    spprof.start(interval_ms=1)  # without an application handler: SIGPROF
+    assert spprof.stats().signal == signal.SIGPROF
+    spprof.stop()

@@ -86,6 +86,16 @@ def assert_shares_match(measured: Mapping[str, int], truth: Mapping[str, int], n
             f"({n_samples} samples); profile {dict(measured)}, truth {dict(truth)}")
 
 
+def assert_sampled(profile, cpu_seconds: float, thread_id=None) -> None:
+    """The profile (the samples of ``thread_id``, when given) accounts for at least half of
+    ``cpu_seconds``. By weight, not by count: CPU-time timers fire on the kernel's tick (every
+    4 ms at HZ=250), and on a loaded machine less often, but each sample weighs the time since
+    the thread's previous one."""
+    samples = [s for s in profile.samples if thread_id is None or s.thread_id == thread_id]
+    weight = sum(s.weight_ns for s in samples)
+    assert samples and weight >= 0.5 * cpu_seconds * 1e9, (len(samples), weight, cpu_seconds)
+
+
 def burn_cpu(seconds: float, n: int = 2000) -> None:
     """Run ``spin`` until this thread has used ``seconds`` of CPU."""
     deadline = time.thread_time_ns() + int(seconds * 1e9)

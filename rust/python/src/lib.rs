@@ -211,6 +211,12 @@ fn stop(py: Python<'_>) -> PyResult<ProfileData> {
     ))
 }
 
+/// Whether `signal` has a handler that is neither the default, "ignore", nor spprof's.
+#[pyfunction]
+fn signal_handled_by_another(signal: i32) -> bool {
+    sampler::handled_by_another(signal)
+}
+
 #[pyfunction]
 fn is_active() -> bool {
     session::lock().is_some()
@@ -248,6 +254,7 @@ fn stats(py: Python<'_>) -> PyResult<Option<Py<PyDict>>> {
         },
     )?;
     d.set_item("fallback_reason", s.fallback.clone())?;
+    d.set_item("signal", s.signal)?;
     d.set_item("thread_error", s.thread_error.clone())?;
     Ok(Some(d.unbind()))
 }
@@ -303,6 +310,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(analysis_py::frames_of, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
+    m.add_function(wrap_pyfunction!(signal_handled_by_another, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(register_thread, m)?)?;
     m.add_function(wrap_pyfunction!(register_all_threads, m)?)?;

@@ -121,6 +121,19 @@ pub fn install(signal: i32) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether someone else handles `signal`: a handler that is neither the default, "ignore", nor
+/// ours (a standard signal does not queue, so sharing it loses one side's signals).
+pub fn handled_by_another(signal: i32) -> bool {
+    // SAFETY: zeroed out-parameter; a null new action only queries.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
+        return false;
+    }
+    let h = current.sa_sigaction;
+    h != libc::SIG_DFL && h != libc::SIG_IGN && h != on_signal as *const () as usize
+}
+
 /// Put back an application's own handler of `signal`. When the previous disposition was the
 /// default or "ignore", ours stays installed but idle, and acts exactly as that disposition
 /// for every signal that is not a tick (see [`chain`]): a tick still pending on some thread
