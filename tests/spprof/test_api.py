@@ -14,8 +14,8 @@ import pytest
 
 import spprof
 from spprof import _native
-from workloads import burn_cpu as burn
 from workloads import assert_sampled, spin
+from workloads import burn_cpu as burn
 
 
 def test_native_extension_is_loaded():

@@ -47,7 +47,6 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.parametrize("delta", [8, -8])
 def test_a_shifted_table_is_refused_or_profiles_correctly(delta, tmp_path):
-    # Not from the repository root, whose spprof/ (no extension) would shadow the installed one.
     proc = subprocess.run([sys.executable, "-c", CHILD, str(delta)], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]

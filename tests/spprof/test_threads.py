@@ -131,7 +131,7 @@ def test_threads_get_cpu_in_the_ratio_they_used_it():
     by_tid = samples_by_tid(profile)
     measured = {name: sum(s.weight_ns for s in by_tid[tid]) for name, (tid, _) in truth.items()}
     n = sum(len(by_tid[tid]) for tid, _ in truth.values())
-    assert n > 300
+    assert n > 150  # enough to judge; the bounds follow n
     assert_shares_match(measured, {name: cpu for name, (_, cpu) in truth.items()}, n)
     # Each thread's weights add up to the CPU it used, less at most a few ticks at each end.
     for name, (_, cpu) in truth.items():
@@ -181,9 +181,10 @@ def test_sleeping_thread_has_no_cpu_samples_but_wall_samples():
     burning = [s for s in main if any(f.function_name.endswith("burn_cpu") for f in s.frames)]
     joining = [s for s in main if any(f.function_name.endswith("join") for f in s.frames)]
     assert burning and joining
-    # A burning thread runs for most of its samples' time unless the machine is overloaded.
-    assert sum(s.on_cpu for s in burning) > 0.5 * len(burning)
+    # A burning thread is on the CPU far more often than a joining one; how often depends on
+    # what else the machine runs (half the time, with two CPU-bound processes on two cores).
     assert sum(not s.on_cpu for s in joining) >= 0.85 * len(joining)
+    assert sum(s.on_cpu for s in burning) / len(burning) > sum(s.on_cpu for s in joining) / len(joining) + 0.25
 
 
 def test_falls_back_to_wall_mode_when_cpu_timers_are_refused():
@@ -351,17 +352,19 @@ def posix_timers() -> int:
 def test_300_threads_at_once_and_2000_short_lived_threads_leave_nothing_behind():
     baseline = posix_timers()
     spprof.start(interval_ms=1)
-    barrier = threading.Barrier(301)
+    barrier, counted = threading.Barrier(301), threading.Event()
 
     def at_once():
         burn_cpu(0.002)
         barrier.wait()
+        counted.wait()  # alive until the count is taken, however slowly the machine runs
 
     crowd = [threading.Thread(target=at_once) for _ in range(300)]
     for t in crowd:
         t.start()
     barrier.wait()
     peak = spprof.stats().threads_sampled
+    counted.set()
     for t in crowd:
         t.join()
     for _ in range(40):
@@ -373,7 +376,7 @@ def test_300_threads_at_once_and_2000_short_lived_threads_leave_nothing_behind()
     time.sleep(0.05)
     st = spprof.stats()
     profile = spprof.stop()
-    assert peak >= 290, peak
+    assert peak == 301, peak
     assert st.threads_sampled <= 3, st  # ended threads took their timers with them
     assert st.threads_seen >= 2300
     assert posix_timers() == baseline

@@ -48,7 +48,7 @@ def _require_native() -> Any:
     if _native is None:
         raise RuntimeError(
             f"spprof's native extension is not available ({_NATIVE_ERROR}); "
-            "reinstall spprof for this Python (pip install spprof)")
+            "build and install spprof for this Python: `pip install .` in spprof's source folder")
     return _native
 
 
