@@ -668,7 +668,8 @@ class SpprofPlugin:
         profile = self.profile_of(r)
         self_ns, incl, total = _session.function_times(profile)
         if not total:
-            return ["top functions: none (no samples: the test ran shorter than the sampling tick)"]
+            return ["top functions: none (no samples: the test ran shorter than the sampling tick, "
+                    "or a busy machine delivered none)"]
         lines = ["top functions of this test (self time, total time):"]
         for (fn, file), ns in sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]:
             lines.append(f"  {100 * ns / total:5.1f}% {fmt_ns(ns):>9}  total {fmt_ns(incl[(fn, file)]):>9}  "

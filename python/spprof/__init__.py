@@ -9,12 +9,14 @@ Quick start::
     profile.save("profile.json")  # open in https://www.speedscope.app
 """
 
+from ._aggregate import AggregatedProfile, AggregatedStack
 from ._api import (
     Profiler,
     ThreadProfiler,
     capture_native_stack,
     is_active,
     native_unwinding_available,
+    native_unwinding_enabled,
     profile,
     register_thread,
     set_native_unwinding,
@@ -24,7 +26,7 @@ from ._api import (
     unregister_thread,
 )
 from ._api import _native as _native_module
-from ._model import Frame, Profile, ProfilerStats, Sample
+from ._model import Frame, NativeFrame, Profile, ProfilerStats, Sample
 
 #: Whether the native extension loaded (without it nothing can be profiled).
 _HAS_NATIVE = _native_module is not None
@@ -33,7 +35,10 @@ del _native_module
 __version__ = "0.1.0"
 
 __all__ = [
+    "AggregatedProfile",
+    "AggregatedStack",
     "Frame",
+    "NativeFrame",
     "Profile",
     "Profiler",
     "ProfilerStats",
@@ -42,6 +47,7 @@ __all__ = [
     "is_active",
     "capture_native_stack",
     "native_unwinding_available",
+    "native_unwinding_enabled",
     "profile",
     "register_thread",
     "set_native_unwinding",

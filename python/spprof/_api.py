@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterator, List, Optional, TypeVar, Union
 
-from ._model import Frame, PathLike, Profile, ProfilerStats
+from ._model import NativeFrame, PathLike, Profile, ProfilerStats
 from ._paths import check_writable
 
 try:
@@ -140,7 +140,7 @@ def _install_thread_start_hooks() -> None:
 
     def _start_new_thread(function: Callable[..., Any], args: tuple, kwargs: Any = None) -> int:
         def run(*a: Any, **kw: Any) -> Any:
-            _register_this_thread(f"Thread {threading.get_native_id()}")
+            _register_this_thread(f"Thread-{threading.get_native_id()}")
             return function(*a, **kw)
 
         return start_new_thread(run, args, kwargs or {})
@@ -172,8 +172,8 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     native = _require_native()
     with _lifecycle:
         if native.is_active():
-            raise RuntimeError(
-                "profiling is already active; call spprof.stop() first (spprof.is_active() tells)")
+            raise RuntimeError("Profiler already running: profiling is already active; call spprof.stop() "
+                               "first (spprof.is_active() tells)")
         _install_thread_start_hooks()
         _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
                                    threading.current_thread().name, mode == "wall",
@@ -192,7 +192,7 @@ def stop() -> Profile:
     native = _require_native()
     with _ctrl_c_after(), _lifecycle:
         if not native.is_active():
-            raise RuntimeError("profiling is not active; call spprof.start() first")
+            raise RuntimeError("Profiler not running: profiling is not active; call spprof.start() first")
         data = native.stop()
         run, _run = _run, None
         profile = Profile._from_native(
@@ -246,6 +246,7 @@ def stats() -> Optional[ProfilerStats]:
         duration_ms=raw["duration_ns"] / 1e6,
         threads_sampled=raw["threads_sampled"],
         overhead_pct=100.0 * raw["handler_ns"] / duration_ns,
+        overhead_estimate_pct=100.0 * raw["handler_ns"] / duration_ns,
         memory_bytes=raw["memory_bytes"],
         mode=raw["mode"],
         fallback_reason=raw["fallback_reason"],
@@ -365,16 +366,21 @@ def set_native_unwinding(enabled: bool) -> None:
     _native_unwinding = enabled
 
 
-def capture_native_stack() -> List[Frame]:
-    """The calling thread's native frames, innermost first (for debugging the unwinder):
-    ``Frame(function_name, library path, 0, is_native=True)``; spprof's own frames are left out."""
+def native_unwinding_enabled() -> bool:
+    """Whether the next ``start()`` captures native frames (``set_native_unwinding``)."""
+    return _native_unwinding
+
+
+def capture_native_stack() -> List[NativeFrame]:
+    """The calling thread's native frames, innermost first (for debugging the unwinder);
+    spprof's own frames are left out."""
     if not native_unwinding_available():
         raise RuntimeError("native stack unwinding is not available here (it needs Linux on x86-64)")
-    frames = _native.capture_native_stack()
+    frames = [NativeFrame(*row) for row in _native.capture_native_stack()]
     own = os.path.realpath(_native.__file__)
-    while frames and os.path.realpath(frames[0][1]) == own:
+    while frames and os.path.realpath(frames[0].filename) == own:
         frames = frames[1:]
-    return [Frame(name, library, 0, True) for name, library, _ in frames]
+    return frames
 
 
 def _stop_at_exit() -> None:

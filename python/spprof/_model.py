@@ -126,6 +126,22 @@ class SampleSequence(SequenceABC):
         return f"<{len(self)} samples>"
 
 
+@dataclass(frozen=True)
+class NativeFrame:
+    """A native (C, C++, Rust) frame, as ``capture_native_stack()`` returns it."""
+
+    #: The instruction address.
+    ip: int
+    #: The function's name (demangled), or ``library+0xoffset`` when no symbol covers it.
+    symbol: str
+    #: The object file (shared library or executable) that holds it.
+    filename: str
+    #: ``ip``'s distance from the start of its function (0 when the function's start is unknown).
+    offset: int
+    #: Whether a symbol was found for ``ip``.
+    resolved: bool
+
+
 @dataclass
 class ProfilerStats:
     """Live counters of a running profile (``spprof.stats()``)."""
@@ -147,6 +163,8 @@ class ProfilerStats:
     #: The signal carrying the ticks: SIGPROF, or a real-time signal when the application has its
     #: own SIGPROF handler (or ``start(signum=...)`` chose one).
     signal: int = 0
+    #: The original spprof's name for ``overhead_pct`` (here measured, not estimated).
+    overhead_estimate_pct: float = 0.0
 
 
 @dataclass
@@ -184,7 +202,7 @@ class Profile:
         from . import _native
 
         return _native.ProfileData.from_samples(
-            (s.timestamp_ns, s.thread_id, s.thread_name or "", s.weight_ns, s.on_cpu,
+            (s.timestamp_ns, s.thread_id, s.thread_name or f"Thread-{s.thread_id}", s.weight_ns, s.on_cpu,
              [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames])
             for s in self.samples
         )
@@ -201,6 +219,26 @@ class Profile:
     @property
     def duration_s(self) -> float:
         return (self.end_time - self.start_time).total_seconds()
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.samples)
+
+    @property
+    def total_duration_ms(self) -> float:
+        """How long profiling ran (``end_time - start_time``), in milliseconds."""
+        return self.duration_s * 1000
+
+    @property
+    def effective_rate_hz(self) -> float:
+        """Samples per second of profiling (all threads)."""
+        return self.sample_count / self.duration_s if self.duration_s > 0 else 0.0
+
+    def aggregate(self) -> Any:
+        """An ``AggregatedProfile``: the distinct stacks per thread with their sample counts."""
+        from ._aggregate import aggregate
+
+        return aggregate(self)
 
     @property
     def _unit(self) -> str:
@@ -338,8 +376,7 @@ def resolve_format(path: Path, format: Optional[str]) -> str:
     """The output format named by ``format``, else implied by the extension of ``path``."""
     if format is not None:
         if format not in FORMATS:
-            raise ValueError(
-                f"unknown profile format {format!r}; supported formats: {', '.join(FORMATS)}")
+            raise ValueError(f"Unknown format: {format} (supported: {', '.join(FORMATS)})")
         return format
     suffix = path.suffix.lower()
     for name, suffixes in FORMATS.items():
@@ -347,5 +384,5 @@ def resolve_format(path: Path, format: Optional[str]) -> str:
             return name
     known = ", ".join(f"{s} ({name})" for name, sufs in FORMATS.items() for s in sufs)
     raise ValueError(
-        f"cannot tell the profile format from the extension of {str(path)!r}; "
-        f"use one of {known} or pass format=")
+        f"Unknown format: {suffix or '(no extension)'}: cannot tell the profile format from the extension of "
+        f"{str(path)!r}; use one of {known} or pass format=")

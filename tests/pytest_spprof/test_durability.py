@@ -90,7 +90,7 @@ def test_stops():
     spprof.stop()
 
 def test_after():
-    burn(20)
+    burn(200)  # enough CPU-timer ticks for a sample even on a loaded machine
 """)
     result = run(pytester, "--spprof")
     result.assert_outcomes(passed=2, failed=1)

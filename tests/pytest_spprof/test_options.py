@@ -172,7 +172,7 @@ def outer():
     inner()
 
 def inner():
-    burn(40)
+    burn(100)
 
 @pytest.mark.spprof(share={"*er": "100%"})
 def test_matches_twice_per_stack():
@@ -180,7 +180,7 @@ def test_matches_twice_per_stack():
 
 @pytest.mark.spprof(share={"lib.*": "1%"})
 def test_path_segments_do_not_match():
-    for _ in range(20_000):
+    for _ in range(100_000):
         json.dumps({"a": [1, 2, 3]})
 
 @pytest.mark.spprof(share={"outr": "50%"})

@@ -52,7 +52,7 @@ def test_start_stop_returns_a_profile_with_the_documented_fields():
 
 
 def test_errors_are_the_documented_exceptions_with_guidance():
-    with pytest.raises(RuntimeError, match="not active.*spprof.start"):
+    with pytest.raises(RuntimeError, match="Profiler not running: .*not active.*spprof.start"):
         spprof.stop()
     for bad in (0, 0.5, -3, float("nan"), float("inf"), 2**70, 10**400):
         with pytest.raises(ValueError, match="interval_ms must be a number of milliseconds from 1 to"):
@@ -67,13 +67,13 @@ def test_errors_are_the_documented_exceptions_with_guidance():
     with pytest.raises(TypeError, match="output_path"):
         spprof.start(output_path=42)
     # An output path that could not be written is refused before profiling starts.
-    with pytest.raises(ValueError, match="folder .*nodir.* does not exist"):
+    with pytest.raises(PermissionError, match="folder .*nodir.* does not exist"):
         spprof.start(output_path="nodir/x.json")
-    with pytest.raises(ValueError, match="is a folder"):
+    with pytest.raises(PermissionError, match="is a folder"):
         spprof.start(output_path=".")
     assert not spprof.is_active()
     spprof.start()
-    with pytest.raises(RuntimeError, match="already active.*spprof.stop"):
+    with pytest.raises(RuntimeError, match="Profiler already running: .*already active.*spprof.stop"):
         spprof.start()
     with pytest.raises(RuntimeError, match="already active"):
         with spprof.Profiler():
@@ -315,3 +315,61 @@ def test_thread_churn_stays_within_the_memory_limit():
     assert stats.memory_bytes <= 0.25 * 2**20 * 1.02, stats
     names = {s.thread_name for s in profile.samples}
     assert "<threads past the memory limit>" in names and len(names) < 1_000, len(names)
+
+
+def test_the_original_spprof_api_works_unchanged(tmp_path):
+    from collections import Counter
+
+    spprof.start(interval_ms=1)
+    burn(0.2)
+    st = spprof.stats()
+    profile = spprof.stop()
+    assert st.overhead_estimate_pct == st.overhead_pct >= 0
+    assert profile.sample_count == len(profile.samples) > 0
+    assert profile.total_duration_ms == pytest.approx((profile.end_time - profile.start_time).total_seconds() * 1e3)
+    assert profile.effective_rate_hz == pytest.approx(profile.sample_count / profile.total_duration_ms * 1e3)
+
+    agg = profile.aggregate()
+    truth = Counter((tuple(s.frames), s.thread_id, s.thread_name) for s in profile.samples)
+    assert {(tuple(st.frames), st.thread_id, st.thread_name): st.count for st in agg.stacks} == truth
+    assert agg.total_samples == profile.sample_count and agg.unique_stack_count == len(truth)
+    assert agg.compression_ratio == pytest.approx(profile.sample_count / len(truth))
+    assert agg.memory_reduction_pct == pytest.approx(100 * (1 - len(truth) / profile.sample_count))
+    assert sum(st.weight_ns for st in agg.stacks) == profile.total_weight_ns
+    assert agg.to_collapsed() == profile.to_collapsed()
+    doc = json.loads(agg.save(tmp_path / "agg.json").read_text())
+    assert doc["name"].startswith("spprof") and doc["exporter"].startswith("spprof")
+    # The same aggregation for a profile assembled from Sample objects.
+    listed = dataclasses.replace(profile, samples=list(profile.samples), _data=None, _data_samples=None)
+    assert {(tuple(st.frames), st.thread_id): st.count for st in listed.aggregate().stacks} == \
+        {(frames, tid): n for (frames, tid, _), n in truth.items()}
+
+    assert spprof.native_unwinding_enabled() is False
+    if spprof.native_unwinding_available():
+        spprof.set_native_unwinding(True)
+        try:
+            assert spprof.native_unwinding_enabled() is True
+        finally:
+            spprof.set_native_unwinding(False)
+        frames = spprof.capture_native_stack()
+        assert frames and all(isinstance(f, spprof.NativeFrame) for f in frames)
+        assert any(f.resolved and f.symbol and f.offset >= 0 and f.ip > 0 and f.filename for f in frames)
+
+
+def test_a_thread_without_a_python_name_is_named_thread_tid():
+    import _thread
+
+    done = threading.Event()
+    tid = []
+
+    def raw():
+        tid.append(threading.get_native_id())
+        burn(0.05)
+        done.set()
+
+    spprof.start(interval_ms=1)
+    _thread.start_new_thread(raw, ())
+    done.wait(30)
+    profile = spprof.stop()
+    names = {s.thread_name for s in profile.samples if s.thread_id == tid[0]}
+    assert names == {f"Thread-{tid[0]}"}, names

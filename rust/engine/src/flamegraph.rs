@@ -120,13 +120,34 @@ fn write_empty_svg(title: &str, message: &str, out: &mut impl Write) -> io::Resu
     )
 }
 
+/// The licence of the script and style inferno puts in every flame graph (see THIRD-PARTY.md).
+pub const SCRIPT_NOTICE: &str = "The flame graph script and style in this file come from inferno \
+(https://github.com/jonhoo/inferno), a port of Brendan Gregg's FlameGraph, under the Common \
+Development and Distribution License 1.0 (CDDL-1.0).";
+
+/// Write inferno's SVG with [`SCRIPT_NOTICE`] as a comment before its `<svg>` element.
+fn with_notice(
+    draw: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let mut svg = Vec::new();
+    draw(&mut svg)?;
+    let at = svg.windows(5).position(|w| w == b"<svg ").unwrap_or(0);
+    out.write_all(&svg[..at])?;
+    write!(out, "<!-- {SCRIPT_NOTICE} -->\n")?;
+    out.write_all(&svg[at..])
+}
+
 /// An interactive flame graph of `store`, frame widths = summed sample weights.
 pub fn write_svg(store: &Store, opts: &Options, out: &mut impl Write) -> io::Result<()> {
     let folded = collapsed::write(store, Value::Weight);
     if folded.is_empty() {
         return write_empty_svg(opts.title, "No samples", out);
     }
-    fg::from_lines(&mut inferno_options(opts, false), folded.lines(), out)
+    with_notice(
+        |svg| fg::from_lines(&mut inferno_options(opts, false), folded.lines(), svg),
+        out,
+    )
 }
 
 /// A differential flame graph: frames are as wide as in `current` and coloured by the change
@@ -166,7 +187,7 @@ pub fn write_diff_svg(
         }
         .to_owned(),
     );
-    fg::from_reader(&mut o, &both[..], out)
+    with_notice(|svg| fg::from_reader(&mut o, &both[..], svg), out)
 }
 
 const HTML_STYLE: &str = "
@@ -199,7 +220,8 @@ pub fn write_html(store: &Store, opts: &Options, out: &mut impl Write) -> io::Re
     let svg = String::from_utf8(svg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     // Inline SVG starts at its element: the XML declaration and DOCTYPE belong to files. Its
     // `onload` is not fired the same way by every browser when inline, so the page calls init().
-    let svg = &svg[svg.find("<svg ").unwrap_or(0)..];
+    let start = svg.find("<!-- ").or_else(|| svg.find("<svg ")).unwrap_or(0);
+    let svg = &svg[start..];
     let svg = svg.replacen(r#" onload="init(evt)""#, "", 1);
 
     let title = xml_escape(opts.title);
@@ -293,6 +315,7 @@ mod tests {
         let svg = svg_of(&sample_store());
         assert!(svg.starts_with("<?xml"));
         assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains(SCRIPT_NOTICE) && SCRIPT_NOTICE.contains("CDDL-1.0"));
         assert!(svg.contains("Test &lt;graph&gt;"));
         assert!(svg.contains("hot (app.py:2)"));
         assert!(svg.contains("cold &lt;&amp;&gt; (lib.py:7)"));

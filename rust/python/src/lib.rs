@@ -140,12 +140,14 @@ fn choose_clock(wall: bool) -> Result<(Clock, Option<String>), String> {
 }
 
 fn not_active() -> PyErr {
-    PyRuntimeError::new_err("profiling is not active; call spprof.start() first")
+    PyRuntimeError::new_err(
+        "Profiler not running: profiling is not active; call spprof.start() first",
+    )
 }
 
 fn already_active() -> PyErr {
     PyRuntimeError::new_err(
-        "profiling is already active; call spprof.stop() first (spprof.is_active() tells)",
+        "Profiler already running: profiling is already active; call spprof.stop() first (spprof.is_active() tells)",
     )
 }
 

@@ -1053,7 +1053,7 @@ fn memprof_snapshot(py: Python<'_>, names: HashMap<u64, String>) -> PyResult<Sna
         let name = names
             .get(&tid)
             .cloned()
-            .unwrap_or_else(|| format!("Thread {tid}"));
+            .unwrap_or_else(|| format!("Thread-{tid}"));
         let thread = out.add_thread(tid, &name);
         let stack = match stacks.get(&l.stack) {
             Some(&id) => id,

@@ -216,12 +216,18 @@ impl ModuleList {
 /// the file's `.symtab` ([`crate::elf_symbols`]), demangled; else `library+0xoffset`. Off the
 /// signal path (dladdr takes the loader lock).
 pub fn symbolize(addr: u64) -> (String, String) {
+    let (name, library, _) = symbolize_resolved(addr);
+    (name, library)
+}
+
+/// [`symbolize`], and whether a symbol was found (false for the `library+0xoffset` forms).
+pub fn symbolize_resolved(addr: u64) -> (String, String, bool) {
     // SAFETY: zeroed is a valid Dl_info out-parameter; dladdr only reads the loader's tables.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     if unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0
         || info.dli_fname.is_null()
     {
-        return (format!("{addr:#x}"), "<unknown>".into());
+        return (format!("{addr:#x}"), "<unknown>".into(), false);
     }
     // SAFETY: NUL-terminated strings owned by the loader.
     let library = unsafe { CStr::from_ptr(info.dli_fname) }
@@ -230,19 +236,23 @@ pub fn symbolize(addr: u64) -> (String, String) {
     if !info.dli_sname.is_null() {
         // SAFETY: as above.
         let raw = unsafe { CStr::from_ptr(info.dli_sname) }.to_string_lossy();
-        return (demangle(&raw), library);
+        return (demangle(&raw), library, true);
     }
     let base = info.dli_fbase as u64;
     if let Some(name) =
         crate::elf_symbols::table_of(&library).and_then(|t| t.lookup(addr, base).map(demangle))
     {
-        return (name, library);
+        return (name, library, true);
     }
     if eval_loop::contains(addr) {
-        return (eval_loop::NAME.to_string(), library);
+        return (eval_loop::NAME.to_string(), library, true);
     }
     let short = library.rsplit('/').next().unwrap_or(&library).to_string();
-    (format!("{short}+{:#x}", addr.wrapping_sub(base)), library)
+    (
+        format!("{short}+{:#x}", addr.wrapping_sub(base)),
+        library,
+        false,
+    )
 }
 
 /// The address range of the function holding `pc`, from its object's `.eh_frame_hdr` search
@@ -358,10 +368,12 @@ pub fn capture(list: &ModuleList) -> Vec<(u64, u64)> {
     frames
 }
 
-/// `spprof.capture_native_stack()`: the calling thread's native frames, innermost first, as
-/// `(function, library, address)`.
+/// `(ip, symbol, library, offset from the function's start, resolved)`, as `spprof.NativeFrame`.
+type NativeFrameRow = (u64, String, String, u64, bool);
+
+/// `spprof.capture_native_stack()`: the calling thread's native frames, innermost first.
 #[pyo3::pyfunction]
-pub fn capture_native_stack(py: pyo3::Python<'_>) -> pyo3::PyResult<Vec<(String, String, u64)>> {
+pub fn capture_native_stack(py: pyo3::Python<'_>) -> pyo3::PyResult<Vec<NativeFrameRow>> {
     let list = ModuleList::load();
     if let Ok(walker) = crate::cpython::layout::walker(py) {
         eval_loop::locate(py, &walker, &list);
@@ -369,8 +381,9 @@ pub fn capture_native_stack(py: pyo3::Python<'_>) -> pyo3::PyResult<Vec<(String,
     Ok(capture(&list)
         .into_iter()
         .map(|(pc, _)| {
-            let (name, library) = symbolize(pc);
-            (name, library, pc)
+            let (name, library, resolved) = symbolize_resolved(pc);
+            let offset = function_range(pc).map_or(0, |r| pc - r.start);
+            (pc, name, library, offset, resolved)
         })
         .collect())
 }

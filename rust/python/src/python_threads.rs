@@ -57,7 +57,7 @@ const GUARD_KEY: &str = "spprof._native.thread_exit_guard";
 /// Name of a thread found by the scan before `threading` knew it (it gets its real name when
 /// the start hook registers it a moment later).
 fn placeholder_name(tid: i32) -> String {
-    format!("Thread {tid}")
+    format!("Thread-{tid}")
 }
 
 /// Register the thread `tid` whose thread state is `ts`. Ok(false) if it already was or has
