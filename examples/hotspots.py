@@ -2,10 +2,14 @@
 
     python -m spprof -o profile.json examples/hotspots.py
 
-`slow_sum` should take about three times as long as `fast_sum`, and `parse_lines` about twice.
+Per round, `slow_sum` takes two to three times as long as `fast_sum` (a Python loop against the
+built-in `sum` over the same numbers), and `parse_lines` two to three times as long as
+`slow_sum`: the profile should show that order. `tests/spprof/test_cli.py` checks these ratios
+with `cpu_ratios()`.
 """
 
 import sys
+import time
 
 
 def fast_sum(n):
@@ -24,11 +28,24 @@ def parse_lines(count):
     return [tuple(int(x) for x in line.split(",")) for line in text.splitlines()]
 
 
+STEPS = ((fast_sum, 300_000), (slow_sum, 300_000), (parse_lines, 20_000))
+
+
 def main(rounds):
     for _ in range(rounds):
-        fast_sum(600_000)
-        slow_sum(300_000)
-        parse_lines(20_000)
+        for function, size in STEPS:
+            function(size)
+
+
+def cpu_ratios(rounds=5):
+    """(slow_sum / fast_sum, parse_lines / slow_sum) in CPU time of this thread."""
+    spent = {}
+    for function, size in STEPS:
+        t0 = time.thread_time()
+        for _ in range(rounds):
+            function(size)
+        spent[function.__name__] = time.thread_time() - t0
+    return spent["slow_sum"] / spent["fast_sum"], spent["parse_lines"] / spent["slow_sum"]
 
 
 if __name__ == "__main__":

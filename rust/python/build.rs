@@ -16,7 +16,7 @@ fn build_preload_library() {
     }
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let source = manifest.join("../alloc/spprof_alloc.c");
-    let target = manifest.join("../../python/spprof/libspprof_alloc.so");
+    let target = manifest.join("../../spprof/libspprof_alloc.so");
     println!("cargo:rerun-if-changed={}", source.display());
     println!("cargo:rerun-if-env-changed=CC");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());

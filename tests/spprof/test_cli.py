@@ -82,3 +82,36 @@ def test_bad_options_are_usage_errors(tmp_path):
     assert r.returncode == 2 and "no such script" in r.stderr
     r = run()
     assert r.returncode == 2
+
+
+def test_the_example_does_what_its_docstring_says():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import hotspots
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    slow_over_fast, parse_over_slow = hotspots.cpu_ratios()
+    # "two to three times", with room for interpreter versions and noise
+    assert 1.5 < slow_over_fast < 4 and 1.5 < parse_over_slow < 4.5, (slow_over_fast, parse_over_slow)
+
+
+def test_from_a_checkout_the_source_folder_hands_over_to_the_installed_spprof(tmp_path):
+    # `python -m spprof` in the repository root imports the source folder first: without a
+    # compiled extension of its own, it takes its modules from the installed spprof.
+    import shutil
+
+    import spprof
+
+    installed = Path(spprof.__path__[0])
+    shutil.copytree(installed, tmp_path / "spprof", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    code = "import spprof, sys; print(spprof.__path__[0]); print(spprof._native.__file__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(installed), spprof._native.__file__]
+    r = run("-o", str(tmp_path / "p.json"), str(EXAMPLES / "hotspots.py"), "2", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "p.json").exists(), r.stderr
+    # With no installed copy to hand over to, one error names the cause and the fix.
+    r = subprocess.run([sys.executable, "-S", "-c", "import spprof; spprof.start()"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=60)
+    assert "compiled extension is not in" in r.stderr and "pip install ." in r.stderr, r.stderr
+    assert "circular import" not in r.stderr

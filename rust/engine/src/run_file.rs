@@ -1,7 +1,7 @@
 //! The whole-run file of the pytest plugin: every test's samples as one Arrow IPC file.
 //!
 //! The plugin samples the session once and cuts it into per-test windows of monotonic time
-//! (`python/pytest_spprof/_session.py`). [`write`] turns the session's chunks (stores) and the test
+//! (`pytest_spprof/_session.py`). [`write`] turns the session's chunks (stores) and the test
 //! windows into the `frames` table of [`crate::arrow`] (a row per frame of every sample, root
 //! first) with two more columns, `thread_name` and `test_id`; `timestamp_ns` counts from the start
 //! of the test's window and `sample_id` is unique in the file. Samples outside every window (between

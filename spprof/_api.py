@@ -46,9 +46,14 @@ _lifecycle = threading.Lock()
 
 def _require_native() -> Any:
     if _native is None:
+        from ._source_tree import has_extension
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        problem = (f"spprof's compiled extension in {here} cannot be loaded ({_NATIVE_ERROR})" if has_extension(here)
+                   else f"spprof's compiled extension is not in {here}, and no installed spprof has one")
         raise RuntimeError(
-            f"spprof's native extension is not available ({_NATIVE_ERROR}); "
-            "build and install spprof for this Python: `pip install .` in spprof's source folder")
+            f"{problem}: run `pip install .` with this Python ({sys.executable}) in the folder that holds "
+            f"pyproject.toml ({os.path.dirname(here)} if this is a checkout); it needs Rust and a C compiler")
     return _native
 
 

@@ -9,6 +9,15 @@ Quick start::
     profile.save("profile.json")  # open in https://www.speedscope.app
 """
 
+from ._source_tree import installed_copy as _installed_copy
+
+# From a source checkout without its compiled extension, every module below comes from the
+# installed spprof (see _source_tree).
+_installed = _installed_copy(__path__[0])
+if _installed is not None:
+    __path__[:] = [_installed]
+del _installed, _installed_copy
+
 from ._aggregate import AggregatedProfile, AggregatedStack
 from ._api import (
     Profiler,
