@@ -177,7 +177,7 @@ def outer():
     inner()
 
 def inner():
-    burn(100)
+    burn(300)  # samples even on a loaded machine (a test without any has no names to check)
 
 @pytest.mark.spprof(share={"*er": "100%"})
 def test_matches_twice_per_stack():

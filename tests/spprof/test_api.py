@@ -364,7 +364,7 @@ def test_a_thread_without_a_python_name_is_named_thread_tid():
 
     def raw():
         tid.append(threading.get_native_id())
-        burn(0.05)
+        burn(0.3)  # samples even on a loaded machine
         done.set()
 
     spprof.start(interval_ms=1)

@@ -37,7 +37,7 @@ def test_deep_recursion_keeps_every_frame():
     finally:
         sys.setrecursionlimit(limit)
     deep = [st for st in names(p.profile) if st.count("recurse") >= 501]
-    assert len(deep) > 20, "samples taken at the bottom of the recursion"
+    assert len(deep) > 5, "samples taken at the bottom of the recursion"  # ~100 unloaded
     for st in deep:
         first = st.index("recurse")
         assert st[first:first + 501] == ["recurse"] * 501
@@ -55,7 +55,7 @@ def test_stacks_deeper_than_the_cap_keep_their_innermost_frames():
     # the ramp up and down of the recursion is shallower; at the bottom the whole stack is 1500
     # recurse frames plus pytest's
     deep = [st for st in names(p.profile) if st.count("recurse") >= 1010 or st[0] == "<truncated>"]
-    assert len(deep) > 20
+    assert len(deep) > 5  # ~100 unloaded; a loaded machine delivers fewer
     for st in deep:
         # 1024 innermost frames kept, under a marker root frame
         assert st[0] == "<truncated>" and len(st) == 1 + 1024, (st[:3], len(st))
