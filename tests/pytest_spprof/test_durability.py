@@ -130,3 +130,13 @@ def test_a():
     assert "could not write" in result.stdout.str() and "spprof.md" in result.stdout.str()
     assert (pytester.path / ".spprof" / "results.json").is_file() and (pytester.path / "base.json").is_file()
     assert not list(pytester.path.rglob("*.tmp*"))
+
+
+def test_a_run_file_that_cannot_be_written_leaves_no_temporary_file(pytester):
+    pytester.makepyfile("def test_a():\n    pass\n")
+    (pytester.path / ".spprof" / "run.arrow").mkdir(parents=True)  # a folder in the way
+    result = run(pytester, "--spprof")
+    result.assert_outcomes(passed=1)
+    assert "could not write" in result.stdout.str() and "run.arrow" in result.stdout.str()
+    assert (pytester.path / ".spprof" / "results.json").is_file()
+    assert not list((pytester.path / ".spprof").glob("*.tmp*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -373,3 +374,35 @@ def test_a_thread_without_a_python_name_is_named_thread_tid():
     profile = spprof.stop()
     names = {s.thread_name for s in profile.samples if s.thread_id == tid[0]}
     assert names == {f"Thread-{tid[0]}"}, names
+
+
+CTRL_C_DURING_STOP = """
+import os, signal, sys, time
+import spprof
+from spprof import _model
+from workloads import burn_cpu
+
+save = _model.Profile.save
+
+def save_slowly(self, path, format=None):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the profile is being written
+    time.sleep(0.2)
+    return save(self, path, format)
+
+_model.Profile.save = save_slowly
+spprof.start(interval_ms=1, output_path=sys.argv[1])
+burn_cpu(0.1)
+try:
+    spprof.stop()
+except KeyboardInterrupt:
+    print("interrupted after saving:", os.path.getsize(sys.argv[1]) > 0)
+"""
+
+
+def test_ctrl_c_during_stop_is_raised_after_the_profile_is_saved(tmp_path):
+    out = tmp_path / "p.json"
+    r = subprocess.run([sys.executable, "-c", CTRL_C_DURING_STOP, str(out)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "interrupted after saving: True"
+    assert json.loads(out.read_text())["profiles"]
