@@ -7,14 +7,15 @@ Profiles a whole program the way ``python -m cProfile`` does: the program sees i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import runpy
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import _api
-from ._model import FORMATS, resolve_format
+from ._model import FORMATS, Frame, Profile, resolve_format
 from ._paths import check_writable
 from ._summary import render
 
@@ -124,10 +125,36 @@ def _exit_status(code: object) -> int:
     return 1
 
 
+def _without_launcher(profile: Profile) -> Profile:
+    """The profile with each stack starting at the program: the frames of ``python -m spprof``
+    and runpy that launched it are cut from the root of the main thread's stacks."""
+    here = os.path.dirname(__file__)
+    launcher_files = {os.path.realpath(f) for f in (__file__, os.path.join(here, "__main__.py"), runpy.__file__)}
+    is_launcher: Dict[str, bool] = {}
+    trimmed: Dict[int, Tuple[Frame, ...]] = {}
+
+    def launcher(filename: str) -> bool:
+        if filename not in is_launcher:
+            is_launcher[filename] = filename == "<frozen runpy>" or os.path.realpath(filename) in launcher_files
+        return is_launcher[filename]
+
+    def trim(frames: Sequence[Frame]) -> Tuple[Frame, ...]:
+        key = id(frames)  # a recorded profile shares one tuple per distinct stack
+        if key not in trimmed:
+            i = 0
+            while i < len(frames) and launcher(frames[i].filename):
+                i += 1
+            trimmed[key] = tuple(frames[i:])
+        return trimmed[key]
+
+    samples = [dataclasses.replace(s, frames=trim(s.frames)) for s in profile.samples]
+    return dataclasses.replace(profile, samples=samples, _data=None, _data_samples=None)
+
+
 def _finish(opts: argparse.Namespace) -> None:
     if not _api.is_active():
         return  # the program stopped the profiler itself
-    profile = _api.stop()
+    profile = _without_launcher(_api.stop())
     if opts.output is None:
         sys.stderr.write(render(profile, opts.top))
         return

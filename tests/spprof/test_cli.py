@@ -115,3 +115,11 @@ def test_from_a_checkout_the_source_folder_hands_over_to_the_installed_spprof(tm
                        text=True, cwd=tmp_path, timeout=60)
     assert "compiled extension is not in" in r.stderr and "pip install ." in r.stderr, r.stderr
     assert "circular import" not in r.stderr
+
+
+def test_stacks_start_at_the_program_and_a_double_dash_is_accepted(tmp_path):
+    out = tmp_path / "out.collapsed"
+    r = run("-i", "1", "-o", str(out), "--", str(EXAMPLES / "hotspots.py"), "3")
+    assert r.returncode == 0, r.stderr
+    roots = {line.split(";")[0].rsplit(":", 1)[0] for line in out.read_text().splitlines()}
+    assert roots == {f"<module> ({EXAMPLES / 'hotspots.py'}"}, roots  # no runpy or CLI frame
