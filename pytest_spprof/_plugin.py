@@ -420,6 +420,10 @@ class SpprofPlugin:
         r.rounds += len(current)
         if len(current) < 3:
             return  # the repeats failed: no evidence either way, no verdict
+        # The machine's speed again after the rounds, the slower of the two counting: under
+        # pytest-xdist the other worker's load changes within the rounds, and one figure taken in a
+        # quiet moment before them turned that load into alarms.
+        ratio = max(ratio, self._speed_ratio(entry.speed_ns, max_age_s=0))
         verdict = _verdict.judge(current, entry.warm_ns, ratio, self.tolerance_pct, self.noise_floor_ns,
                                  "the test's call")
         r.regression = verdict.evidence if verdict.regressed else None
