@@ -39,11 +39,11 @@ def test_three_functions_get_their_measured_share_of_cpu():
     assert n > 100, f"too few samples to judge: {n}"
     assert_shares_match(measured, truth, n)
 
-    # Weights are CPU time: the profile accounts for the CPU the thread used, less at most one
-    # sampling period at each end.
+    # Weights are CPU time: the profile accounts for the CPU the thread used, less what ran after
+    # its last sample (a few ms; on a loaded machine, where ticks come rarer, up to a few %).
     total = profile.total_weight_ns
     assert total <= cpu_used * 1.02 + 5_000_000
-    assert total >= cpu_used - 3 * 10_000_000, (total, cpu_used)
+    assert total >= cpu_used - max(30_000_000, 0.05 * cpu_used), (total, cpu_used)
 
 
 def two_loops(n1, n2, clock):
