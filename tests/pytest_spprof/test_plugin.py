@@ -311,8 +311,8 @@ def pytest_sessionfinish(session):
 def test_block(spprof_profiler):
     burn(10)
     with spprof_profiler() as block:
-        burn(40)
-    assert 35e6 < block.cpu_ns < 200e6
+        burn(200)  # samples even on a loaded machine
+    assert 195e6 < block.cpu_ns < 400e6
     assert any(f.function_name == "burn" for s in block.profile.samples for f in s.frames)
 """)
     result = run(pytester, "--spprof", "-s")
