@@ -19,7 +19,7 @@ in a process that has run the profiler would not be a baseline. Runs are interle
 time relative to the baseline of the same round, shown with its quartiles (the noise) and the
 median's distribution-free 95 % confidence interval (how well the rounds pin it down).
 
-Target (issue 5): <= 1% at 512 KB on this allocation-heavy workload.
+Target: <= 1% at 512 KB on this allocation-heavy workload.
 """
 
 from __future__ import annotations

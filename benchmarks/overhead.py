@@ -10,7 +10,7 @@ medians against the baseline measured in the same run. The cost of one sample is
 the time spent inside the signal handler (measured by the handler itself) and the whole extra wall
 time divided by the number of samples (handler + resolution + GIL hand-offs).
 
-Targets (issue 2): <= 1% at 10 ms, <= 5% at 1 ms; (issue 8) <= 2% at 10 ms with native unwinding.
+Targets: <= 1% at 10 ms, <= 5% at 1 ms; <= 2% at 10 ms with native unwinding.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ with and without ``--spprof``, interleaved, and reports the medians and their ra
 
     python benchmarks/pytest_overhead.py [--package more-itertools==10.5.0] [--rounds 7]
 
-Target (issue 6): at most 10 % more wall time than plain pytest.
+Target: at most 10 % more wall time than plain pytest.
 """
 
 from __future__ import annotations

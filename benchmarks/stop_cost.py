@@ -7,8 +7,7 @@ them in wall mode every millisecond (64 threads for 32 s give about 2 M samples)
 ``spprof.stop()`` is timed, the samples are read once (as a user iterating them would), and the
 profile is saved as speedscope JSON. Memory is the process's peak RSS (``ru_maxrss``) above
 its RSS just before profiling started, set against ``bytes_used`` of the profile's native store.
-Targets (issue "Nothing lost, nothing crashed"): stop() under 2 s for 2 M samples, peak growth
-under 2x the store.
+Targets: stop() under 2 s for 2 M samples, peak growth under 2x the store.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The CPU profiler API of the usage guide: start/stop, Profiler, @profile, thread registration."""
+"""The CPU profiler API: start/stop, Profiler, @profile, thread registration."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The profile data model of the usage guide (Profile, Sample, Frame, ProfilerStats) and its outputs.
+"""The profile data model (Profile, Sample, Frame, ProfilerStats) and its outputs.
 
 A profile recorded by spprof is columnar inside the native extension (interned frames and stacks).
 ``Profile.samples`` builds its ``Sample`` objects from those columns as they are read (one

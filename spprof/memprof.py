@@ -53,7 +53,7 @@ __all__ = [
     "stop",
 ]
 
-#: ``StackFrame`` in the usage guide: the same frame type as CPU profiles.
+#: ``StackFrame`` of the original spprof API: the same frame type as CPU profiles.
 StackFrame = Frame
 
 
@@ -76,7 +76,7 @@ class AllocationSample:
 
     address: int
     size: int
-    #: The mean sampling gap in bytes (the usage guide's "sampling weight").
+    #: The mean sampling gap in bytes (the "sampling weight").
     weight: int
     #: Bytes this sample stands for in the heap estimate: ``size / (1 - exp(-size / weight))``.
     estimated_bytes: int

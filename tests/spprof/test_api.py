@@ -1,4 +1,4 @@
-"""The CPU API of the usage guide: lifecycle, arguments, errors, threads."""
+"""The CPU API: lifecycle, arguments, errors, threads."""
 
 from __future__ import annotations
 
