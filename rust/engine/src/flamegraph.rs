@@ -134,7 +134,7 @@ fn with_notice(
     draw(&mut svg)?;
     let at = svg.windows(5).position(|w| w == b"<svg ").unwrap_or(0);
     out.write_all(&svg[..at])?;
-    write!(out, "<!-- {SCRIPT_NOTICE} -->\n")?;
+    writeln!(out, "<!-- {SCRIPT_NOTICE} -->")?;
     out.write_all(&svg[at..])
 }
 
