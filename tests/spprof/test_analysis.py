@@ -106,7 +106,7 @@ def test_between_and_filter_narrow_the_profile(mix):
 
 
 def test_diff_names_the_function_that_got_slower(mix):
-    baseline, base_truth = profile_mix({"alpha": 1, "beta": 1})
+    baseline, base_truth = profile_mix({"alpha": 1, "beta": 1}, seconds=2.0)  # samples enough under load
     current, cur_truth = mix
     table = pa.table(current.diff(baseline))
     assert "delta_self_ns" in table.column_names and "delta_total_pct" in table.column_names
