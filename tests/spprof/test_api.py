@@ -289,10 +289,10 @@ def test_forked_child_starts_stopped_and_can_profile():
 
 def test_samples_are_a_lazy_sequence_over_the_native_columns():
     with spprof.Profiler(interval_ms=1) as p:
-        burn(0.2)
+        burn(0.5)
     samples = p.profile.samples
     n = len(samples)
-    assert n > 5 and repr(samples) == f"<{n} samples>"
+    assert n >= 3 and repr(samples) == f"<{n} samples>"
     as_list = list(samples)
     assert samples[0] == as_list[0] and samples[-1] == as_list[-1] and samples[n // 2] == as_list[n // 2]
     assert samples[2:7] == as_list[2:7] and samples[::5] == as_list[::5] and samples[5:2] == []
