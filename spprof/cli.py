@@ -127,15 +127,18 @@ def _exit_status(code: object) -> int:
 
 def _without_launcher(profile: Profile) -> Profile:
     """The profile with each stack starting at the program: the frames of ``python -m spprof``
-    and runpy that launched it are cut from the root of the main thread's stacks."""
-    here = os.path.dirname(__file__)
-    launcher_files = {os.path.realpath(f) for f in (__file__, os.path.join(here, "__main__.py"), runpy.__file__)}
+    (spprof's own, down to its ``stop()`` at the end) and of runpy are cut from the root of the
+    main thread's stacks, and the samples with nothing else are left out."""
+    here = os.path.realpath(os.path.dirname(__file__))
+    launcher_files = {os.path.realpath(runpy.__file__)}
     is_launcher: Dict[str, bool] = {}
     trimmed: Dict[int, Tuple[Frame, ...]] = {}
 
     def launcher(filename: str) -> bool:
         if filename not in is_launcher:
-            is_launcher[filename] = filename == "<frozen runpy>" or os.path.realpath(filename) in launcher_files
+            real = os.path.realpath(filename)
+            is_launcher[filename] = (filename == "<frozen runpy>" or real in launcher_files
+                                     or os.path.dirname(real) == here)
         return is_launcher[filename]
 
     def trim(frames: Sequence[Frame]) -> Tuple[Frame, ...]:
@@ -148,6 +151,7 @@ def _without_launcher(profile: Profile) -> Profile:
         return trimmed[key]
 
     samples = [dataclasses.replace(s, frames=trim(s.frames)) for s in profile.samples]
+    samples = [s for s in samples if s.frames]
     return dataclasses.replace(profile, samples=samples, _data=None, _data_samples=None)
 
 
