@@ -130,10 +130,10 @@ import pytest
 
 @pytest.fixture
 def warm():
-    burn(100)
+    burn(300)  # samples in both, even on a loaded machine
 
 def test_a(warm):
-    burn(100)
+    burn(300)
 """)
     run(pytester, "--spprof", "--spprof-phases=all", "--spprof-save=all").assert_outcomes(passed=1)
     (speedscope,) = (pytester.path / ".spprof" / "profiles").glob("*.speedscope.json")
