@@ -23,7 +23,6 @@ absolute file paths and is not read.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 from datetime import datetime
@@ -159,13 +158,6 @@ def save(path: Path, data: Dict[str, Any], tests: Dict[str, Any], speed_ns: int)
     journals = _journal.baseline_journals(path)
     _apply_journals(data, journals)  # also those of killed runs that came after `data` was read
     env["tests"].update(tests)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():  # the write failed (a full disk): leave no partial file behind
-            tmp.unlink()
+    _journal.write_whole(path, json.dumps(data, separators=(",", ":"), sort_keys=True))
     for journal in journals:  # compacted
         journal.unlink(missing_ok=True)

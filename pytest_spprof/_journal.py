@@ -8,7 +8,8 @@ test in flight, every finished test is first appended, as one JSON line, to a jo
   as in results.json;
 - ``<baseline>.<pid>.journal`` next to the baseline being saved: the test's baseline entry.
 
-The end of the session compacts them into the real files and removes them. A journal left by a
+The end of the session compacts them into the real files (each written whole or not at all,
+``write_whole``) and removes them. A journal left by a
 run that was killed is compacted by the next step that reads it: baseline journals by the next
 load of the baseline, a worker's results journal by the xdist controller.
 """
@@ -43,6 +44,19 @@ class Journal:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file beside it, removed if the write fails (a full
+    disk): a reader never sees half a file, and a failure leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def read(path: Path) -> Iterator[Any]:

@@ -858,7 +858,7 @@ class SpprofPlugin:
                    "python": _baseline.environment_key(), "phases": self.phases, "dropped_samples": dropped,
                    "tests": {r.nodeid: r.record() for r in self.results.values()}}
         results = self.dir / "results.json"
-        if self._output(str(results), lambda: _write_text(results, json.dumps(summary, indent=1))):
+        if self._output(str(results), lambda: _journal.write_whole(results, json.dumps(summary, indent=1))):
             self._results_journal.remove()  # compacted into results.json
         if self.save_baseline is not None:
             path = self.save_baseline
@@ -868,7 +868,7 @@ class SpprofPlugin:
             self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
         markdown = self._path(self.markdown)
         if markdown is not None:
-            self._output(str(markdown), lambda: _write_text(markdown, self._markdown()))
+            self._output(str(markdown), lambda: _journal.write_whole(markdown, self._markdown()))
 
     def _slowest(self) -> List[SpprofResult]:
         return sorted(self.results.values(), key=lambda r: -r.cpu_ns)[: self.top]
@@ -987,18 +987,6 @@ def _function_times_by_name(profile: Any) -> Tuple[Dict[str, int], Dict[str, int
     for (name, _file), ns in by_key_incl.items():
         incl_ns[name] += ns
     return dict(self_ns), dict(incl_ns)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file, removed if the write fails (a full disk)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _short(path: str) -> str:

@@ -7,15 +7,14 @@ Profiles a whole program the way ``python -m cProfile`` does: the program sees i
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from . import _api
-from ._model import FORMATS, Frame, Profile, resolve_format
+from ._model import FORMATS, Profile, resolve_format
 from ._paths import check_writable
 from ._summary import render
 
@@ -127,32 +126,21 @@ def _exit_status(code: object) -> int:
 
 def _without_launcher(profile: Profile) -> Profile:
     """The profile with each stack starting at the program: the frames of ``python -m spprof``
-    (spprof's own, down to its ``stop()`` at the end) and of runpy are cut from the root of the
-    main thread's stacks, and the samples with nothing else are left out."""
+    (spprof's own, down to its ``stop()`` at the end, with the imports it makes) and of runpy
+    are cut from the root of the stacks, in the native store; samples with nothing else go."""
     here = os.path.realpath(os.path.dirname(__file__))
-    launcher_files = {os.path.realpath(runpy.__file__)}
-    is_launcher: Dict[str, bool] = {}
-    trimmed: Dict[int, Tuple[Frame, ...]] = {}
+    runpy_file = os.path.realpath(runpy.__file__)
 
-    def launcher(filename: str) -> bool:
-        if filename not in is_launcher:
-            real = os.path.realpath(filename)
-            is_launcher[filename] = (filename == "<frozen runpy>" or real in launcher_files
-                                     or os.path.dirname(real) == here)
-        return is_launcher[filename]
+    def launcher(filename: str) -> bool:  # the imports spprof's own code makes count too
+        real = os.path.realpath(filename)
+        return (filename in ("<frozen runpy>", "<frozen importlib._bootstrap>",
+                             "<frozen importlib._bootstrap_external>")
+                or real == runpy_file or os.path.dirname(real) == here)
 
-    def trim(frames: Sequence[Frame]) -> Tuple[Frame, ...]:
-        key = id(frames)  # a recorded profile shares one tuple per distinct stack
-        if key not in trimmed:
-            i = 0
-            while i < len(frames) and launcher(frames[i].filename):
-                i += 1
-            trimmed[key] = tuple(frames[i:])
-        return trimmed[key]
-
-    samples = [dataclasses.replace(s, frames=trim(s.frames)) for s in profile.samples]
-    samples = [s for s in samples if s.frames]
-    return dataclasses.replace(profile, samples=samples, _data=None, _data_samples=None)
+    data = profile._native()
+    frames = _api._require_native().frames_of(data)
+    ids = [i for i, (_, filename, _, _) in enumerate(frames) if launcher(filename)]
+    return profile._derived(_api._require_native().strip_root_frames(data, ids))
 
 
 def _finish(opts: argparse.Namespace) -> None:

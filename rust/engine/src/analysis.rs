@@ -215,10 +215,34 @@ pub fn diff(baseline: &Store, current: &Store, group: Group) -> Vec<DiffRow> {
 
 /// A new store with only the samples `keep` accepts (frames and stacks re-interned, so nothing
 /// unused is carried over).
-pub fn select(store: &Store, mut keep: impl FnMut(usize) -> bool) -> Store {
+pub fn select(store: &Store, keep: impl FnMut(usize) -> bool) -> Store {
+    rebuild(store, keep, |stack| Some(store.stack_frames(stack)))
+}
+
+/// The samples with the frames of `root` cut from the root of their stacks (e.g. the launcher
+/// that ran the program); a sample left with no frame is left out.
+pub fn without_root_frames(store: &Store, root: &HashSet<FrameId>) -> Store {
+    rebuild(
+        store,
+        |_| true,
+        |stack| {
+            let frames = store.stack_frames(stack);
+            let cut = frames.iter().take_while(|f| root.contains(f)).count();
+            (cut < frames.len()).then(|| frames[cut..].to_vec())
+        },
+    )
+}
+
+/// A new store of the samples `keep` accepts, each with the frames `frames_of` gives for its
+/// stack (root first; `None` leaves the sample out), re-interned.
+fn rebuild(
+    store: &Store,
+    mut keep: impl FnMut(usize) -> bool,
+    mut frames_of: impl FnMut(u32) -> Option<Vec<FrameId>>,
+) -> Store {
     let mut out = Store::new(usize::MAX);
     let mut frame_map: HashMap<FrameId, FrameId> = HashMap::new();
-    let mut stack_map: HashMap<u32, u32> = HashMap::new();
+    let mut stack_map: HashMap<u32, Option<u32>> = HashMap::new();
     let mut thread_map: HashMap<u32, u32> = HashMap::new();
     for i in 0..store.len() {
         if !keep(i) {
@@ -228,26 +252,30 @@ pub fn select(store: &Store, mut keep: impl FnMut(usize) -> bool) -> Store {
         let new_stack = match stack_map.get(&stack) {
             Some(&s) => s,
             None => {
-                let ids: Vec<FrameId> = store
-                    .stack_frames(stack)
-                    .into_iter()
-                    .map(|f| {
-                        *frame_map.entry(f).or_insert_with(|| {
-                            let fr = store.frames()[f as usize];
-                            out.intern_frame(
-                                store.string(fr.function),
-                                store.string(fr.file),
-                                fr.line,
-                                fr.is_native,
-                            )
-                            .expect("unbounded store")
+                let s = frames_of(stack).map(|frames| {
+                    let ids: Vec<FrameId> = frames
+                        .into_iter()
+                        .map(|f| {
+                            *frame_map.entry(f).or_insert_with(|| {
+                                let fr = store.frames()[f as usize];
+                                out.intern_frame(
+                                    store.string(fr.function),
+                                    store.string(fr.file),
+                                    fr.line,
+                                    fr.is_native,
+                                )
+                                .expect("unbounded store")
+                            })
                         })
-                    })
-                    .collect();
-                let s = out.intern_stack(ids).expect("unbounded store");
+                        .collect();
+                    out.intern_stack(ids).expect("unbounded store")
+                });
                 stack_map.insert(stack, s);
                 s
             }
+        };
+        let Some(new_stack) = new_stack else {
+            continue;
         };
         let t = store.thread_ids[i];
         let new_thread = *thread_map.entry(t).or_insert_with(|| {
@@ -405,6 +433,24 @@ mod tests {
         let main_row = rows.iter().find(|r| r.key.function == "main").unwrap();
         assert_eq!(main_row.delta_total(), 100);
         assert!(rows[0].current_self_pct > 60.0 && rows[0].baseline_self_pct == 0.0);
+    }
+
+    #[test]
+    fn root_frames_are_cut_and_samples_left_without_frames_go() {
+        let s = sample_store();
+        let main = s
+            .frames()
+            .iter()
+            .position(|f| s.string(f.function) == "main")
+            .unwrap() as FrameId;
+        let cut = without_root_frames(&s, &HashSet::from([main]));
+        // main alone and the empty stack are gone; the other stacks start below main.
+        assert_eq!(cut.len(), 4);
+        let roots: HashSet<&str> = (0..cut.len())
+            .map(|i| cut.string(cut.frames()[cut.stack_frames(cut.stacks[i])[0] as usize].function))
+            .collect();
+        assert_eq!(roots, HashSet::from(["work", "rec"]));
+        assert_eq!(total_weight(&cut), 10 + 20 + 10 + 7);
     }
 
     #[test]

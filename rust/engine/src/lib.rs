@@ -9,11 +9,13 @@
 //!   weights, and the lock-free set of live sampled addresses;
 //! - [`analysis`]: top functions, per-thread time, diffs and filters.
 //! - [`arrow`]: the profile as Arrow record batches (samples, frames), sharing the store's columns.
-//! - [`run_file`]: the pytest plugin's whole-run Arrow IPC file.
+//! - [`run_file`]: the pytest plugin's whole-run Arrow IPC file;
+//! - [`atomic_file`]: files written whole or not at all.
 
 pub mod alloc_sampler;
 pub mod analysis;
 pub mod arrow;
+pub mod atomic_file;
 pub mod collapsed;
 pub mod flamegraph;
 pub mod heapmap;

@@ -14,6 +14,7 @@
 //! interned into dictionaries that span all chunks before any batch is built.
 
 use crate::arrow::{dict_column, frames_schema, FrameRows, FRAMES_BATCH_ROWS, WEIGHT_NS};
+use crate::atomic_file;
 use crate::store::{FrameId, Store, EMPTY_STACK};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
@@ -229,28 +230,19 @@ pub fn write(
     Ok(samples)
 }
 
-/// Write through a temporary file, so a reader never sees half a file; the temporary file is
-/// removed when anything fails (a full disk).
+/// Write whole or not at all (see [`crate::atomic_file`]).
 fn write_batches(
     path: &Path,
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<(), ArrowError> {
-    let tmp = path.with_extension(format!("arrow.tmp{}", std::process::id()));
-    let written = (|| {
-        let mut writer = FileWriter::try_new(File::create(&tmp)?, schema)?;
+    atomic_file::write(path, |out| {
+        let mut writer = FileWriter::try_new(out, schema)?;
         for batch in batches {
             writer.write(batch)?;
         }
-        writer.finish()?;
-        drop(writer);
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp); // best effort: the error below is what matters
-    }
-    written
+        writer.finish()
+    })
 }
 
 /// Join run files written by [`write`] (one per pytest-xdist worker) into `path`: sample ids are

@@ -229,6 +229,16 @@ pub fn select_frames(py: Python<'_>, data: &ProfileData, frame_ids: Vec<u32>) ->
     derived(data, selected)
 }
 
+/// The profile with the frames `frame_ids` cut from the root of every stack; samples left with
+/// no frame are left out.
+#[pyfunction]
+pub fn strip_root_frames(py: Python<'_>, data: &ProfileData, frame_ids: Vec<u32>) -> ProfileData {
+    let store = data.store().clone();
+    let root: HashSet<u32> = frame_ids.into_iter().collect();
+    let stripped = py.detach(move || analysis::without_root_frames(&store, &root));
+    derived(data, stripped)
+}
+
 /// The frame table `[(function, file, line, is_native)]` (indices are frame ids).
 #[pyfunction]
 pub fn frames_of(data: &ProfileData) -> Vec<(String, String, u32, bool)> {

@@ -2,10 +2,10 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use spprof_engine::atomic_file;
 use spprof_engine::collapsed;
 use spprof_engine::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
-use std::io::Write;
 use std::sync::Arc;
 
 /// A finished profile. Immutable: the store is shared (`Arc`) with whatever is built on it
@@ -154,22 +154,7 @@ impl ProfileData {
             unit,
             exporter: concat!("spprof ", env!("CARGO_PKG_VERSION")),
         };
-        let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        py.detach(|| {
-            let written = (|| {
-                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-                speedscope::write(&self.store, &opts, &mut out)?;
-                out.flush()?;
-                drop(out);
-                std::fs::rename(&tmp, &path)
-            })();
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp); // best effort: the error is what matters
-            }
-            written
-        })?;
+        py.detach(|| atomic_file::write(&path, |out| speedscope::write(&self.store, &opts, out)))?;
         Ok(())
     }
 
