@@ -65,6 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
     ours, module, theirs = _split_module(sys.argv[1:] if argv is None else list(argv))
     opts = parser.parse_args(ours)
+    opts.launcher = sys.argv[0]  # the `spprof` console script, or spprof/__main__.py
     if module is not None:
         if opts.target is not None:
             parser.error(f"give a script or -m module, not both ({opts.target!r} and -m {module})")
@@ -124,29 +125,34 @@ def _exit_status(code: object) -> int:
     return 1
 
 
-def _without_launcher(profile: Profile) -> Profile:
+def _without_launcher(profile: Profile, script: str) -> Profile:
     """The profile with each stack starting at the program: the frames of ``python -m spprof``
-    (spprof's own, down to its ``stop()`` at the end, with the imports it makes) and of runpy
-    are cut from the root of the stacks, in the native store; samples with nothing else go."""
+    or the ``spprof`` command (``script``), of spprof's own code (with the imports it makes) and
+    of runpy are cut from the root of the stacks, in the native store."""
     here = os.path.realpath(os.path.dirname(__file__))
-    runpy_file = os.path.realpath(runpy.__file__)
+    ours = {os.path.realpath(runpy.__file__), os.path.realpath(script)}
 
     def launcher(filename: str) -> bool:  # the imports spprof's own code makes count too
         real = os.path.realpath(filename)
         return (filename in ("<frozen runpy>", "<frozen importlib._bootstrap>",
                              "<frozen importlib._bootstrap_external>")
-                or real == runpy_file or os.path.dirname(real) == here)
+                or real in ours or os.path.dirname(real) == here)
 
+    native = _api._require_native()
     data = profile._native()
-    frames = _api._require_native().frames_of(data)
-    ids = [i for i, (_, filename, _, _) in enumerate(frames) if launcher(filename)]
-    return profile._derived(_api._require_native().strip_root_frames(data, ids))
+    # Only samples taken inside runpy's run_path/run_module hold the program: the others were
+    # taken in start() and stop(), whose helpers (contextlib's, say) are not launcher files.
+    entries = [i for i, (function, filename, _, _) in enumerate(native.frames_of(data))
+               if function in ("run_path", "run_module") and launcher(filename)]
+    data = native.select_frames(data, entries)  # frame ids are renumbered
+    ids = [i for i, (_, filename, _, _) in enumerate(native.frames_of(data)) if launcher(filename)]
+    return profile._derived(native.strip_root_frames(data, ids))
 
 
 def _finish(opts: argparse.Namespace) -> None:
     if not _api.is_active():
         return  # the program stopped the profiler itself
-    profile = _without_launcher(_api.stop())
+    profile = _without_launcher(_api.stop(), opts.launcher)
     if opts.output is None:
         sys.stderr.write(render(profile, opts.top))
         return

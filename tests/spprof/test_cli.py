@@ -121,3 +121,30 @@ def test_stacks_start_at_the_program_and_a_double_dash_is_accepted(tmp_path):
     assert r.returncode == 0, r.stderr
     roots = {line.split(";")[0].rsplit(":", 1)[0] for line in out.read_text().splitlines()}
     assert roots == {f"<module> ({EXAMPLES / 'hotspots.py'}"}, roots  # no runpy or CLI frame
+
+
+def test_samples_taken_in_start_and_stop_are_left_out_and_the_command_script_is_cut():
+    # A sample in stop() can end in the standard library (contextlib, under _ctrl_c_after):
+    # with the launcher cut, it would become a root of its own beside the program's. The
+    # `spprof` command's script is the launcher's root.
+    import contextlib
+    import runpy
+    from datetime import datetime
+
+    import spprof
+    from spprof import cli
+
+    def stack(*frames):
+        return [spprof.Frame(f, file, 1) for f, file in frames]
+
+    launcher = [("<module>", "/venv/bin/spprof"), ("main", cli.__file__), ("run_path", runpy.__file__),
+                ("_run_code", runpy.__file__)]
+    stop = [("<module>", "/venv/bin/spprof"), ("main", cli.__file__), ("_finish", cli.__file__),
+            ("stop", spprof._api.__file__), ("__enter__", contextlib.__file__)]
+    program = [("<module>", "/x/prog.py"), ("work", "/x/prog.py")]
+    samples = [spprof.Sample(i, 1, "MainThread", frames, weight_ns=1000)
+               for i, frames in enumerate([stack(*launcher, *program), stack(*stop), stack(*launcher)])]
+    now = datetime.now()
+    cut = cli._without_launcher(spprof.Profile(now, now, 1.0, samples, 0, "3.x", "linux"),
+                               "/venv/bin/spprof")
+    assert [[f.function_name for f in s.frames] for s in cut.samples] == [["<module>", "work"]]
