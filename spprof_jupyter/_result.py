@@ -56,12 +56,14 @@ def _svg_document(svg: str, title: str) -> str:
     """A small HTML page holding one flame graph SVG inline (for an iframe's ``srcdoc``): the
     XML declaration and DOCTYPE go, and inferno's ``init`` runs from a script at the end, since
     browsers do not all fire ``load`` on inline SVG (as ``Profile.to_html`` does)."""
-    start = svg.find("<svg")
+    start = svg.find("<!--")  # the licence notice of the script, then the <svg> element
+    start = start if start >= 0 else svg.find("<svg")
     body = svg[start:] if start >= 0 else svg
     body = re.sub(r'\sonload="[^"]*"', "", body, count=1)
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title>"
-            "<style>body{margin:0;font-family:system-ui,sans-serif}</style></head><body>"
+            "<style>body{margin:0;font-family:system-ui,sans-serif}body>svg{display:block;width:100%}</style>"
+            "</head><body>"
             f"{body}<script>if (typeof init === \"function\") init(null);</script></body></html>")
 
 

@@ -9,6 +9,7 @@ use inferno::differential;
 use inferno::flamegraph::{
     self as fg,
     color::{BasicPalette, MultiPalette, Palette},
+    TextTruncateDirection,
 };
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -68,6 +69,8 @@ fn inferno_options(opts: &Options, differential: bool) -> fg::Options<'static> {
     o.title = opts.title.to_owned();
     // Colour by function name (hash), not at random: the same profile always draws the same.
     o.hash = true;
+    // Where scripts do not run (an image viewer), labels keep their start, the function name.
+    o.text_truncate_direction = TextTruncateDirection::Right;
     o.colors = match opts.unit {
         // Red: the program's code; yellow: the standard library; aqua: site-packages.
         Unit::Nanoseconds => Palette::Multi(MultiPalette::Python),
@@ -125,17 +128,32 @@ pub const SCRIPT_NOTICE: &str = "The flame graph script and style in this file c
 (https://github.com/jonhoo/inferno), a port of Brendan Gregg's FlameGraph, under the Common \
 Development and Distribution License 1.0 (CDDL-1.0).";
 
-/// Write inferno's SVG with [`SCRIPT_NOTICE`] as a comment before its `<svg>` element.
-fn with_notice(
+/// Our additions to inferno's script: labels that keep the function name, and frames sized again
+/// whenever the picture's size changes (see the file's comments).
+const FIT_SCRIPT: &str = include_str!("flamegraph_fit.js");
+
+/// Write inferno's SVG with [`SCRIPT_NOTICE`] as a comment before its `<svg>` element, and
+/// [`FIT_SCRIPT`] as the last element inside it (after inferno's script, whose `update_text` it
+/// replaces).
+fn finish_svg(
     draw: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
     out: &mut impl Write,
 ) -> io::Result<()> {
     let mut svg = Vec::new();
     draw(&mut svg)?;
     let at = svg.windows(5).position(|w| w == b"<svg ").unwrap_or(0);
+    let end = svg
+        .windows(6)
+        .rposition(|w| w == b"</svg>")
+        .unwrap_or(svg.len());
     out.write_all(&svg[..at])?;
     writeln!(out, "<!-- {SCRIPT_NOTICE} -->")?;
-    out.write_all(&svg[at..])
+    out.write_all(&svg[at..end])?;
+    writeln!(
+        out,
+        "<script type=\"text/ecmascript\"><![CDATA[\n{FIT_SCRIPT}]]></script>"
+    )?;
+    out.write_all(&svg[end..])
 }
 
 /// An interactive flame graph of `store`, frame widths = summed sample weights.
@@ -144,7 +162,7 @@ pub fn write_svg(store: &Store, opts: &Options, out: &mut impl Write) -> io::Res
     if folded.is_empty() {
         return write_empty_svg(opts.title, "No samples", out);
     }
-    with_notice(
+    finish_svg(
         |svg| fg::from_lines(&mut inferno_options(opts, false), folded.lines(), svg),
         out,
     )
@@ -187,7 +205,7 @@ pub fn write_diff_svg(
         }
         .to_owned(),
     );
-    with_notice(|svg| fg::from_reader(&mut o, &both[..], svg), out)
+    finish_svg(|svg| fg::from_reader(&mut o, &both[..], svg), out)
 }
 
 const HTML_STYLE: &str = "
@@ -195,6 +213,7 @@ body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
 h1 { font-size: 1.3em; margin-bottom: 0.2em; }
 p.spprof-summary { color: #555; margin-top: 0; }
 div.spprof-graph { border: 1px solid #ddd; }
+div.spprof-graph > svg { display: block; width: 100%; }
 table.spprof-top { border-collapse: collapse; font-size: 13px; margin-top: 0.5em; }
 table.spprof-top th, table.spprof-top td { padding: 3px 10px; border-bottom: 1px solid #e4e4e4; }
 table.spprof-top th { background: #f4f4f4; text-align: left; }
@@ -326,6 +345,10 @@ mod tests {
             svg.contains("function init(evt)"),
             "inferno's search/zoom script"
         );
+        // Ours comes after inferno's, whose label function it replaces, inside the <svg>.
+        let ours = svg.find(FIT_SCRIPT).expect("the label and resize script");
+        assert!(svg.find("function init(evt)").unwrap() < ours);
+        assert!(ours < svg.rfind("</svg>").unwrap());
         assert_eq!(svg, svg_of(&sample_store()), "colours are deterministic");
     }
 
