@@ -77,7 +77,8 @@ def pytest_addoption(parser: Any) -> None:
                         ("spprof_interval_ms", "sampling interval in ms (the older name of spprof_interval)"),
                         ("spprof_cpu_budget", "default CPU budget of every test, e.g. 500ms"),
                         ("spprof_wall_budget", "default wall-time budget of every test"),
-                        ("spprof_memory_budget", "default memory budget of every test, e.g. 64MB"),
+                        ("spprof_memory_budget", "default budget of every test's live-heap growth, e.g. 64MB"),
+                        ("spprof_peak_memory_budget", "default budget of every test's peak live heap, e.g. 256MB"),
                         ("spprof_tolerance", "allowed CPU growth against the baseline, e.g. 20%"),
                         ("spprof_noise_floor", "growth below this is never a regression, e.g. 2ms"),
                         ("spprof_rounds", "rounds for tests that look slow"),
@@ -96,8 +97,8 @@ def pytest_addhooks(pluginmanager: Any) -> None:
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line(
-        "markers", "spprof(cpu=None, wall=None, memory=None, share=None): performance budget of the "
-        "test under pytest --spprof, e.g. cpu=\"50ms\", memory=\"24MB\", share={\"pkg.mod.func\": \"20%\"}")
+        "markers", "spprof(cpu=None, wall=None, memory=None, peak_memory=None, share=None): performance budget "
+        "of the test under pytest --spprof, e.g. cpu=\"50ms\", peak_memory=\"64MB\", share={\"pkg.mod.func\": \"20%\"}")
     enabled = config.getoption("spprof")
     if enabled is None:
         enabled = config.getini("spprof")

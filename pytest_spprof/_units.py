@@ -77,24 +77,26 @@ def parse_percent(value: Any, what: str = "share", bare_is_percent: bool = False
     return number
 
 
-BUDGET_KEYS = ("cpu", "wall", "memory", "share")
+BUDGET_KEYS = ("cpu", "wall", "memory", "peak_memory", "share")
 
 
 class Budget:
     """The limits that apply to one test (marker over ini defaults)."""
 
-    __slots__ = ("cpu_ns", "wall_ns", "memory_bytes", "share", "source")
+    __slots__ = ("cpu_ns", "wall_ns", "memory_bytes", "peak_memory_bytes", "share", "source")
 
     def __init__(self) -> None:
         self.cpu_ns: Optional[int] = None
         self.wall_ns: Optional[int] = None
+        #: Net growth of the live heap over the test, and its high-water mark above the start.
         self.memory_bytes: Optional[int] = None
+        self.peak_memory_bytes: Optional[int] = None
         self.share: Dict[str, float] = {}
         #: what the user wrote, per key, for messages
         self.source: Dict[str, str] = {}
 
-    def empty(self) -> bool:
-        return self.cpu_ns is None and self.wall_ns is None and self.memory_bytes is None and not self.share
+    def watches_memory(self) -> bool:
+        return self.memory_bytes is not None or self.peak_memory_bytes is not None
 
     def set(self, key: str, value: Any, where: str) -> None:
         if value is None:
@@ -112,6 +114,8 @@ class Budget:
             self.wall_ns = parse_time_ns(value, "wall-time budget")
         elif key == "memory":
             self.memory_bytes = parse_bytes(value, "memory budget")
+        elif key == "peak_memory":
+            self.peak_memory_bytes = parse_bytes(value, "peak memory budget")
         elif key == "share":
             if not isinstance(value, dict) or not value:
                 raise BudgetError(f"the share budget must be a dict such as "

@@ -34,7 +34,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ._api import _require_native
 from ._model import Frame, PathLike, Profile
@@ -45,9 +45,12 @@ __all__ = [
     "HeapSnapshot",
     "MemProfStats",
     "MemoryProfiler",
+    "allocations_since_reset_peak",
     "get_snapshot",
     "get_stats",
+    "get_traced_memory",
     "preload_path",
+    "reset_peak",
     "shutdown",
     "start",
     "stop",
@@ -266,9 +269,7 @@ def _thread_names() -> Dict[int, str]:
 def get_snapshot() -> HeapSnapshot:
     """The live sampled allocations, while running or after ``stop()``. Raises ``RuntimeError``
     before the first ``start()`` and after ``shutdown()``."""
-    native = _require_native()
-    now = datetime.now()
-    data, addresses, total = native.memprof_snapshot(_thread_names())
+    data, addresses, total = _require_native().memprof_snapshot(_thread_names())
     stats = get_stats()
     python_domains = [d for d in stats.unhooked_domains if not d.endswith("RAW")]
     if python_domains:
@@ -290,9 +291,7 @@ def get_snapshot() -> HeapSnapshot:
             f"spprof.memprof dropped {stats.dropped_samples} sampled allocation(s) (the sample ring or "
             "the live-heap map was full): the estimate is low by about their weight. Use a larger "
             "sampling_rate_kb.", RuntimeWarning, stacklevel=2)
-    profile = _MemoryProfile._from_native(
-        data, start_time=_started_at or now, end_time=now, interval_ms=0.0,
-        python_version=".".join(map(str, sys.version_info[:3])), platform=sys.platform)
+    profile = _memory_profile(data)
     rate = stats.sampling_rate_bytes
     samples = [
         AllocationSample(addr, size, rate, s.weight_ns, s.timestamp_ns, None, list(s.frames),
@@ -308,6 +307,34 @@ def get_snapshot() -> HeapSnapshot:
     )
     return HeapSnapshot(samples, total, len(samples), sum(s.estimated_bytes for s in samples),
                         time.time_ns(), health, profile)
+
+
+def get_traced_memory() -> Tuple[int, int]:
+    """``(current, peak)``: the estimated live heap in bytes, and its high-water mark since
+    ``start()`` or the last ``reset_peak()``, as ``tracemalloc.get_traced_memory()`` gives them.
+    Cheap (no snapshot is built). Raises ``RuntimeError`` as ``get_snapshot()`` does."""
+    current, peak = _require_native().memprof_traced_memory()
+    return current, peak
+
+
+def reset_peak() -> None:
+    """Start the high-water mark of ``get_traced_memory()`` again from the live heap now, and the
+    tally of ``allocations_since_reset_peak()``, as ``tracemalloc.reset_peak()`` does."""
+    _require_native().memprof_reset_peak()
+
+
+def allocations_since_reset_peak() -> Profile:
+    """The bytes allocated since ``start()`` or ``reset_peak()``, freed since or not, by thread
+    and stack (estimated from the samples): who allocated, where a snapshot shows who still
+    holds. Weights are bytes, so ``save()`` and the flame graph show bytes."""
+    return _memory_profile(_require_native().memprof_allocated_since_reset(_thread_names()))
+
+
+def _memory_profile(data: Any) -> _MemoryProfile:
+    now = datetime.now()
+    return _MemoryProfile._from_native(
+        data, start_time=_started_at or now, end_time=now, interval_ms=0.0,
+        python_version=".".join(map(str, sys.version_info[:3])), platform=sys.platform)
 
 
 def _recommendation(live: int) -> str:

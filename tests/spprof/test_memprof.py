@@ -113,6 +113,36 @@ def test_live_heap_estimate_and_split_match_the_truth():
     assert 0 < stats.heap_map_load_percent < 1
 
 
+def test_current_peak_and_who_allocated_since_reset_match_the_truth():
+    # As tracemalloc's get_traced_memory()/reset_peak(): the peak is the high-water mark since
+    # the reset, which freed memory still counts in; allocations_since_reset_peak() says who.
+    memprof.start(sampling_rate_kb=RATE // 1024)
+    held = []
+    keep_large(held, 16)
+    memprof.reset_peak()
+    current0, peak0 = memprof.get_traced_memory()
+    assert peak0 == current0 >= 0.5 * 16 * 512 * 1024
+    transient = []
+    keep_medium(transient, 512)  # 32 MiB at the peak, all freed
+    medium = [sys.getsizeof(o) for o in transient]
+    del transient
+    kept = []
+    keep_small(kept)
+    small = [sys.getsizeof(o) for o in kept]
+    current, peak = memprof.get_traced_memory()
+    allocated = memprof.allocations_since_reset_peak()
+    memprof.stop()
+    assert abs(current - current0 - sum(small)) < 4 * sigma(small) + 0.1 * sum(small), (current - current0, small)
+    assert abs(peak - current0 - sum(medium)) < 4 * sigma(medium + small) + 0.05 * sum(medium), (peak - current0)
+    by_leaf = {}
+    for s in allocated.samples:
+        by_leaf[s.frames[-1].function_name] = by_leaf.get(s.frames[-1].function_name, 0) + s.weight_ns
+    assert "keep_large" not in by_leaf  # before the reset
+    assert abs(by_leaf["keep_medium"] - sum(medium)) < 4 * sigma(medium) + 0.02 * sum(medium)
+    assert abs(by_leaf["keep_small"] - sum(small)) < 4 * sigma(small) + 0.02 * sum(small)
+    assert allocated.to_speedscope()["profiles"][0]["unit"] == "bytes"
+
+
 def test_memory_freed_after_stop_is_not_live():
     memprof.start(sampling_rate_kb=64)
     kept = []

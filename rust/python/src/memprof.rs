@@ -751,6 +751,12 @@ struct MemSession {
     freed_samples: u64,
     /// Frees of addresses sampled by an earlier run (restarted profile) or before a fork.
     untracked_frees: u64,
+    /// The estimated live heap (the weights of `live`), and its high-water mark since
+    /// `reset_peak`, both in the order the records were made.
+    live_bytes: u64,
+    peak_bytes: u64,
+    /// Bytes sampled per (thread, stack) since `reset_peak`, freed or not: who allocated.
+    allocated: HashMap<(u32, StackId), u64>,
     drainer: Option<ResolverThread>,
 }
 
@@ -773,6 +779,9 @@ impl MemSession {
             total_samples: 0,
             freed_samples: 0,
             untracked_frees: 0,
+            live_bytes: 0,
+            peak_bytes: 0,
+            allocated: HashMap::new(),
             drainer: None,
         }
     }
@@ -784,16 +793,21 @@ impl MemSession {
         self.total_samples = 0;
         self.freed_samples = 0;
         self.untracked_frees = 0;
+        self.live_bytes = 0;
+        self.peak_bytes = 0;
+        self.allocated.clear();
     }
 
     /// Resolve every committed record (GIL held); returns how many were consumed.
     fn drain(&mut self, py: Python<'_>, sh: &Shared) -> usize {
-        let (store, resolver, scratch, live) = (
+        let (store, resolver, scratch, live, allocated) = (
             &mut self.store,
             &mut self.resolver,
             &mut self.scratch,
             &mut self.live,
+            &mut self.allocated,
         );
+        let (live_bytes, peak_bytes) = (&mut self.live_bytes, &mut self.peak_bytes);
         let (mut total, mut freed, mut untracked) = (0, 0, 0);
         let n = sh.ring.consume(|body| {
             let Some(raw) = RawSample::parse(body) else {
@@ -803,7 +817,8 @@ impl MemSession {
                 return;
             };
             if raw.flags & raw::FLAG_FREE != 0 {
-                if live.remove(&block.key).is_some() {
+                if let Some(gone) = live.remove(&block.key) {
+                    *live_bytes -= gone.weight;
                     freed += 1;
                 } else {
                     untracked += 1;
@@ -823,7 +838,9 @@ impl MemSession {
                 resolve_stack(py, &raw, store, resolver, scratch)
             };
             total += 1;
-            live.insert(
+            let stack = stack.unwrap_or(EMPTY_STACK);
+            *allocated.entry((raw.thread_slot, stack)).or_default() += raw.weight;
+            let replaced = live.insert(
                 block.key,
                 Live {
                     address: block.address,
@@ -831,18 +848,17 @@ impl MemSession {
                     size: block.size,
                     weight: raw.weight,
                     tid: raw.thread_slot,
-                    stack: stack.unwrap_or(EMPTY_STACK),
+                    stack,
                 },
             );
+            // A key seen again without its free in between (a lost free) stands for one block.
+            *live_bytes = *live_bytes - replaced.map_or(0, |l| l.weight) + raw.weight;
+            *peak_bytes = (*peak_bytes).max(*live_bytes);
         });
         self.total_samples += total;
         self.freed_samples += freed;
         self.untracked_frees += untracked;
         n
-    }
-
-    fn estimated_bytes(&self) -> u64 {
-        self.live.values().map(|l| l.weight).sum()
     }
 
     fn start_drainer(&mut self) {
@@ -1026,69 +1042,130 @@ fn memprof_state() -> &'static str {
 /// A snapshot for Python: the profile, `(address, size)` per sample, and the total samples.
 type Snapshot = (ProfileData, Vec<(u64, u64)>, u64);
 
-/// The live samples as a profile (weights = estimated bytes, timestamps = allocation time since
-/// start) and `[(address, size)]` in the same order. `names` maps thread ids to names.
-#[pyfunction]
-fn memprof_snapshot(py: Python<'_>, names: HashMap<u64, String>) -> PyResult<Snapshot> {
+/// The running session, drained, or the error that says why there is none.
+fn drained<'a>(py: Python<'_>, guard: &'a mut Option<MemSession>) -> PyResult<&'a mut MemSession> {
     if SHUT_DOWN.load(Ordering::Acquire) {
         return Err(runtime_error(
             "memory profiling was shut down, so frees are no longer tracked and no snapshot can \
              be taken; take snapshots before spprof.memprof.shutdown()",
         ));
     }
-    let mut guard = lock();
     let (Some(sh), Some(s)) = (shared(), guard.as_mut()) else {
         return Err(runtime_error(
             "memory profiling has not been started; call spprof.memprof.start() first",
         ));
     };
     s.drain(py, sh);
-    let mut out = Store::new(usize::MAX);
-    let mut stacks: HashMap<StackId, StackId> = HashMap::new();
-    let mut rows: Vec<(&u64, &Live)> = s.live.iter().collect();
-    rows.sort_by_key(|(addr, l)| (l.timestamp_ns, **addr));
-    let mut addresses = Vec::with_capacity(rows.len());
-    for (_, l) in rows {
-        let tid = l.tid as u64;
-        let name = names
+    Ok(s)
+}
+
+/// Rows of the session's samples copied into a store of their own, with thread names.
+struct Export<'a> {
+    session: &'a MemSession,
+    names: HashMap<u64, String>,
+    out: Store,
+    stacks: HashMap<StackId, StackId>,
+}
+
+impl<'a> Export<'a> {
+    fn new(session: &'a MemSession, names: HashMap<u64, String>) -> Self {
+        Export {
+            session,
+            names,
+            out: Store::new(usize::MAX),
+            stacks: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, timestamp_ns: u64, weight: u64, tid: u32, stack: StackId) {
+        let tid = tid as u64;
+        let name = self
+            .names
             .get(&tid)
             .cloned()
             .unwrap_or_else(|| format!("Thread-{tid}"));
-        let thread = out.add_thread(tid, &name);
-        let stack = match stacks.get(&l.stack) {
-            Some(&id) => id,
-            None => {
-                let frames: Vec<u32> = if l.stack == EMPTY_STACK {
-                    Vec::new()
-                } else {
-                    s.store
-                        .stack_frames(l.stack)
-                        .into_iter()
-                        .filter_map(|f| {
-                            let fr = s.store.frames()[f as usize];
-                            out.intern_frame(
-                                s.store.string(fr.function),
-                                s.store.string(fr.file),
-                                fr.line,
-                                fr.is_native,
-                            )
-                        })
-                        .collect()
-                };
-                let id = out.intern_stack(frames).unwrap_or(EMPTY_STACK);
-                stacks.insert(l.stack, id);
-                id
-            }
-        };
-        let ts = l.timestamp_ns.saturating_sub(s.start_ns) as i64;
-        out.add_sample(ts, l.weight as i64, thread, stack, true);
+        let thread = self.out.add_thread(tid, &name);
+        let (s, out) = (&self.session.store, &mut self.out);
+        let stack = *self.stacks.entry(stack).or_insert_with(|| {
+            let frames: Vec<u32> = if stack == EMPTY_STACK {
+                Vec::new()
+            } else {
+                s.stack_frames(stack)
+                    .into_iter()
+                    .filter_map(|f| {
+                        let fr = s.frames()[f as usize];
+                        out.intern_frame(
+                            s.string(fr.function),
+                            s.string(fr.file),
+                            fr.line,
+                            fr.is_native,
+                        )
+                    })
+                    .collect()
+            };
+            out.intern_stack(frames).unwrap_or(EMPTY_STACK)
+        });
+        let ts = timestamp_ns.saturating_sub(self.session.start_ns) as i64;
+        self.out.add_sample(ts, weight as i64, thread, stack, true);
+    }
+
+    fn finish(self) -> ProfileData {
+        ProfileData::new(self.out, 0, 0, false)
+    }
+}
+
+/// The live samples as a profile (weights = estimated bytes, timestamps = allocation time since
+/// start) and `[(address, size)]` in the same order. `names` maps thread ids to names.
+#[pyfunction]
+fn memprof_snapshot(py: Python<'_>, names: HashMap<u64, String>) -> PyResult<Snapshot> {
+    let mut guard = lock();
+    let s = drained(py, &mut guard)?;
+    let mut rows: Vec<(&u64, &Live)> = s.live.iter().collect();
+    rows.sort_by_key(|(addr, l)| (l.timestamp_ns, **addr));
+    let mut export = Export::new(s, names);
+    let mut addresses = Vec::with_capacity(rows.len());
+    for (_, l) in rows {
+        export.add(l.timestamp_ns, l.weight, l.tid, l.stack);
         addresses.push((l.address, l.size));
     }
-    Ok((
-        ProfileData::new(out, 0, 0, false),
-        addresses,
-        s.total_samples,
-    ))
+    Ok((export.finish(), addresses, s.total_samples))
+}
+
+/// The estimated live heap and its high-water mark since `memprof_reset_peak`, in bytes.
+#[pyfunction]
+fn memprof_traced_memory(py: Python<'_>) -> PyResult<(u64, u64)> {
+    let mut guard = lock();
+    let s = drained(py, &mut guard)?;
+    Ok((s.live_bytes, s.peak_bytes))
+}
+
+/// Start the high-water mark again from the live heap now, and the tally of who allocated
+/// (drained first, so that nothing allocated before counts).
+#[pyfunction]
+fn memprof_reset_peak(py: Python<'_>) -> PyResult<()> {
+    let mut guard = lock();
+    let s = drained(py, &mut guard)?;
+    s.peak_bytes = s.live_bytes;
+    s.allocated.clear();
+    Ok(())
+}
+
+/// The bytes sampled since `memprof_reset_peak`, freed or not, as a profile: one row per thread
+/// and stack, weighted by estimated bytes.
+#[pyfunction]
+fn memprof_allocated_since_reset(
+    py: Python<'_>,
+    names: HashMap<u64, String>,
+) -> PyResult<ProfileData> {
+    let mut guard = lock();
+    let s = drained(py, &mut guard)?;
+    let mut rows: Vec<(&(u32, StackId), &u64)> = s.allocated.iter().collect();
+    rows.sort_unstable();
+    let mut export = Export::new(s, names);
+    for (&(tid, stack), &bytes) in rows {
+        export.add(s.start_ns, bytes, tid, stack);
+    }
+    Ok(export.finish())
 }
 
 /// Counters (a dict); drains first so they are current.
@@ -1110,7 +1187,7 @@ fn memprof_stats(py: Python<'_>) -> PyResult<Py<PyDict>> {
             .map(|l| l.stack)
             .collect::<HashSet<_>>()
             .len();
-        bytes = s.estimated_bytes();
+        bytes = s.live_bytes;
         untracked = s.untracked_frees;
     }
     drop(guard);
@@ -1190,6 +1267,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memprof_state, m)?)?;
     m.add_function(wrap_pyfunction!(memprof_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(memprof_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_traced_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_reset_peak, m)?)?;
+    m.add_function(wrap_pyfunction!(memprof_allocated_since_reset, m)?)?;
     m.add_function(wrap_pyfunction!(memprof_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(_memprof_seed, m)?)?;
     Ok(())
