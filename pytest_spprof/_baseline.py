@@ -7,13 +7,14 @@ Format (JSON, written without indentation)::
          "speed_ns": 1500000,
          "tests": {"tests/test_x.py::test_a": {
              "cpu_ns": 1234, "wall_ns": 2345, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
-             "speed_ns": 1510000,
+             "speed_ns": 1510000, "warm_speed_ns": [1480000, 1495000, 1470000, 1502000],
              "functions": [[qualified name, self_ns, total_ns], ...],
              "stacks": {"frames": [[qualified name, relative file, line], ...],
                         "stacks": [[[frame ids, root first], weight_ns], ...]}}}}}}
 
 ``cpu_ns`` is the test's first call, ``warm_ns`` the rounds that followed it (see ``_verdict``),
-and ``speed_ns`` the machine's speed figure when they ran (the environment's: at the end). Functions are
+``speed_ns`` the machine's speed figure when they ran (the environment's: at the end), and
+``warm_speed_ns`` the speed around each warm round (absent from older files). Functions are
 module-qualified names (``pkg.mod.Class.method``) and files are relative to where
 their module was found, so a baseline recorded in one checkout or environment compares in
 another; stacks start at the test (the pytest harness is cut). Version 1 keyed functions by
@@ -105,9 +106,10 @@ def _count(value: Any) -> bool:
 def _valid_entry(entry: Any) -> bool:
     if not (isinstance(entry, dict) and _count(entry.get("cpu_ns")) and _count(entry.get("wall_ns"))):
         return False
-    warm = entry.get("warm_ns", [])
-    if not (isinstance(warm, list) and all(_count(ns) for ns in warm)):
-        return False
+    for key in ("warm_ns", "warm_speed_ns"):
+        rounds = entry.get(key, [])
+        if not (isinstance(rounds, list) and all(_count(ns) for ns in rounds)):
+            return False
     if not (entry.get("speed_ns") is None or _count(entry["speed_ns"])):
         return False
     functions = entry.get("functions")
@@ -126,6 +128,8 @@ class Entry(NamedTuple):
     warm_ns: Tuple[int, ...]
     #: The machine-speed figure when the test's rounds ran (0: unknown, use the environment's).
     speed_ns: int
+    #: The speed around each warm round (empty in files saved before it was recorded).
+    warm_speed_ns: Tuple[int, ...]
     #: JSON of {"functions": ..., "stacks": ...}, parsed only to explain a regression.
     detail: str
 
@@ -138,6 +142,7 @@ class Entry(NamedTuple):
 
 def entries(tests: Dict[str, Any]) -> Dict[str, Entry]:
     return {test: Entry(e["cpu_ns"], tuple(e.get("warm_ns", ())), e.get("speed_ns") or 0,
+                        tuple(e.get("warm_speed_ns", ())),
                         json.dumps({"functions": e["functions"], "stacks": e.get("stacks")}))
             for test, e in tests.items()}
 

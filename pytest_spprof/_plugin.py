@@ -52,8 +52,10 @@ class SpprofResult:
     samples: int = 0
     #: CPU time of other threads seen in the test's window (sampled); known after the run.
     other_threads_cpu_ns: Optional[int] = None
-    #: Net growth of the live heap (spprof.memprof estimate), when a memory budget applies.
+    #: Net growth of the live heap, and its high-water mark above where the test started
+    #: (spprof.memprof estimates, bytes), when a memory budget applies.
     memory_bytes: Optional[int] = None
+    peak_memory_bytes: Optional[int] = None
     #: "passed", "failed", "skipped" (the test's own outcome, or failed by spprof), or
     #: "interrupted" (Ctrl-C, SIGTERM: its figures are partial and never enter a baseline).
     outcome: str = "interrupted"
@@ -69,6 +71,8 @@ class SpprofResult:
     #: Warm rounds run when a baseline is saved (CPU ns each), and the machine-speed figure then.
     warm_ns: List[int] = field(default_factory=list)
     speed_ns: Optional[int] = None
+    #: The speed of the machine around each warm round (see _verdict.round_speed_ns).
+    warm_speed_ns: List[int] = field(default_factory=list)
     #: Files written for this test (speedscope profile, differential flame graph).
     files: Dict[str, str] = field(default_factory=dict)
     #: The test's hottest functions by self time: (function, file, percent of its samples).
@@ -81,8 +85,11 @@ class SpprofResult:
     #: (start, end, rounds) of the warm rounds, in CLOCK_MONOTONIC ns.
     warm_window: Optional[Tuple[int, int, int]] = None
     _profile: Any = field(default=None, repr=False)
+    #: Who allocated in the test (a memory profile), kept when a memory budget is broken.
+    _allocations: Any = field(default=None, repr=False)
 
-    _RECORDED = ("cpu_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "outcome",
+    _RECORDED = ("cpu_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "peak_memory_bytes",
+                 "outcome",
                  "baseline_cpu_ns", "rounds", "regression", "culprit", "problems", "files", "hottest")
 
     def record(self) -> Dict[str, Any]:
@@ -166,7 +173,7 @@ class SpprofPlugin:
         try:
             self.defaults = Budget()
             for key, ini in (("cpu", "spprof_cpu_budget"), ("wall", "spprof_wall_budget"),
-                             ("memory", "spprof_memory_budget")):
+                             ("memory", "spprof_memory_budget"), ("peak_memory", "spprof_peak_memory_budget")):
                 self.defaults.set(key, config.getini(ini) or None, f"ini option {ini}")
             self.tolerance_pct = parse_percent(_opt(config, "spprof_tolerance", "spprof_tolerance")
                                                or DEFAULT_TOLERANCE, "--spprof-tolerance", bare_is_percent=True)
@@ -208,7 +215,7 @@ class SpprofPlugin:
         self.names = _session.ModuleNames(str(config.rootpath))
         self.memprof: Any = None
         self.needs_memory = False
-        self._open: Dict[str, Tuple[int, int, int, int, Optional[int]]] = {}
+        self._open: Dict[str, Tuple[int, int, int, int, Optional[Tuple[int, int]]]] = {}
         self._problems = 0
         #: Warn-only messages that could not be warned (warnings are errors in this run).
         self._unraised: List[str] = []
@@ -257,11 +264,12 @@ class SpprofPlugin:
         budget = Budget()
         budget.cpu_ns, budget.wall_ns = self.defaults.cpu_ns, self.defaults.wall_ns
         budget.memory_bytes = self.defaults.memory_bytes
+        budget.peak_memory_bytes = self.defaults.peak_memory_bytes
         budget.source = dict(self.defaults.source)
         for mark in reversed(list(item.iter_markers(name="spprof"))):  # closest marker wins
             if mark.args:
                 raise BudgetError(f"the spprof marker of {item.nodeid} takes keyword arguments only "
-                                  "(cpu=, wall=, memory=, share=)")
+                                  "(cpu=, wall=, memory=, peak_memory=, share=)")
             for key, value in mark.kwargs.items():
                 budget.set(key, value, f"the spprof marker of {item.nodeid}")
         return budget
@@ -276,7 +284,7 @@ class SpprofPlugin:
             except BudgetError as exc:
                 raise _usage(str(exc)) from None
             item.stash[budget_key] = budget
-            if budget.memory_bytes is not None:
+            if budget.watches_memory():
                 self.needs_memory = True
         if self.needs_memory:
             import spprof.memprof as memprof
@@ -292,18 +300,22 @@ class SpprofPlugin:
             self.sampler.start()
         mem0 = None
         budget = item.stash.get(budget_key, None)
-        if self.memprof is not None and budget is not None and budget.memory_bytes is not None:
-            mem0 = self._heap()
+        if self.memprof is not None and budget is not None and budget.watches_memory():
+            mem0 = self._heap(start=True)
         self._open[item.nodeid] = (time.monotonic_ns(), time.perf_counter_ns(), time.thread_time_ns(),
                                    self.sampler.collected(), mem0)
 
-    def _heap(self) -> Optional[int]:
+    def _heap(self, start: bool) -> Optional[Tuple[int, int]]:
+        """The estimated live heap and its high-water mark since the test started (``start``:
+        the mark starts again now). Two counters, not a snapshot: cheap enough for every test."""
         mp = self.memprof
         try:
             if not getattr(self, "_memprof_started", False):
                 mp.start(sampling_rate_kb=64)
                 self._memprof_started = True
-            return int(mp.get_snapshot().estimated_heap_bytes)
+            if start:
+                mp.reset_peak()
+            return mp.get_traced_memory()
         except Exception as exc:  # never break the run over the memory profiler
             warnings.warn(f"spprof: the memory profiler failed ({exc}); memory budgets are not checked",
                           SpprofBudgetWarning, stacklevel=1)
@@ -325,9 +337,11 @@ class SpprofPlugin:
         if stopped:
             result.problems.append(STOPPED_PROFILER)
         if mem0 is not None and self.memprof is not None:
-            mem1 = self._heap()
+            mem1 = self._heap(start=False)
             if mem1 is not None:
-                result.memory_bytes = mem1 - mem0
+                result.memory_bytes, result.peak_memory_bytes = mem1[0] - mem0[0], mem1[1] - mem0[0]
+                if self._memory_problems(item, result):  # who allocated, before the next test resets it
+                    result._allocations = self.memprof.allocations_since_reset_peak()
         entry = self.baseline.get(item.nodeid)
         if entry is not None:
             result.baseline_cpu_ns = entry.cpu_ns
@@ -361,17 +375,19 @@ class SpprofPlugin:
         if outcome.excinfo is None:
             if self.save_baseline is not None:
                 result.speed_ns = self._speed_now(max_age_s=2.0)
-                result.warm_ns = self._warm_rounds(item, result, _verdict.ROUNDS - 1)
+                result.warm_ns, result.warm_speed_ns = self._warm_rounds(item, result, _verdict.ROUNDS - 1)
             self._confirm(item, result)
             if self.rounds > 1 and self._over(item, result):
                 self._more_rounds(item, result)
         self._record_properties(item, result)
 
-    def _warm_rounds(self, item: Any, result: SpprofResult, n: int) -> List[int]:
-        """Run the test's call ``n`` more times; the CPU time of each round that passed. Their
-        samples (``result.warm_window``) give the blame of a regression more samples to go on."""
-        times = []
+    def _warm_rounds(self, item: Any, result: SpprofResult, n: int) -> Tuple[List[int], List[int]]:
+        """Run the test's call ``n`` more times; the CPU time of each round that passed, and the
+        machine's speed around it (the faster of the calibration runs before and after it).
+        Their samples (``result.warm_window``) give the blame of a regression more to go on."""
+        times, speeds = [], []
         m0 = time.monotonic_ns()
+        before = _verdict.round_speed_ns()
         for _ in range(n):
             c0 = time.thread_time_ns()
             try:
@@ -379,8 +395,11 @@ class SpprofPlugin:
             except BaseException:  # a repeat that fails says nothing about speed; stop repeating
                 break
             times.append(time.thread_time_ns() - c0)
+            after = _verdict.round_speed_ns()
+            speeds.append(min(before, after))
+            before = after
         result.warm_window = (m0, time.monotonic_ns(), len(times))
-        return times
+        return times, speeds
 
     def _speed_now(self, max_age_s: float) -> int:
         """The machine-speed figure, measured again when the last one is older than ``max_age_s``
@@ -412,21 +431,30 @@ class SpprofPlugin:
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.
         ratio = self._speed_ratio(entry.speed_ns, max_age_s=0)
-        current = self._warm_rounds(item, r, 2)
-        if len(current) == 2 and not _verdict.could_regress(current, entry.warm_ns, ratio, self.tolerance_pct):
+        current, speeds = self._warm_rounds(item, r, 2)
+        if len(current) == 2 and not _verdict.could_regress(current, entry.warm_ns, ratio, self.tolerance_pct,
+                                                            self._speeds(entry, speeds)):
             r.rounds += 2
             return
-        current += self._warm_rounds(item, r, _verdict.ROUNDS - len(current)) if len(current) == 2 else []
+        if len(current) == 2:
+            more, more_speeds = self._warm_rounds(item, r, _verdict.ROUNDS - len(current))
+            current, speeds = current + more, speeds + more_speeds
         r.rounds += len(current)
         if len(current) < 3:
             return  # the repeats failed: no evidence either way, no verdict
-        # The machine's speed again after the rounds, the slower of the two counting: under
-        # pytest-xdist the other worker's load changes within the rounds, and one figure taken in a
-        # quiet moment before them turned that load into alarms.
+        # Without per-round speeds in the baseline: the machine's speed again after the rounds,
+        # the slower of the two counting (under pytest-xdist the other worker's load changes
+        # within the rounds, and one figure taken in a quiet moment before them missed it).
         ratio = max(ratio, self._speed_ratio(entry.speed_ns, max_age_s=0))
         verdict = _verdict.judge(current, entry.warm_ns, ratio, self.tolerance_pct, self.noise_floor_ns,
-                                 "the test's call")
+                                 "the test's call", self._speeds(entry, speeds))
         r.regression = verdict.evidence if verdict.regressed else None
+
+    @staticmethod
+    def _speeds(entry: _baseline.Entry, current: List[int]) -> Optional[_verdict.Speeds]:
+        """Per-round speeds to compare with, when the baseline recorded them (format 2 files
+        saved before they were recorded have none)."""
+        return (current, entry.warm_speed_ns) if len(entry.warm_speed_ns) == len(entry.warm_ns) > 0 else None
 
     def _more_rounds(self, item: Any, result: SpprofResult) -> None:
         # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).
@@ -533,7 +561,7 @@ class SpprofPlugin:
         result.problems = problems
         if result.culprit is not None:
             item.user_properties.append(("spprof_culprit", result.culprit[0]))  # teardown report: JUnit
-        message = self._message(result, problems)
+        message = self._message(result, problems, memory_only=problems == self._memory_problems(item, result))
         if self.warn_only:
             try:
                 item.warn(SpprofBudgetWarning(message))
@@ -558,13 +586,28 @@ class SpprofPlugin:
             if b.wall_ns is not None and r.wall_ns > b.wall_ns:
                 problems.append(f"wall time {fmt_ns(r.wall_ns)} is over the budget of {fmt_ns(b.wall_ns)} "
                                 f"(wall={b.source.get('wall')})")
-            if b.memory_bytes is not None and r.memory_bytes is not None and r.memory_bytes > b.memory_bytes:
-                problems.append(f"live heap grew by {fmt_bytes(r.memory_bytes)}, over the budget of "
-                                f"{fmt_bytes(b.memory_bytes)} (memory={b.source.get('memory')})")
+            problems += self._memory_problems(item, r)
             if b.share:
                 problems += self._share_problems(r, b.share)
         if self._regressed(r):
             problems.append(self._regression_text(item, r))
+        return problems
+
+    @staticmethod
+    def _memory_problems(item: Any, r: SpprofResult) -> List[str]:
+        from . import budget_key
+
+        b: Optional[Budget] = item.stash.get(budget_key, None)
+        problems = []
+        if b is None or r.memory_bytes is None or r.peak_memory_bytes is None:
+            return problems
+        if b.memory_bytes is not None and r.memory_bytes > b.memory_bytes:
+            problems.append(f"live heap grew by {fmt_bytes(r.memory_bytes)}, over the budget of "
+                            f"{fmt_bytes(b.memory_bytes)} (memory={b.source.get('memory')})")
+        if b.peak_memory_bytes is not None and r.peak_memory_bytes > b.peak_memory_bytes:
+            problems.append(f"live heap peaked {fmt_bytes(r.peak_memory_bytes)} above its level at the start, "
+                            f"over the budget of {fmt_bytes(b.peak_memory_bytes)} "
+                            f"(peak_memory={b.source.get('peak_memory')})")
         return problems
 
     def _share_problems(self, r: SpprofResult, shares: Dict[str, float]) -> List[str]:
@@ -659,14 +702,30 @@ class SpprofPlugin:
         warm = self.names.portable(self._window(t0, t1))
         return [(names, w // max(1, rounds)) for names, w in _stacks_by_name(warm)]
 
-    def _message(self, r: SpprofResult, problems: List[str]) -> str:
+    def _message(self, r: SpprofResult, problems: List[str], memory_only: bool = False) -> str:
+        """The failure: the problems, the figures, and the functions behind them (the allocating
+        ones for a memory budget, the hottest for the rest)."""
         lines = [f"spprof: {r.nodeid} broke its performance budget" if not self._regressed(r) or len(problems) > 1
                  else f"spprof: {r.nodeid} got slower than its baseline"]
         lines += ["  " + p.replace("\n", "\n  ") for p in problems]
         lines.append(f"measured: CPU {fmt_ns(r.cpu_ns)} (test thread), wall {fmt_ns(r.wall_ns)}, "
                      f"{r.samples} samples")
-        lines += self._top_lines(r, 5)
+        if r._allocations is not None:
+            lines += self._allocation_lines(r._allocations, 5)
+        if not memory_only:
+            lines += self._top_lines(r, 5)
         return "\n".join(lines)
+
+    @staticmethod
+    def _allocation_lines(allocations: Any, n: int) -> List[str]:
+        self_bytes, incl, total = _session.function_times(allocations)
+        if not total:
+            return ["allocating functions: none sampled"]
+        lines = ["allocating functions of this test (bytes allocated in it, freed or not; self, total):"]
+        for (fn, file), size in sorted(self_bytes.items(), key=lambda kv: -kv[1])[:n]:
+            lines.append(f"  {100 * size / total:5.1f}% {fmt_bytes(size):>9}  total {fmt_bytes(incl[(fn, file)]):>9}  "
+                         f"{fn}  ({_short(file)})")
+        return lines
 
     def _top_lines(self, r: SpprofResult, n: int) -> List[str]:
         profile = self.profile_of(r)
@@ -797,7 +856,7 @@ class SpprofPlugin:
         self_ns, incl = _function_times_by_name(profile)
         functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
         return {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples, "warm_ns": r.warm_ns,
-                "speed_ns": r.speed_ns, "functions": functions,
+                "warm_speed_ns": r.warm_speed_ns, "speed_ns": r.speed_ns, "functions": functions,
                 "stacks": _session.stacks_of(self._round_profile(r), limit=200)}
 
     def _write_run(self) -> Optional[Path]:

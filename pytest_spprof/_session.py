@@ -205,17 +205,22 @@ def _is_entry_point(frame: Any) -> bool:
     return any(frame.filename.endswith(end) and name == fn for end, fn in _ENTRY_POINTS)
 
 
+#: The one frame of a sample taken in pytest's own code, outside any test or fixture.
+HARNESS_FRAME_NAME = "<pytest harness>"
+
+
 def cut_harness(frames: Tuple[Any, ...]) -> Tuple[Any, ...]:
     """The stack from the test function or fixture on: below the innermost frame where pytest
     calls one (harness frames deeper in, as in a test calling ``pytest.raises``, stay). A sample
-    taken in pytest's own code, outside any test or fixture, keeps what follows its innermost
-    harness frame, or that frame alone."""
+    taken in pytest's own code, outside any test or fixture (its hooks, this plugin), becomes one
+    frame, ``<pytest harness>``: pluggy's functions are not the test's hottest."""
     for i in range(len(frames) - 1, -1, -1):
         if _is_entry_point(frames[i]):
             return frames[i + 1:] if i + 1 < len(frames) else frames[i:]
-    for i in range(len(frames) - 1, -1, -1):
-        if is_harness(frames[i].filename):
-            return frames[i + 1:] if i + 1 < len(frames) else frames[i:]
+    if any(is_harness(f.filename) for f in frames):
+        from spprof import Frame
+
+        return (Frame(HARNESS_FRAME_NAME, "<pytest>", 0),)
     return frames
 
 

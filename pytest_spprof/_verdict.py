@@ -13,6 +13,11 @@ machine's speed measured in the same run:
    median grew by at least the tolerance and the noise floor (an effect-size floor: a small but
    consistent change is not a regression worth a failure).
 
+Each warm round is timed between two runs of a short calibration workload, and divided by the
+faster of them (``round_speed_ns``): this machine's speed moves by tens of percent from one
+10 ms stretch to the next, and a round's speed figure follows its round (correlation 0.78 on
+the 2-core VM) where one figure per test does not.
+
 docs/design.md gives the reasons and the measured false-alarm and detection rates.
 """
 
@@ -39,6 +44,18 @@ def _speed_workload() -> int:
     for i in range(20_000):
         x += i * i
     return x
+
+
+def round_speed_ns() -> int:
+    """CPU nanoseconds one short run of the calibration workload takes now (about 1.5 ms)."""
+    t0 = time.thread_time_ns()
+    _speed_workload()
+    return max(1, time.thread_time_ns() - t0)
+
+
+def normalised(rounds: Sequence[int], speeds: Sequence[int], reference: float) -> List[float]:
+    """Each round's CPU time as it would have been at the machine speed ``reference``."""
+    return [ns * reference / speed for ns, speed in zip(rounds, speeds)]
 
 
 def machine_speed_ns() -> int:
@@ -93,28 +110,45 @@ class Verdict:
     p_value: Optional[float] = None
 
 
+Speeds = Tuple[Sequence[int], Sequence[int]]
+
+
+def _comparable(current: Sequence[int], baseline: Sequence[int], speed_ratio: float,
+                speeds: Optional[Speeds]) -> Tuple[List[float], List[float], float]:
+    """The rounds in the same units: with per-round ``speeds`` (current's, baseline's), each
+    round at the baseline's median speed; else the baseline scaled by ``speed_ratio``. Also the
+    speed ratio that applies (> 1: this machine is slower now)."""
+    if speeds is not None and len(speeds[0]) == len(current) and len(speeds[1]) == len(baseline):
+        reference = statistics.median(speeds[1])
+        return (normalised(current, speeds[0], reference), normalised(baseline, speeds[1], reference),
+                statistics.median(speeds[0]) / reference)
+    return list(current), [b * speed_ratio for b in baseline], speed_ratio
+
+
 def judge(current: Sequence[int], baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,
-          noise_floor_ns: int, what: str) -> Verdict:
-    """Compare warm rounds ``current`` with the baseline's, the baseline scaled by
-    ``speed_ratio`` (its machine speed now over then: > 1 when this machine is slower now)."""
-    scaled = [b * speed_ratio for b in baseline]
-    now, then = statistics.median(current), statistics.median(scaled)
+          noise_floor_ns: int, what: str, speeds: Optional[Speeds] = None) -> Verdict:
+    """Compare warm rounds ``current`` with the baseline's: each at the same machine speed with
+    per-round ``speeds`` (current's, baseline's), else the baseline scaled by ``speed_ratio``
+    (its machine speed now over then: > 1 when this machine is slower now)."""
+    now_rounds, then_rounds, ratio = _comparable(current, baseline, speed_ratio, speeds)
+    now, then = statistics.median(now_rounds), statistics.median(then_rounds)
     growth = now / then - 1 if then else float("inf")
-    p = mann_whitney_greater(current, scaled)
+    p = mann_whitney_greater(now_rounds, then_rounds)
     regressed = p < ALPHA and growth * 100 >= tolerance_pct and now - then >= noise_floor_ns
     p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-    evidence = (f"CPU {fmt_ns(now)} vs. {fmt_ns(then)} ({what}: median of {len(current)} warm rounds "
-                f"vs. {len(baseline)} in the baseline; {growth * 100:+.0f}%, {p_text}; "
-                f"machine speed ×{1 / speed_ratio:.2f})")
+    how = "each round at the baseline's machine speed" if speeds is not None else "the baseline scaled"
+    evidence = (f"CPU {fmt_ns(statistics.median(current))} vs. {fmt_ns(statistics.median(baseline))} "
+                f"({what}: median of {len(current)} warm rounds vs. {len(baseline)} in the baseline; "
+                f"{growth * 100:+.0f}% with {how}, {p_text}; machine speed ×{1 / ratio:.2f})")
     return Verdict(regressed, evidence, growth, p)
 
 
 def could_regress(current: Sequence[int], baseline: Sequence[int], speed_ratio: float,
-                  tolerance_pct: float) -> bool:
+                  tolerance_pct: float, speeds: Optional[Speeds] = None) -> bool:
     """After a first few warm rounds: is their median past the tolerance? If not, more rounds
     could not make a regression of it (the verdict needs the median past it)."""
-    then = statistics.median(baseline) * speed_ratio
-    return statistics.median(current) >= then * (1 + tolerance_pct / 100)
+    now_rounds, then_rounds, _ = _comparable(current, baseline, speed_ratio, speeds)
+    return statistics.median(now_rounds) >= statistics.median(then_rounds) * (1 + tolerance_pct / 100)
 
 
 def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,

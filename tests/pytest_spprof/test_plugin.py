@@ -25,6 +25,14 @@ def run(pytester, *args):
     return pytester.runpytest("-p", "no:cacheprovider", *args)
 
 
+def failure_section(out, test):
+    """The text pytest printed for one failed test (its ``___ test ___`` section)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("_") and f" {test} " in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(("___", "===")))
+    return "\n".join(lines[start + 1:end])
+
+
 def test_disabled_by_default_and_import_is_light(pytester):
     pytester.makepyfile("def test_a():\n    pass\n")
     result = run(pytester)
@@ -344,25 +352,62 @@ def test_first_call_slow():
     result.assert_outcomes(passed=1)
 
 
-def test_memory_budget(pytester):
+def test_memory_budgets_growth_peak_per_parametrization_and_ini_default(pytester):
     pytest.importorskip("spprof.memprof")
-    pytester.makepyfile("""
+    pytester.makeini("[pytest]\nspprof_peak_memory_budget = 16MB\n")
+    pytester.makepyfile(BURN + """
 import pytest
 keep = []
 
-@pytest.mark.spprof(memory="8MB")
-def test_keeps_memory():
-    keep.append([bytearray(1024) for _ in range(30_000)])
+def hold_blocks(n):
+    return [bytearray(1024) for _ in range(n)]
 
 @pytest.mark.spprof(memory="8MB")
-def test_frees_memory():
-    x = [bytearray(1024) for _ in range(30_000)]
+def test_keeps_memory():
+    keep.append(hold_blocks(30_000))      # ~32 MB kept: over both budgets
+
+def test_peaks_then_frees():
+    x = hold_blocks(30_000)               # ~32 MB at the peak, nothing kept: over the ini peak only
+    del x
+
+@pytest.mark.spprof(peak_memory="64MB")
+def test_peak_budget_of_its_own():
+    x = hold_blocks(30_000)
+    del x
+
+@pytest.mark.parametrize("n", [
+    pytest.param(1_000, marks=pytest.mark.spprof(peak_memory="4MB"), id="small-4MB"),
+    pytest.param(30_000, marks=pytest.mark.spprof(peak_memory="4MB"), id="big-4MB"),
+    pytest.param(30_000, marks=pytest.mark.spprof(peak_memory="1GB"), id="big-1GB")])
+def test_parametrized(n):
+    x = hold_blocks(n)
+    del x
+
+@pytest.mark.spprof(cpu="1ms")
+def test_cpu_and_peak():
+    burn(50)
+    x = hold_blocks(30_000)
     del x
 """)
-    result = run(pytester, "--spprof")
-    result.assert_outcomes(passed=1, failed=1)
+    result = run(pytester, "--spprof", "--spprof-dir=out", "-rA")
+    result.assert_outcomes(passed=3, failed=4)
     out = result.stdout.str()
+    failures = {line.split("::")[1].split()[0] for line in out.splitlines() if line.startswith("FAILED")}
+    assert failures == {"test_keeps_memory", "test_peaks_then_frees", "test_parametrized[big-4MB]",
+                        "test_cpu_and_peak"}, out
     assert "live heap grew by" in out and "over the budget of 8.0 MiB (memory='8MB')" in out
+    assert "peaked" in out and "over the budget of 16.0 MiB (peak_memory='16MB')" in out
+    assert "over the budget of 4.0 MiB (peak_memory='4MB')" in out
+    # A memory failure names who allocated, in bytes; CPU functions only when CPU failed too.
+    memory_only, both = failure_section(out, "test_peaks_then_frees"), failure_section(out, "test_cpu_and_peak")
+    assert "allocating functions of this test" in memory_only and "hold_blocks" in memory_only
+    assert "top functions of this test" not in memory_only
+    assert "allocating functions of this test" in both and "top functions of this test" in both
+    results = json.loads((pytester.path / "out" / "results.json").read_text())["tests"]
+    kept = results["test_memory_budgets_growth_peak_per_parametrization_and_ini_default.py::test_keeps_memory"]
+    assert 20 << 20 < kept["memory_bytes"] <= kept["peak_memory_bytes"] < 48 << 20, kept
+    freed = results["test_memory_budgets_growth_peak_per_parametrization_and_ini_default.py::test_peaks_then_frees"]
+    assert freed["memory_bytes"] < 4 << 20 and 20 << 20 < freed["peak_memory_bytes"] < 48 << 20, freed
 
 
 def test_bad_tolerance_is_usage_error(pytester):
@@ -433,3 +478,23 @@ def test_xdist_workers_profile_and_the_controller_merges(pytester, monkeypatch):
     # function that grew is named.
     if ", 0 samples" not in failure:
         assert "parse_config" in failure.split("functions whose time grew most")[1].split("differential")[0]
+
+
+def test_stacks_start_at_the_test_and_the_harness_is_one_frame():
+    from pytest_spprof._session import cut_harness
+    from spprof import Frame
+
+    def f(name, file):
+        return Frame(name, file, 1)
+
+    pluggy = [f("main", "/venv/bin/pytest"), f("_multicall", "/venv/lib/pluggy/_callers.py")]
+    call = f("pytest_pyfunc_call", "/venv/lib/_pytest/python.py")
+    test, raises = f("test_x", "/src/tests/test_x.py"), f("raises", "/venv/lib/_pytest/python_api.py")
+    assert cut_harness((*pluggy, call, test, raises)) == (test, raises)  # pytest.raises in the test stays
+    fixture = f("call_fixture_func", "/venv/lib/_pytest/fixtures.py")
+    assert cut_harness((*pluggy, fixture, f("db", "/src/conftest.py"))) == (f("db", "/src/conftest.py"),)
+    # Outside any test or fixture: pytest's hooks, this plugin, what they call.
+    hook = (*pluggy, f("pytest_runtest_call", "/venv/lib/pytest_spprof/_plugin.py"), f("dumps", "/usr/lib/json.py"))
+    assert [fr.function_name for fr in cut_harness(hook)] == ["<pytest harness>"]
+    other_thread = (f("run", "/usr/lib/threading.py"), f("work", "/src/app.py"))
+    assert cut_harness(other_thread) == other_thread

@@ -59,6 +59,24 @@ def test_judge_needs_significance_and_the_effect_floor():
                               2_000_000, "x").regressed
 
 
+def test_judge_compares_each_round_at_the_machine_speed_measured_around_it():
+    base = [6_500_000, 6_600_000, 6_400_000, 6_500_000]
+    base_speed = [1_500_000, 1_520_000, 1_480_000, 1_500_000]
+    # +47 % because the machine ran 47 % slower around these rounds (the false alarms of attrs'
+    # Hypothesis tests): no regression, though one figure for the whole test saw no change.
+    slow_machine = [9_500_000, 9_600_000, 9_400_000, 9_550_000, 9_500_000]
+    slow_speed = [2_200_000, 2_230_000, 2_180_000, 2_210_000, 2_200_000]
+    assert _verdict.judge(slow_machine, base, 1.0, 15, 2_000_000, "x").regressed
+    verdict = _verdict.judge(slow_machine, base, 1.0, 15, 2_000_000, "x", (slow_speed, base_speed))
+    assert not verdict.regressed and "machine speed ×0.68" in verdict.evidence
+    # The same times at the baseline's speed: a regression, stated with how it was compared.
+    same_speed = [1_500_000, 1_510_000, 1_490_000, 1_500_000, 1_505_000]
+    verdict = _verdict.judge(slow_machine, base, 1.0, 15, 2_000_000, "x", (same_speed, base_speed))
+    assert verdict.regressed and "+46% with each round at the baseline's machine speed" in verdict.evidence
+    assert _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (same_speed[:2], base_speed))
+    assert not _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (slow_speed[:2], base_speed))
+
+
 def test_blame_follows_the_growth_down_the_call_path():
     base = [(("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
     # lib.tokenize's own code got slower.
