@@ -89,8 +89,7 @@ class SpprofResult:
     _allocations: Any = field(default=None, repr=False)
 
     _RECORDED = ("cpu_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "peak_memory_bytes",
-                 "outcome",
-                 "baseline_cpu_ns", "rounds", "regression", "culprit", "problems", "files", "hottest")
+                 "outcome", "baseline_cpu_ns", "rounds", "regression", "culprit", "problems", "files", "hottest")
 
     def record(self) -> Dict[str, Any]:
         """The figures as JSON (results.json, and what an xdist worker hands the controller)."""
@@ -355,6 +354,10 @@ class SpprofPlugin:
         item.user_properties.append(("spprof_cpu_ms", f"{result.cpu_ns / 1e6:.3f}"))
         item.user_properties.append(("spprof_wall_ms", f"{result.wall_ns / 1e6:.3f}"))
         item.user_properties.append(("spprof_samples", str(result.samples)))
+        for name, value in (("spprof_memory_bytes", result.memory_bytes),
+                            ("spprof_peak_memory_bytes", result.peak_memory_bytes)):
+            if value is not None:
+                item.user_properties.append((name, str(value)))
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: Any) -> Any:

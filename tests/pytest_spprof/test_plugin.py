@@ -389,8 +389,9 @@ def test_cpu_and_peak():
     x = hold_blocks(30_000)
     del x
 """)
-    result = run(pytester, "--spprof", "--spprof-dir=out", "-rA")
+    result = run(pytester, "--spprof", "--spprof-dir=out", "-rA", "--junitxml=junit.xml")
     result.assert_outcomes(passed=3, failed=4)
+    assert 'name="spprof_peak_memory_bytes"' in (pytester.path / "junit.xml").read_text()
     out = result.stdout.str()
     failures = {line.split("::")[1].split()[0] for line in out.splitlines() if line.startswith("FAILED")}
     assert failures == {"test_keeps_memory", "test_peaks_then_frees", "test_parametrized[big-4MB]",
