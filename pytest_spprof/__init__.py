@@ -4,7 +4,7 @@
 the slowest tests with their hottest functions, enforces budgets
 (``@pytest.mark.spprof(cpu="50ms", wall="200ms", memory="24MB", share={"pkg.mod.func": "20%"})``)
 and compares against a saved baseline (``--spprof-save-baseline`` / ``--spprof-compare``).
-See README.md ("pytest plugin") for the options.
+See docs/pytest.md for the options.
 
 This module is imported by every pytest run (the ``pytest11`` entry point), so it imports
 nothing of spprof: the working part, ``pytest_spprof._plugin``, is imported only when the plugin
@@ -60,7 +60,7 @@ def pytest_addoption(parser: Any) -> None:
     add("--spprof-compare", nargs="?", const="", default=None, metavar="PATH",
         help="fail tests whose CPU time grew beyond the tolerance since the baseline (turns --spprof on)")
     add("--spprof-tolerance", default=None, metavar="PCT",
-        help="allowed CPU growth against the baseline, e.g. 20 or 20%% (default 30%%; ini: spprof_tolerance)")
+        help="allowed CPU growth against the baseline, e.g. 20 or 20%% (default 15%%; ini: spprof_tolerance)")
     add("--spprof-noise-floor", default=None, metavar="TIME",
         help="growth below this is never a regression (default 2ms; ini: spprof_noise_floor)")
     add("--spprof-rounds", default=None, metavar="N",

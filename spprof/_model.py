@@ -337,7 +337,7 @@ class Profile:
         """The profile as an Arrow table: ``"samples"`` (one row per sample) or ``"frames"`` (one
         row per frame of every sample, root first). The result implements the Arrow PyCapsule
         interface (``__arrow_c_stream__``), so pyarrow, polars, pandas and duckdb read it without a
-        copy; the weight column is ``weight_<unit>`` (``weight_ns`` here). Schema: README.md."""
+        copy; the weight column is ``weight_<unit>`` (``weight_ns`` here). Schema: docs/arrow.md."""
         from . import _native
 
         return _native.to_arrow(self._native(), kind, f"weight_{self._unit}")

@@ -1,6 +1,6 @@
 //! A profile as Apache Arrow record batches, sharing the store's memory where it can.
 //!
-//! Two kinds of table (see the README for the schema):
+//! Two kinds of table (see docs/arrow.md for the schema):
 //!
 //! - `samples`: one row per sample. `timestamp_ns` and the weight column are the store's own
 //!   columns, wrapped without a copy ([`shared_i64`]); the other columns are derived (thread ids
