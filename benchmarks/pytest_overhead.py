@@ -6,6 +6,9 @@ with and without ``--spprof``, interleaved, and reports the medians and their ra
 
     python benchmarks/pytest_overhead.py [--package more-itertools==10.5.0] [--rounds 7]
 
+With pytest-memray installed, ``pytest --memray`` is measured too (a peak-memory figure for every
+test, as spprof's memory budgets give).
+
 Targets: ``--spprof`` at most 10 % more wall time than plain pytest; a memory budget on every
 test (the ini defaults ``spprof_memory_budget`` and ``spprof_peak_memory_budget``, which start
 ``spprof.memprof`` at 64 KiB sampling) at most 10 % more than ``--spprof`` alone.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -46,6 +50,8 @@ def main() -> int:
     memory = spprof + ["-o", "spprof_memory_budget=1GB", "-o", "spprof_peak_memory_budget=1GB"]
     variants = {"plain": base, "--spprof": spprof, "--spprof --spprof-no-arrow": spprof + ["--spprof-no-arrow"],
                 "--spprof + memory budgets": memory}
+    if importlib.util.find_spec("pytest_memray") is not None:  # the peer: peak memory of every test
+        variants["--memray (pytest-memray)"] = base + ["--memray"]
     times: dict = {k: [] for k in variants}
     for k, cmd in variants.items():  # warm-up (and check that the suite passes)
         out = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)

@@ -26,6 +26,8 @@ from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse
 #: the significance test; see _verdict and docs/design.md); the floor keeps sub-millisecond tests
 #: from flapping.
 DEFAULT_TOLERANCE = "15%"
+#: Stacks a baseline entry keeps whole (the others folded into their call paths).
+BASELINE_STACKS = 200
 DEFAULT_NOISE_FLOOR = "2ms"
 #: Without warm rounds (a baseline whose repeats failed) only the first calls can be compared,
 #: whose run-to-run noise reached 28 % on the development VM: never a narrower margin than this.
@@ -662,7 +664,12 @@ class SpprofPlugin:
             rows.append((d_self > 0, d_self if d_self > 0 else d_total, d_self, d_total, name))
         rows.sort(key=lambda row: (not row[0], -row[1]))
         grown = [(d_self, d_total, name) for _, _, d_self, d_total, name in rows[:6]]
-        path, gained = _verdict.blame_path(_stacks_by_name(stacks), self._round_stacks(r))
+        # The baseline kept its heaviest stacks and folded the rest into their call paths: the
+        # current stacks are folded the same way, into those paths and their own heaviest.
+        before = _stacks_by_name(stacks)
+        now = self._round_stacks(r)
+        paths = _verdict.heaviest_prefixes(before, len(before)) | _verdict.heaviest_prefixes(now, BASELINE_STACKS)
+        path, gained = _verdict.blame_path(before, _verdict.fold(now, paths))
         if path:
             r.culprit = (path[-1], gained)
             shown = " → ".join(path[-4:]) if len(path) <= 4 else "… → " + " → ".join(path[-3:])
@@ -860,7 +867,7 @@ class SpprofPlugin:
         functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
         return {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples, "warm_ns": r.warm_ns,
                 "warm_speed_ns": r.warm_speed_ns, "speed_ns": r.speed_ns, "functions": functions,
-                "stacks": _session.stacks_of(self._round_profile(r), limit=200)}
+                "stacks": _session.stacks_of(self._round_profile(r), limit=BASELINE_STACKS)}
 
     def _write_run(self) -> Optional[Path]:
         from ._run import write_run

@@ -243,18 +243,23 @@ def function_times(profile: Any) -> Tuple[Dict[Tuple[str, str], int], Dict[Tuple
     return dict(self_ns), dict(incl_ns), total_ns
 
 
-def stacks_of(profile: Any, limit: Optional[int] = 1000) -> Dict[str, Any]:
-    """The profile's distinct stacks with their weights (heaviest ``limit``), JSON-ready."""
+def stacks_of(profile: Any, limit: int = 200) -> Dict[str, Any]:
+    """The profile's stacks by function and file (lines left out: blame and the differential
+    graph do not use them), the heaviest ``limit`` kept and the others folded into their longest
+    kept call path (``_verdict.fold``), JSON-ready."""
+    from ._verdict import fold, heaviest_prefixes
+
     by_stack: Dict[Any, int] = defaultdict(int)
     for s in profile.samples:
-        by_stack[tuple(s.frames)] += s.weight_ns
-    heaviest = sorted(by_stack.items(), key=lambda kv: -kv[1])[:limit]
-    frames: Dict[Tuple[str, str, int], int] = {}
-    stacks = []
-    for stack, w in heaviest:
-        ids = [frames.setdefault((f.function_name, f.filename, f.lineno), len(frames)) for f in stack]
-        stacks.append([ids, w])
-    return {"frames": [list(k) for k in frames], "stacks": stacks}
+        by_stack[tuple((f.function_name, f.filename) for f in s.frames)] += s.weight_ns
+    stacks = list(by_stack.items())
+    folded = sorted(fold(stacks, heaviest_prefixes(stacks, limit)), key=lambda kv: -kv[1])
+    frames: Dict[Tuple[str, str], int] = {}
+    out = []
+    for stack, w in folded:
+        ids = [frames.setdefault(frame, len(frames)) for frame in stack]
+        out.append([ids, w])
+    return {"frames": [[fn, file, 0] for fn, file in frames], "stacks": out}
 
 
 def profile_from_stacks(data: Dict[str, Any], title_time: Any = None) -> Any:

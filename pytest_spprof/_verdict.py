@@ -161,6 +161,28 @@ def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tole
     return cold_ns > then * (1 + tolerance_pct / 200) and cold_ns - then > noise_floor_ns
 
 
+Stack = Tuple[Tuple[str, ...], int]
+
+
+def heaviest_prefixes(stacks: Sequence[Stack], limit: int) -> set:
+    """Every prefix (root first) of the ``limit`` heaviest stacks."""
+    heaviest = sorted(stacks, key=lambda s: -s[1])[:limit]
+    return {names[:depth] for names, _ in heaviest for depth in range(len(names) + 1)}
+
+
+def fold(stacks: Sequence[Stack], prefixes: set) -> List[Stack]:
+    """The stacks cut to their longest prefix in ``prefixes``, merged: every prefix keeps its
+    total weight, so a baseline that keeps only its heaviest stacks still gives every call path
+    it keeps its whole time (without the fold, the stacks it dropped looked like growth)."""
+    out: Dict[Tuple[str, ...], int] = defaultdict(int)
+    for names, weight in stacks:
+        depth = len(names)
+        while depth and names[:depth] not in prefixes:
+            depth -= 1
+        out[names[:depth]] += weight
+    return list(out.items())
+
+
 def blame_path(baseline: Sequence[Tuple[Tuple[str, ...], int]], current: Sequence[Tuple[Tuple[str, ...], int]],
                share: float = 0.8) -> Tuple[Tuple[str, ...], int]:
     """Where a test's extra time went: the call path (root first) down which the growth runs,

@@ -77,6 +77,21 @@ def test_judge_compares_each_round_at_the_machine_speed_measured_around_it():
     assert not _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (slow_speed[:2], base_speed))
 
 
+def test_blame_survives_a_baseline_that_kept_only_its_heaviest_stacks():
+    # A Hypothesis test has thousands of small stacks; the baseline keeps 200. Cut off, the
+    # others looked like growth in the current run, and blame stopped at the engine above them.
+    many = [(("test", "engine", f"draw{i}"), 1_000) for i in range(400)]
+    before = many + [(("test", "engine", "run", "work"), 100_000)]
+    now = many + [(("test", "engine", "run", "work"), 150_000)]
+    truncated = sorted(before, key=lambda s: -s[1])[:200]
+    assert _verdict.blame_path(truncated, now)[0][-1] == "engine"
+    kept = _verdict.fold(before, _verdict.heaviest_prefixes(before, 200))
+    assert sum(w for _, w in kept) == sum(w for _, w in before) and len(kept) <= 202
+    paths = _verdict.heaviest_prefixes(kept, len(kept)) | _verdict.heaviest_prefixes(now, 200)
+    path, grown = _verdict.blame_path(kept, _verdict.fold(now, paths))
+    assert path == ("test", "engine", "run", "work") and grown == 50_000
+
+
 def test_blame_follows_the_growth_down_the_call_path():
     base = [(("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
     # lib.tokenize's own code got slower.
