@@ -4,7 +4,9 @@ the truth, on the same workload in the same run.
     python benchmarks/peers.py [--rounds 5] [--seconds 2] [--tools spprof-10,pyinstrument,...]
 
 The workload (written to a temporary folder) calls three functions, ``alpha``, ``beta`` and
-``gamma``, in random order, with 1 : 2 : 3 of the work, for ``--seconds``; it measures the CPU
+``gamma``, in random order, with 1 : 2 : 3 of the work (a loop that calls a small function, so
+the cost of tools that trace calls shows as it would in most code), as many times as take ``--seconds``
+without a profiler (a fixed amount of work, so a profiler's cost shows); it measures the CPU
 time of every call with ``time.thread_time_ns()`` and writes the totals: the truth. Each tool
 runs it as its command line says (profile written to a file), rounds interleaved in a new random
 order each round. Printed per tool:
@@ -44,29 +46,31 @@ FUNCTIONS = ("alpha", "beta", "gamma")
 WORKLOAD = '''
 import json, random, sys, time
 
+def step(i):  # calls as much as loops: the cost of tools that trace calls shows too
+    return i % 7
+
 def alpha():
     x = 0
-    for i in range(20_000):
-        x += i
+    for i in range(5_000):
+        x += step(i) + i * i
     return x
 
 def beta():
     x = 0
-    for i in range(40_000):
-        x += i
+    for i in range(10_000):
+        x += step(i) + i * i
     return x
 
 def gamma():
     x = 0
-    for i in range(60_000):
-        x += i
+    for i in range(15_000):
+        x += step(i) + i * i
     return x
 
 truth = {"alpha": 0, "beta": 0, "gamma": 0}
 calls = [alpha, beta, gamma]
 rng = random.Random(1)
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
+for _ in range(int(sys.argv[2])):  # a fixed amount of work: a profiler's cost shows in the time
     f = rng.choice(calls)
     t0 = time.thread_time_ns()
     f()
@@ -76,12 +80,23 @@ with open(sys.argv[1], "w") as out:
 '''
 
 
+def frame_name(frame: str) -> str:
+    """The function of a collapsed frame: ``func (file:line)`` (spprof, py-spy) or
+    ``file:func:line`` (CPython's profiling.sampling)."""
+    if " (" in frame:
+        name = frame.split(" (")[0]
+    else:
+        parts = frame.rsplit(":", 2)
+        name = parts[-2] if len(parts) == 3 else frame
+    return name.rsplit(".", 1)[-1]
+
+
 def collapsed_weights(path: Path) -> Dict[str, float]:
     """Inclusive weight per target function from collapsed stacks (``a;b;c weight``)."""
     out = dict.fromkeys(FUNCTIONS, 0.0)
     for line in path.read_text().splitlines():
         stack, _, weight = line.rpartition(" ")
-        names = {frame.split(" (")[0].rsplit(".", 1)[-1] for frame in stack.split(";")}
+        names = {frame_name(frame) for frame in stack.split(";")}
         for f in FUNCTIONS:
             if f in names:
                 out[f] += float(weight)
@@ -140,6 +155,16 @@ def tools(py: str) -> Dict[str, Tool]:
     return found
 
 
+def calibrate(work: Path, seconds: float) -> int:
+    """Calls of the workload that take about ``seconds`` without a profiler."""
+    script = work / "calibrate.py"
+    script.write_text(WORKLOAD.replace("sys.argv[1]", repr(str(work / "calibrate.json")))
+                      .replace("int(sys.argv[2])", "300"))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(script)], check=True)
+    return max(1, int(300 * seconds / (time.perf_counter() - t0)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -152,6 +177,7 @@ def main() -> int:
     missing = [t for t in chosen if t not in available]
     if missing:
         sys.exit(f"not installed here: {', '.join(missing)} (available: {', '.join(available)})")
+    calls = calibrate(work, args.seconds)
     wall: Dict[str, List[float]] = {t: [] for t in chosen}
     error: Dict[str, List[float]] = {t: [] for t in chosen}
     for r in range(args.rounds):
@@ -162,7 +188,7 @@ def main() -> int:
             truth_path, out = work / f"truth-{name}.json", work / f"profile-{name}{tool.output}"
             script = work / "workload.py"
             script.write_text(WORKLOAD.replace("sys.argv[1]", repr(str(truth_path)))
-                              .replace("float(sys.argv[2])", repr(args.seconds)))
+                              .replace("int(sys.argv[2])", repr(calls)))
             t0 = time.perf_counter()
             proc = subprocess.run(tool.command(script, out), capture_output=True, text=True, cwd=work)
             wall[name].append(time.perf_counter() - t0)
@@ -175,7 +201,7 @@ def main() -> int:
                 error[name].append(max(abs(100 * got[f] / g_total - 100 * truth[f] / t_total) if g_total else 100.0
                                        for f in FUNCTIONS))
     base = statistics.median(wall["plain"])
-    print(f"{args.rounds} rounds of a {args.seconds:g} s workload, Python {sys.version.split()[0]}, "
+    print(f"{args.rounds} rounds of a {args.seconds:g} s workload ({calls} calls), Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores")
     print(f"{'tool':18} {'wall (median)':>14} {'overhead':>9} {'share error (pp)':>17}")
     for name in chosen:

@@ -46,6 +46,8 @@ def main() -> int:
     import os
 
     env = dict(os.environ, **env_path)
+    # Bytecode caches as a user has them: without, every run compiles spprof's modules again.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     spprof = base + ["--spprof", f"--spprof-dir={work / 'prof'}"]
     memory = spprof + ["-o", "spprof_memory_budget=1GB", "-o", "spprof_peak_memory_budget=1GB"]
     variants = {"plain": base, "--spprof": spprof, "--spprof --spprof-no-arrow": spprof + ["--spprof-no-arrow"],

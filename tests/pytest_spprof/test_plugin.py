@@ -359,8 +359,11 @@ def test_memory_budgets_growth_peak_per_parametrization_and_ini_default(pytester
 import pytest
 keep = []
 
-def hold_blocks(n):
-    return [bytearray(1024) for _ in range(n)]
+def hold_blocks(n):  # a loop, not a comprehension: before 3.12 that is a frame of its own
+    out = []
+    for _ in range(n):
+        out.append(bytearray(1024))
+    return out
 
 @pytest.mark.spprof(memory="8MB")
 def test_keeps_memory():

@@ -306,4 +306,8 @@ def test_subinterpreters_created_and_destroyed_under_both_profilers(tmp_path):
     r = subprocess.run([sys.executable, "-c", SUBINTERPRETERS], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "'<subinterpreter>'" in r.stdout, r.stdout
+    # A subinterpreter's allocations are never recorded with its frames (its code objects die
+    # with it). Whether some stay live as "<subinterpreter>" depends on how its allocator
+    # frees its arenas on destruction (they did in 1 of 3 runs on 3.15), so that is not asserted.
+    allocators = eval(r.stdout.strip().splitlines()[-1].rsplit("]", 1)[0] + "]")
+    assert "make" not in allocators, allocators
