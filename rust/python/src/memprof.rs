@@ -818,7 +818,7 @@ impl MemSession {
             };
             if raw.flags & raw::FLAG_FREE != 0 {
                 if let Some(gone) = live.remove(&block.key) {
-                    *live_bytes -= gone.weight;
+                    *live_bytes = live_bytes.saturating_sub(gone.weight);
                     freed += 1;
                 } else {
                     untracked += 1;
@@ -852,7 +852,9 @@ impl MemSession {
                 },
             );
             // A key seen again without its free in between (a lost free) stands for one block.
-            *live_bytes = *live_bytes - replaced.map_or(0, |l| l.weight) + raw.weight;
+            *live_bytes = live_bytes
+                .saturating_sub(replaced.map_or(0, |l| l.weight))
+                .saturating_add(raw.weight);
             *peak_bytes = (*peak_bytes).max(*live_bytes);
         });
         self.total_samples += total;
