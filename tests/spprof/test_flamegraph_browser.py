@@ -3,7 +3,8 @@ notebook's sandboxed iframe, as a saved ``.svg`` and ``.html``, and as a differe
 
 Each page gets a small measuring script that runs after the graph's own scripts (inferno's init,
 then spprof's label and resize code) and leaves what was drawn in an attribute of the top
-document: the widths of the frames' rectangles, their labels and tooltips. Chromium's
+document: the widths of the frames' rectangles, their labels and tooltips (and, after a click on
+a frame, that inferno zoomed to it). Chromium's
 ``--dump-dom`` prints that document; ``--screenshot`` keeps a picture of it next to the test's
 files. The profile's frames have known weights, so the expected widths are known.
 """
@@ -47,6 +48,12 @@ window.addEventListener("load", function () { setTimeout(function () {
 }, 500); });
 </script>
 """
+# Clicks the frame whose tooltip starts with parse_records (inferno zooms to it), then measures.
+ZOOM = MEASURE.replace("setTimeout(function () {", """setTimeout(function () {
+  var target = Array.prototype.find.call(document.querySelectorAll("#frames > g"), function (g) {
+    return g.querySelector("title").textContent.indexOf("parse_records") === 0; });
+  target.querySelector("rect").dispatchEvent(new MouseEvent("click", {bubbles: true}));
+""", 1).replace("}, 500); });", "}, 800); });")
 RECEIVE = """
 <script>
 window.addEventListener("message", function (e) {
@@ -131,6 +138,17 @@ def test_saved_svg_and_html_fill_the_window(tmp_path):
     p.save(page)
     page.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
     check(draw(page, tmp_path), min_width=PAGE_WIDTH * 0.85)  # the page has margins
+
+
+def test_a_click_zooms_to_the_frame(tmp_path):
+    svg = tmp_path / "zoom.svg"
+    profile(WEIGHTS).save(svg)
+    svg.write_text(svg.read_text().replace("</svg>", ZOOM.replace("<script>", "<script><![CDATA[")
+                                           .replace("</script>", "]]></script>") + "</svg>"))
+    frames = {f["title"].split(" (")[0]: f for f in draw(svg, tmp_path)["frames"]}
+    # parse_records now spans the picture, as its caller does; its sibling is gone from view.
+    assert frames["parse_records"]["width"] >= 0.99 * frames["main"]["width"], frames["parse_records"]
+    assert frames["helper_function_with_a_long_name"]["width"] < 1, frames["helper_function_with_a_long_name"]
 
 
 def test_differential_graph_draws_the_current_profile(tmp_path):
