@@ -76,6 +76,12 @@ def profile(weights):
 WEIGHTS = [("parse_records", 600), ("helper_function_with_a_long_name", 300), ("tiny", 5), ("rest", 95)]
 
 
+def add_script(svg_file: Path, script: str) -> None:
+    """Put ``script`` at the end of an SVG file (as CDATA: it is XML)."""
+    script = script.replace("<script>", "<script><![CDATA[").replace("</script>", "]]></script>")
+    svg_file.write_text(svg_file.read_text().replace("</svg>", script + "</svg>"))
+
+
 def draw(page: Path, tmp_path: Path) -> dict:
     """Load ``page`` in headless Chromium; what the measuring script found."""
     shot = tmp_path / (page.name + ".png")
@@ -131,8 +137,7 @@ def test_saved_svg_and_html_fill_the_window(tmp_path):
     p = profile(WEIGHTS)
     svg = tmp_path / "graph.svg"
     p.save(svg)
-    svg.write_text(svg.read_text().replace("</svg>", MEASURE.replace("<script>", "<script><![CDATA[")
-                                           .replace("</script>", "]]></script>") + "</svg>"))
+    add_script(svg, MEASURE)
     check(draw(svg, tmp_path), min_width=PAGE_WIDTH * 0.95)
     page = tmp_path / "graph.html"
     p.save(page)
@@ -143,8 +148,7 @@ def test_saved_svg_and_html_fill_the_window(tmp_path):
 def test_a_click_zooms_to_the_frame(tmp_path):
     svg = tmp_path / "zoom.svg"
     profile(WEIGHTS).save(svg)
-    svg.write_text(svg.read_text().replace("</svg>", ZOOM.replace("<script>", "<script><![CDATA[")
-                                           .replace("</script>", "]]></script>") + "</svg>"))
+    add_script(svg, ZOOM)
     frames = {f["title"].split(" (")[0]: f for f in draw(svg, tmp_path)["frames"]}
     # parse_records now spans the picture, as its caller does; its sibling is gone from view.
     assert frames["parse_records"]["width"] >= 0.99 * frames["main"]["width"], frames["parse_records"]
@@ -156,8 +160,7 @@ def test_differential_graph_draws_the_current_profile(tmp_path):
                       ("rest", 95)])
     svg = tmp_path / "diff.svg"
     spprof.flamegraph.diff_svg(before, profile(WEIGHTS), svg)
-    svg.write_text(svg.read_text().replace("</svg>", MEASURE.replace("<script>", "<script><![CDATA[")
-                                           .replace("</script>", "]]></script>") + "</svg>"))
+    add_script(svg, MEASURE)
     drawn = draw(svg, tmp_path)
     assert drawn["width"] >= PAGE_WIDTH * 0.95
     frames = {f["title"].split(" (")[0]: f for f in drawn["frames"]}
