@@ -243,7 +243,7 @@ def function_times(profile: Any) -> Tuple[Dict[Tuple[str, str], int], Dict[Tuple
     return dict(self_ns), dict(incl_ns), total_ns
 
 
-def stacks_of(profile: Any, limit: int = 200) -> Dict[str, Any]:
+def stacks_of(profile: Any, limit: int) -> Dict[str, Any]:
     """The profile's stacks by function and file (lines left out: blame and the differential
     graph do not use them), the heaviest ``limit`` kept and the others folded into their longest
     kept call path (``_verdict.fold``), JSON-ready."""

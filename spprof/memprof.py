@@ -313,8 +313,7 @@ def get_traced_memory() -> Tuple[int, int]:
     """``(current, peak)``: the estimated live heap in bytes, and its high-water mark since
     ``start()`` or the last ``reset_peak()``, as ``tracemalloc.get_traced_memory()`` gives them.
     Cheap (no snapshot is built). Raises ``RuntimeError`` as ``get_snapshot()`` does."""
-    current, peak = _require_native().memprof_traced_memory()
-    return current, peak
+    return _require_native().memprof_traced_memory()
 
 
 def reset_peak() -> None:

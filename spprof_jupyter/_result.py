@@ -62,8 +62,7 @@ def _svg_document(svg: str, title: str) -> str:
     body = re.sub(r'\sonload="[^"]*"', "", body, count=1)
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title>"
-            "<style>body{margin:0;font-family:system-ui,sans-serif}body>svg{display:block;width:100%}</style>"
-            "</head><body>"
+            "<style>body{margin:0;font-family:system-ui,sans-serif}</style></head><body>"
             f"{body}<script>if (typeof init === \"function\") init(null);</script></body></html>")
 
 

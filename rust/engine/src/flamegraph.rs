@@ -213,7 +213,6 @@ body { font-family: system-ui, sans-serif; margin: 1em 2em; color: #222; }
 h1 { font-size: 1.3em; margin-bottom: 0.2em; }
 p.spprof-summary { color: #555; margin-top: 0; }
 div.spprof-graph { border: 1px solid #ddd; }
-div.spprof-graph > svg { display: block; width: 100%; }
 table.spprof-top { border-collapse: collapse; font-size: 13px; margin-top: 0.5em; }
 table.spprof-top th, table.spprof-top td { padding: 3px 10px; border-bottom: 1px solid #e4e4e4; }
 table.spprof-top th { background: #f4f4f4; text-align: left; }

@@ -54,6 +54,11 @@ function update_text_for_elements(elements) {
     }
 }
 
+// inferno's fluid mode removes the picture's width. A file's root <svg> then fills the window, but
+// an <svg> inline in a page (spprof's HTML page, the notebook's iframe) was 300 px wide.
+(document.currentScript && document.currentScript.ownerSVGElement || document.querySelector("svg"))
+    .style.cssText += ";display:block;width:100%";
+
 // inferno sizes the frames from the picture's width when init() runs and on window resizes. A
 // picture laid out later (an iframe still hidden, a notebook output drawn late) had width 0 then,
 // and drew no frames: every change of its size is passed on as a resize.
