@@ -35,11 +35,15 @@ class Journal:
         self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
         self._file.flush()
 
-    def remove(self) -> None:
-        """Once compacted into the real file."""
+    def close(self) -> None:
+        """At the end of the run (the file stays, for whoever compacts it)."""
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def remove(self) -> None:
+        """Once compacted into the real file."""
+        self.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:

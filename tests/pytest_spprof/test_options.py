@@ -24,7 +24,7 @@ def test_after():
 """)
     for args in (["-W", "error"], ["-o", "filterwarnings=error"]):
         result = run(pytester, "--spprof", "--spprof-warn-only", *args)
-        assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
         result.assert_outcomes(passed=2)
         assert "INTERNALERROR" not in result.stdout.str()
         assert "is over the budget of 1.0 ms" in result.stdout.str()
