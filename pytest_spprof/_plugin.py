@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import statistics
 import threading
 import time
 import warnings
@@ -192,16 +193,23 @@ class SpprofPlugin:
         self.save_baseline = self._path(default_baseline if save_bl == "" else save_bl)
         self.compare_path = self._path(default_baseline if compare == "" else compare)
         self.baseline: Dict[str, _baseline.Entry] = {}
-        #: The machine-speed figure (see _verdict.machine_speed_ns) of the baseline, and this run's
-        #: latest one with when it was taken (monotonic ns).
+        #: The machine-speed figure (see _verdict.machine_speed_ns) typical of the baseline, and
+        #: this run's latest one with when it was taken (monotonic ns), and all of this run's.
         self.baseline_speed_ns: Optional[int] = None
+        #: The median of the baseline's per-round speeds (see _verdict.round_speed_ns).
+        self.baseline_round_speed_ns: Optional[float] = None
         self._speed: Tuple[int, int] = (0, 0)
+        self._speed_figures: List[int] = []
         if self.compare_path is not None:
             try:
                 env = _baseline.environment(_baseline.load(self.compare_path, True))
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
-            self.baseline, self.baseline_speed_ns = _baseline.entries(env.get("tests", {})), env.get("speed_ns")
+            self.baseline = _baseline.entries(env.get("tests", {}))
+            figures = [e.speed_ns for e in self.baseline.values() if e.speed_ns]
+            self.baseline_speed_ns = statistics.median(figures) if figures else env.get("speed_ns")
+            round_speeds = [ns for e in self.baseline.values() for ns in e.warm_speed_ns]
+            self.baseline_round_speed_ns = statistics.median(round_speeds) if round_speeds else None
         if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
             try:
                 _baseline.load(self.save_baseline, False)
@@ -428,15 +436,23 @@ class SpprofPlugin:
         now = time.monotonic_ns()
         if not value or now - at > max_age_s * 1e9:
             self._speed = (_verdict.machine_speed_ns(), now)
+            self._speed_figures.append(self._speed[0])
         return self._speed[0]
 
     def _speed_ratio(self, then: Optional[int] = None, max_age_s: float = 2.0) -> float:
-        """This machine's speed figure now over ``then`` (a test's, else the baseline's), when
-        it is slower now; else 1. Only slowness is corrected: a figure that reads faster than
-        the baseline's (a cold first measurement, load that came and went while the baseline was
-        saved) would otherwise turn noise into alarms, which it did, by up to 48 %."""
-        then = then or self.baseline_speed_ns
-        return max(1.0, self._speed_now(max_age_s) / then) if then else 1.0
+        """How much slower this machine is than when the baseline was saved (1 when it is not
+        slower): a figure taken now over a test's ``then``; without ``then``, the median of
+        this run's figures over the median of the baseline's. The medians screen first calls: a
+        single figure read the machine as up to 1.64x slower for a moment, and the screening
+        then missed tests that had really slowed by 40-60 %. Only slowness is corrected: a
+        figure that reads faster than the baseline's (a cold first measurement, load that came
+        and went while the baseline was saved) turned noise into alarms, by up to 48 %."""
+        if then:
+            now = self._speed_now(max_age_s)
+        else:
+            self._speed_now(max_age_s)
+            then, now = self.baseline_speed_ns, statistics.median(self._speed_figures)
+        return max(1.0, now / then) if then else 1.0
 
     def _confirm(self, item: Any, r: SpprofResult) -> None:
         """A test whose baseline has warm rounds is judged by screening and, when its first call
@@ -445,9 +461,15 @@ class SpprofPlugin:
         if entry is None or len(entry.warm_ns) < 3:
             return
         r.confirmed = True
-        if not _verdict.looks_slower(r.cpu_ns - r.gc_ns, (entry.cpu_ns - entry.gc_ns, *entry.warm_ns),
-                                     self._speed_ratio(entry.speed_ns),
-                                     self.tolerance_pct, self.noise_floor_ns):
+        then = [entry.cpu_ns - entry.gc_ns, *entry.warm_ns]
+        if self._speeds(entry, []) is not None and self.baseline_round_speed_ns:
+            # The baseline's rounds at its typical speed: a round saved in a slow moment of the
+            # machine (up to 1.4x) had hidden real regressions. The first call's speed is that
+            # measured right after it, before the first warm round.
+            speeds = [entry.warm_speed_ns[0], *entry.warm_speed_ns]
+            then = _verdict.normalised(then, speeds, self.baseline_round_speed_ns)
+        if not _verdict.looks_slower(r.cpu_ns - r.gc_ns, then, self._speed_ratio(), self.tolerance_pct,
+                                     self.noise_floor_ns):
             return
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.
@@ -665,8 +687,9 @@ class SpprofPlugin:
                      + f"; machine speed ×{1 / self._speed_ratio():.2f})"]
         entry = self.baseline.get(r.nodeid)
         stacks = entry.stacks() if entry is not None else None
-        profile = self.names.portable(self.profile_of(r))
-        cur_self, cur_incl = _function_times_by_name(profile)
+        # Per round on both sides: the baseline's figures are its rounds' (see _baseline_entry).
+        now = self._round_stacks(r)
+        cur_self, cur_incl = _verdict.function_times(now)
         old = {row[0]: (int(row[1]), int(row[2])) for row in (entry.functions() if entry is not None else [])}
         test_fn = getattr(getattr(item, "function", None), "__name__", None)
         rows = []
@@ -683,9 +706,9 @@ class SpprofPlugin:
         # The baseline kept its heaviest stacks and folded the rest into their call paths: the
         # current stacks are folded the same way, into those paths and their own heaviest.
         before = _stacks_by_name(stacks)
-        now = self._round_stacks(r)
         paths = _verdict.heaviest_prefixes(before, len(before)) | _verdict.heaviest_prefixes(now, BASELINE_STACKS)
-        path, gained = _verdict.blame_path(before, _verdict.fold(now, paths))
+        own_growth = {name: cur_self.get(name, 0) - old.get(name, (0, 0))[0] for name in set(cur_self) | set(old)}
+        path, gained = _verdict.blame_path(before, _verdict.fold(now, paths), own_growth=own_growth)
         if path:
             r.culprit = (path[-1], gained)
             shown = " → ".join(path[-4:]) if len(path) <= 4 else "… → " + " → ".join(path[-3:])
@@ -698,6 +721,7 @@ class SpprofPlugin:
                 from spprof import flamegraph
 
                 path = self._make_dir("profiles") / (_safe_name(r.nodeid) + ".diff.svg")
+                profile = self.names.portable(self.profile_of(r))
                 flamegraph.diff_svg(_session.profile_from_stacks(stacks), profile, path,
                                     title=f"{r.nodeid}: now vs. baseline")
                 r.files["diff_svg"] = str(path)
@@ -878,12 +902,12 @@ class SpprofPlugin:
             r.hottest = self._hottest(r)
 
     def _baseline_entry(self, r: SpprofResult) -> Dict[str, Any]:
-        profile = self.names.portable(self.profile_of(r))
-        self_ns, incl = _function_times_by_name(profile)
+        rounds = self._round_profile(r)
+        self_ns, incl = _verdict.function_times(_stacks_by_name(rounds))
         functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
         return {"cpu_ns": r.cpu_ns, "gc_ns": r.gc_ns, "wall_ns": r.wall_ns, "samples": r.samples, "warm_ns": r.warm_ns,
                 "warm_speed_ns": r.warm_speed_ns, "speed_ns": r.speed_ns, "functions": functions,
-                "stacks": _session.stacks_of(self._round_profile(r), limit=BASELINE_STACKS)}
+                "stacks": _session.stacks_of(rounds, limit=BASELINE_STACKS)}
 
     def _write_run(self) -> Optional[Path]:
         from ._run import write_run
@@ -1074,18 +1098,6 @@ def _stacks_by_name(source: Any) -> List[Tuple[Tuple[str, ...], int]]:
         names = [frame[0] for frame in source["frames"]]
         return [(tuple(names[i] for i in ids), int(w)) for ids, w in source["stacks"]]
     return [(tuple(f.function_name for f in s.frames), s.weight_ns) for s in source.samples]
-
-
-def _function_times_by_name(profile: Any) -> Tuple[Dict[str, int], Dict[str, int]]:
-    """Self and total time per function name (of a portable profile, whose names are unique)."""
-    self_ns: Dict[str, int] = defaultdict(int)
-    incl_ns: Dict[str, int] = defaultdict(int)
-    by_key_self, by_key_incl, _ = _session.function_times(profile)
-    for (name, _file), ns in by_key_self.items():
-        self_ns[name] += ns
-    for (name, _file), ns in by_key_incl.items():
-        incl_ns[name] += ns
-    return dict(self_ns), dict(incl_ns)
 
 
 def _short(path: str) -> str:

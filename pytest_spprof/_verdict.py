@@ -151,12 +151,13 @@ def could_regress(current: Sequence[int], baseline: Sequence[int], speed_ratio: 
     return statistics.median(now_rounds) >= statistics.median(then_rounds) * (1 + tolerance_pct / 100)
 
 
-def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,
+def looks_slower(cold_ns: int, baseline: Sequence[float], speed_ratio: float, tolerance_pct: float,
                  noise_floor_ns: int) -> bool:
     """Screening: the first call is slower than the slowest of the baseline's rounds (first call
-    and warm ones) by half the tolerance and the noise floor. Half: a regression of the
-    tolerance must not hide in first-call noise. The slowest round: a test whose rounds vary a
-    lot by themselves (Hypothesis draws new examples every round) is not re-run for nothing."""
+    and warm ones, each at the baseline's typical machine speed) by half the tolerance and the
+    noise floor. Half: a regression of the tolerance must not hide in first-call noise. The
+    slowest round: a test whose rounds vary by themselves (random inputs, caches that fill up)
+    is not re-run for nothing."""
     then = max(baseline) * speed_ratio
     return cold_ns > then * (1 + tolerance_pct / 200) and cold_ns - then > noise_floor_ns
 
@@ -183,14 +184,27 @@ def fold(stacks: Sequence[Stack], prefixes: set) -> List[Stack]:
     return list(out.items())
 
 
-def blame_path(baseline: Sequence[Tuple[Tuple[str, ...], int]], current: Sequence[Tuple[Tuple[str, ...], int]],
-               share: float = 0.8) -> Tuple[Tuple[str, ...], int]:
+def function_times(stacks: Sequence[Stack]) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """Self and total time per function name, of stacks (names root first, weight)."""
+    own: Dict[str, int] = defaultdict(int)
+    total: Dict[str, int] = defaultdict(int)
+    for names, weight in stacks:
+        if names:
+            own[names[-1]] += weight
+        for name in set(names):
+            total[name] += weight
+    return dict(own), dict(total)
+
+
+def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], share: float = 0.8,
+               own_growth: Optional[Dict[str, int]] = None) -> Tuple[Tuple[str, ...], int]:
     """Where a test's extra time went: the call path (root first) down which the growth runs,
     ending at the function blamed, and that growth (ns). From the root, follow the call that
     carries at least ``share`` of its caller's growth; where none does, the growth is in that
     function's own code, or in the own code of one function it reaches through several calls
     (then that function ends the path), or spread out. Stacks are (function names, root first;
-    weight)."""
+    weight). ``own_growth``: each function's self-time growth, when the stacks are folded (a
+    folded stack ends above its leaf, so the stacks alone would credit a caller with it)."""
     grown: Dict[Tuple[str, ...], int] = defaultdict(int)
     for stacks, sign in ((current, 1), (baseline, -1)):
         for names, weight in stacks:
@@ -207,14 +221,20 @@ def blame_path(baseline: Sequence[Tuple[Tuple[str, ...], int]], current: Sequenc
             break
         path, total = best, grown[best]
     # The growth may be one function's own code reached by several calls (a helper that three
-    # callers use): the function whose self time below ``path`` grew by ``share`` of it.
+    # callers use): the function whose self time below ``path`` grew by ``share`` of it, or by
+    # half of it and 3x any other function's (the rest is then spread thin: sampling noise, a
+    # little extra time in the callers).
     own: Dict[str, int] = defaultdict(int)
-    for stacks, sign in ((current, 1), (baseline, -1)):
-        for names, weight in stacks:
-            if names[: len(path)] == path and len(names) > len(path):
-                own[names[-1]] += sign * weight
+    if own_growth is not None:
+        own.update(own_growth)
+    else:
+        for stacks, sign in ((current, 1), (baseline, -1)):
+            for names, weight in stacks:
+                if names[: len(path)] == path and len(names) > len(path):
+                    own[names[-1]] += sign * weight
     if own and total > 0:
-        name, ns = max(own.items(), key=lambda kv: kv[1])
-        if ns >= share * total:
-            return path + (name,), ns
+        (name, ns), *rest = sorted(own.items(), key=lambda kv: -kv[1])
+        second = rest[0][1] if rest else 0
+        if ns >= share * total or (2 * ns >= total and ns >= 3 * second):
+            return (path if path and path[-1] == name else path + (name,)), ns
     return path, total

@@ -95,6 +95,25 @@ def test_blame_survives_a_baseline_that_kept_only_its_heaviest_stacks():
     assert path == ("test", "engine", "run", "work") and grown == 50_000
 
 
+def test_blame_finds_a_helper_whose_calls_were_folded_away():
+    # A Hypothesis test reaches the slowed helper through hundreds of call paths; folded into
+    # the kept paths, its stacks end above it, and only the functions' own times still show it.
+    before = [(("test", "engine", f"draw{i}", "helper"), 1_000) for i in range(400)]
+    now = [(("test", "engine", f"draw{i}", "helper"), 1_500) for i in range(400)]
+    kept = _verdict.fold(before, _verdict.heaviest_prefixes(before, 50))
+    paths = _verdict.heaviest_prefixes(kept, len(kept)) | _verdict.heaviest_prefixes(now, 50)
+    folded = _verdict.fold(now, paths)
+    assert _verdict.blame_path(kept, folded)[0][-1] == "engine"
+    own = {name: _verdict.function_times(now)[0].get(name, 0) - _verdict.function_times(before)[0].get(name, 0)
+           for name in ("engine", "helper")}
+    assert _verdict.blame_path(kept, folded, own_growth=own) == (("test", "engine", "helper"), 200_000)
+    # With a little noise in other functions (a sample or two more here and there), the helper
+    # still stands out: half of the growth and more than 3x any other function's.
+    noisy = {**own, "helper": 150_000, "engine": 40_000}
+    assert _verdict.blame_path(kept, folded, own_growth=noisy)[0][-1] == "helper"
+    assert _verdict.blame_path(kept, folded, own_growth={**noisy, "engine": 60_000})[0][-1] == "engine"
+
+
 def test_blame_follows_the_growth_down_the_call_path():
     base = [(("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
     # lib.tokenize's own code got slower.
@@ -103,6 +122,7 @@ def test_blame_follows_the_growth_down_the_call_path():
     # lib.parse's own code got slower: the growth stops there.
     cur = [(("test", "lib.parse"), 20), (("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
     assert _verdict.blame_path(base, cur) == (("test", "lib.parse"), 20)
+    assert _verdict.blame_path(base, cur, own_growth={"lib.parse": 20}) == (("test", "lib.parse"), 20)
     # Growth spread over two calls: the test is the last function that carries it.
     cur = [(("test", "lib.parse", "lib.tokenize"), 20), (("test", "lib.render"), 20)]
     assert _verdict.blame_path(base, cur) == (("test",), 20)
