@@ -242,6 +242,8 @@ class SpprofPlugin:
         self._results: Optional[_journal.Journal] = None
         self._baseline_file: Optional[_journal.Journal] = None
         self._sigterm_handler: Any = None
+        #: A test is being called again (see _run_again).
+        self._repeating = False
         #: Old-generation garbage collections, left out of the CPU times a regression verdict
         #: compares (see _gc_clock); only when there is a baseline to save or compare with.
         self.gc_clock: Optional[_gc_clock.OldGenerationClock] = None
@@ -418,9 +420,7 @@ class SpprofPlugin:
         before = _verdict.round_speed_ns()
         for _ in range(n):
             c0, gc0 = time.thread_time_ns(), self._gc_ns()
-            try:
-                item.runtest()
-            except BaseException:  # a repeat that fails says nothing about speed; stop repeating
+            if not self._run_again(item):
                 break
             times.append(time.thread_time_ns() - c0 - (self._gc_ns() - gc0))
             after = _verdict.round_speed_ns()
@@ -428,6 +428,26 @@ class SpprofPlugin:
             before = after
         result.warm_window = (m0, time.monotonic_ns(), len(times))
         return times, speeds
+
+    def _run_again(self, item: pytest.Item) -> bool:
+        """Call the test once more; False when it failed (a repeat that fails says nothing about
+        speed: stop repeating). Ctrl-C and pytest.exit still end the run. The reports made
+        meanwhile (a subtest's, which pytest makes as each subtest ends) are not new results:
+        this plugin does not judge them, and the terminal does not count them."""
+        self._repeating = True
+        try:
+            item.runtest()
+            return True
+        except (KeyboardInterrupt, pytest.exit.Exception):
+            raise
+        except BaseException:
+            return False
+        finally:
+            self._repeating = False
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> Optional[Tuple[str, str, str]]:
+        return ("", "", "") if self._repeating else None
 
     def _speed_now(self, max_age_s: float) -> int:
         """The machine-speed figure, measured again when the last one is older than ``max_age_s``
@@ -505,9 +525,7 @@ class SpprofPlugin:
         for _ in range(self.rounds - 1):
             m0, s0 = time.monotonic_ns(), self.sampler.collected()
             c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
-            try:
-                item.runtest()
-            except BaseException:  # a repeat that fails says nothing about speed; stop repeating
+            if not self._run_again(item):
                 break
             cpu, wall = time.thread_time_ns() - c0, time.perf_counter_ns() - w0
             result.rounds += 1
@@ -547,6 +565,8 @@ class SpprofPlugin:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: Any, call: Any) -> Any:
         outcome = yield
+        if self._repeating:
+            return
         rep = outcome.get_result()
         if call.when == "call":
             item.stash[_call_outcome_key] = rep.outcome if not hasattr(rep, "wasxfail") else "xfail"

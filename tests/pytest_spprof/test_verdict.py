@@ -267,3 +267,58 @@ def test_hypothesis_draws_the_same_examples_in_every_round_when_a_baseline_is_in
     out, seeded = calls("--spprof-save-baseline=base.json", "--hypothesis-seed=7")
     assert "Hypothesis runs with" not in out
     assert all(r == seeded[0] for r in seeded) and seeded[0] != rounds[0]
+
+
+SUBTESTS_SUITE = """
+import unittest
+
+class Cases(unittest.TestCase):
+    def test_many(self):
+        for n in range(3):
+            with self.subTest(n=n):
+                self.assertEqual(n, n)
+"""
+
+COUNT_RESULTS = """
+import os
+
+def pytest_spprof_result(item, result):
+    with open(os.environ["RESULTS"], "a") as f:
+        f.write(item.nodeid + "\\n")
+"""
+
+
+def test_a_test_called_again_is_judged_and_counted_once(pytester, monkeypatch):
+    # pytest reports each subtest as it ends, through the same hooks as a test: the warm rounds'
+    # repeats were judged again per subtest (a checkpoint and a baseline entry each), and the
+    # terminal counted their subtests 5 times.
+    pytester.makepyfile(SUBTESTS_SUITE)
+    pytester.makeconftest(COUNT_RESULTS)
+    results = pytester.path / "results.txt"
+    monkeypatch.setenv("RESULTS", str(results))
+    result = run(pytester, "--spprof-save-baseline=base.json")
+    result.assert_outcomes(passed=1)
+    assert results.read_text().splitlines() == [f"{pytester.path.name[:-1]}.py::Cases::test_many"]
+    (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
+    (entry,) = env["tests"].values()
+    assert len(entry["warm_ns"]) == _verdict.ROUNDS - 1
+    if "subtests passed" in result.stdout.str():  # pytest >= 9 reports subtests
+        assert "3 subtests passed" in result.stdout.str()
+
+
+def test_ctrl_c_in_a_warm_round_ends_the_run(pytester):
+    pytester.makepyfile("""
+import os, signal
+calls = []
+
+def test_interrupted_in_its_second_call():
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+
+def test_never_reached():
+    pass
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--spprof-save-baseline=base.json")
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    assert "test_never_reached" not in (pytester.path / ".spprof" / "results.json").read_text()
