@@ -12,10 +12,12 @@ For a suite (the package's sdist, downloaded with pip, its tests run against its
    CPU-bound process competes for the cores). Every flagged test is a false alarm;
 3. ``--detect`` compare runs (serial) after slowing one library function: a loop is inserted at
    the top of its body, sized so that it adds at least 25 % to the first call of half the tests
-   of 20 ms or more that call it. The tests it really slowed by 25 % or more are found from warm
-   rounds: a baseline is recorded on the slowed code and compared, round by round at the machine
-   speed measured around each, with the unchanged one. Detection is the share of those tests
-   that are flagged, and whether the function blamed first (the culprit) is the slowed one.
+   of 20 ms or more that call it (or by ``--loops``: first calls are noisy, and the sizing
+   settled on 4,000 iterations in one run and 64,000 in another). The tests it really slowed by
+   25 % or more are found from warm rounds: a baseline is recorded on the slowed code and
+   compared, round by round at the machine speed measured around each, with the unchanged one.
+   Detection is the share of those tests that are flagged, and whether the function blamed
+   first (the culprit) is the slowed one.
 
 Every figure is printed with the command line that produced it; nothing is asserted.
 """
@@ -170,6 +172,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--modes", default="serial,xdist,loaded")
     ap.add_argument("--detect", type=int, default=10)
+    ap.add_argument("--loops", type=int, default=0,
+                    help="the slowdown's loop iterations per call (default: sized as below, from first calls)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix=f"spprof-verdicts-{args.suite}-"))
     suite = Suite(args.suite, work)
@@ -204,8 +208,8 @@ def main() -> int:
     if args.detect:
         target, callers, path, qualname = slow_down(suite, baseline, 20_000_000)
         original = path.read_text()
-        loops = 1000
-        while True:  # size the slowdown: half the callers gain 25 % or more
+        loops = args.loops or 1000
+        while not args.loops:  # size the slowdown: half the callers gain 25 % or more
             patch(path, qualname, loops, original)
             _, tests, _ = suite.compare("serial")
             gains = {t: tests[t]["cpu_ns"] / baseline[t]["cpu_ns"] - 1 for t in callers if t in tests}

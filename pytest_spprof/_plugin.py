@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import statistics
 import threading
 import time
 import warnings
@@ -193,23 +192,16 @@ class SpprofPlugin:
         self.save_baseline = self._path(default_baseline if save_bl == "" else save_bl)
         self.compare_path = self._path(default_baseline if compare == "" else compare)
         self.baseline: Dict[str, _baseline.Entry] = {}
-        #: The machine-speed figure (see _verdict.machine_speed_ns) typical of the baseline, and
-        #: this run's latest one with when it was taken (monotonic ns), and all of this run's.
+        #: The machine-speed figure (see _verdict.machine_speed_ns) of the baseline, and this run's
+        #: latest one with when it was taken (monotonic ns).
         self.baseline_speed_ns: Optional[int] = None
-        #: The median of the baseline's per-round speeds (see _verdict.round_speed_ns).
-        self.baseline_round_speed_ns: Optional[float] = None
         self._speed: Tuple[int, int] = (0, 0)
-        self._speed_figures: List[int] = []
         if self.compare_path is not None:
             try:
                 env = _baseline.environment(_baseline.load(self.compare_path, True))
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
-            self.baseline = _baseline.entries(env.get("tests", {}))
-            figures = [e.speed_ns for e in self.baseline.values() if e.speed_ns]
-            self.baseline_speed_ns = statistics.median(figures) if figures else env.get("speed_ns")
-            round_speeds = [ns for e in self.baseline.values() for ns in e.warm_speed_ns]
-            self.baseline_round_speed_ns = statistics.median(round_speeds) if round_speeds else None
+            self.baseline, self.baseline_speed_ns = _baseline.entries(env.get("tests", {})), env.get("speed_ns")
         if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
             try:
                 _baseline.load(self.save_baseline, False)
@@ -456,23 +448,15 @@ class SpprofPlugin:
         now = time.monotonic_ns()
         if not value or now - at > max_age_s * 1e9:
             self._speed = (_verdict.machine_speed_ns(), now)
-            self._speed_figures.append(self._speed[0])
         return self._speed[0]
 
     def _speed_ratio(self, then: Optional[int] = None, max_age_s: float = 2.0) -> float:
-        """How much slower this machine is than when the baseline was saved (1 when it is not
-        slower): a figure taken now over a test's ``then``; without ``then``, the median of
-        this run's figures over the median of the baseline's. The medians screen first calls: a
-        single figure read the machine as up to 1.64x slower for a moment, and the screening
-        then missed tests that had really slowed by 40-60 %. Only slowness is corrected: a
-        figure that reads faster than the baseline's (a cold first measurement, load that came
-        and went while the baseline was saved) turned noise into alarms, by up to 48 %."""
-        if then:
-            now = self._speed_now(max_age_s)
-        else:
-            self._speed_now(max_age_s)
-            then, now = self.baseline_speed_ns, statistics.median(self._speed_figures)
-        return max(1.0, now / then) if then else 1.0
+        """This machine's speed figure now over ``then`` (a test's, else the baseline's), when
+        it is slower now; else 1. Only slowness is corrected: a figure that reads faster than
+        the baseline's (a cold first measurement, load that came and went while the baseline was
+        saved) would otherwise turn noise into alarms, which it did, by up to 48 %."""
+        then = then or self.baseline_speed_ns
+        return max(1.0, self._speed_now(max_age_s) / then) if then else 1.0
 
     def _confirm(self, item: Any, r: SpprofResult) -> None:
         """A test whose baseline has warm rounds is judged by screening and, when its first call
@@ -481,15 +465,8 @@ class SpprofPlugin:
         if entry is None or len(entry.warm_ns) < 3:
             return
         r.confirmed = True
-        then = [entry.cpu_ns - entry.gc_ns, *entry.warm_ns]
-        if self._speeds(entry, []) is not None and self.baseline_round_speed_ns:
-            # The baseline's rounds at its typical speed: a round saved in a slow moment of the
-            # machine (up to 1.4x) had hidden real regressions. The first call's speed is that
-            # measured right after it, before the first warm round.
-            speeds = [entry.warm_speed_ns[0], *entry.warm_speed_ns]
-            then = _verdict.normalised(then, speeds, self.baseline_round_speed_ns)
-        if not _verdict.looks_slower(r.cpu_ns - r.gc_ns, then, self._speed_ratio(), self.tolerance_pct,
-                                     self.noise_floor_ns):
+        if not _verdict.looks_slower(r.cpu_ns - r.gc_ns, (entry.cpu_ns - entry.gc_ns, *entry.warm_ns),
+                                     self._speed_ratio(entry.speed_ns), self.tolerance_pct, self.noise_floor_ns):
             return
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.
@@ -515,9 +492,8 @@ class SpprofPlugin:
 
     @staticmethod
     def _speeds(entry: _baseline.Entry, current: List[int]) -> Optional[_verdict.Speeds]:
-        """Per-round speeds to compare with, when the baseline recorded them (format 2 files
-        saved before they were recorded have none)."""
-        return (current, entry.warm_speed_ns) if len(entry.warm_speed_ns) == len(entry.warm_ns) > 0 else None
+        """Per-round speeds to compare with, when the baseline recorded them."""
+        return (current, entry.warm_speed_ns) if entry.has_round_speeds else None
 
     def _more_rounds(self, item: Any, result: SpprofResult) -> None:
         # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).

@@ -151,13 +151,12 @@ def could_regress(current: Sequence[int], baseline: Sequence[int], speed_ratio: 
     return statistics.median(now_rounds) >= statistics.median(then_rounds) * (1 + tolerance_pct / 100)
 
 
-def looks_slower(cold_ns: int, baseline: Sequence[float], speed_ratio: float, tolerance_pct: float,
+def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,
                  noise_floor_ns: int) -> bool:
     """Screening: the first call is slower than the slowest of the baseline's rounds (first call
-    and warm ones, each at the baseline's typical machine speed) by half the tolerance and the
-    noise floor. Half: a regression of the tolerance must not hide in first-call noise. The
-    slowest round: a test whose rounds vary by themselves (random inputs, caches that fill up)
-    is not re-run for nothing."""
+    and warm ones) by half the tolerance and the noise floor. Half: a regression of the
+    tolerance must not hide in first-call noise. The slowest round: a test whose rounds vary by
+    themselves (random inputs, caches that fill up) is not re-run for nothing."""
     then = max(baseline) * speed_ratio
     return cold_ns > then * (1 + tolerance_pct / 200) and cold_ns - then > noise_floor_ns
 
