@@ -3,9 +3,9 @@
 A collection of generation 1 or 2 (or, from 3.14, an increment of the old generation) costs in
 proportion to the objects that *earlier* tests and imports left alive, and it falls in whichever
 test happens to cross the allocation threshold. Measured on 27 Hypothesis tests of attrs' suite
-(6 rounds each, the slowest over the fastest): 1.15-2.56 as they were, 1.05-1.44 with
-Hypothesis' examples fixed (see _plugin), 1.03-1.22 without this time as well. So the
-regression verdict compares CPU times without it; budgets and reports keep the full CPU time.
+with --hypothesis-seed=0 (6 rounds each, the slowest over the fastest): 1.05-1.44, and 1.03-1.22
+without this time. So the regression verdict compares CPU times without it; budgets and reports
+keep the full CPU time.
 """
 
 from __future__ import annotations

@@ -983,14 +983,6 @@ class SpprofPlugin:
         return [(fn, _short(file), round(100.0 * ns / total, 1)) for (fn, file), ns in
                 sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]] if total else []
 
-    def pytest_report_header(self, config: Any) -> Optional[str]:
-        from . import HYPOTHESIS_SEED, seeded_hypothesis_key
-
-        if config.stash.get(seeded_hypothesis_key, False):
-            return (f"spprof: Hypothesis runs with --hypothesis-seed={HYPOTHESIS_SEED}, so that every round "
-                    "and run tests the same examples (pass your own seed to change it)")
-        return None
-
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
         if not self.results:

@@ -219,56 +219,6 @@ def test_the_verdict_leaves_old_generation_collections_out(pytester):
     assert max(entry["warm_ns"]) * 5 < entry["gc_ns"]
 
 
-HYPOTHESIS_SUITE = """
-import os
-from hypothesis import given, settings, strategies as st
-
-@settings(max_examples=20, database=None)
-@given(st.lists(st.integers()))
-def test_draws(xs):
-    with open(os.environ["DRAWS"], "a") as f:
-        f.write(repr(xs) + "\\n")
-"""
-
-
-# Every call of the test function, warm rounds included, goes through pytest_pyfunc_call.
-ROUND_MARKER = """
-import os
-import pytest
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_pyfunc_call(pyfuncitem):
-    with open(os.environ["DRAWS"], "a") as f:
-        f.write("round\\n")
-    yield
-"""
-
-
-def test_hypothesis_draws_the_same_examples_in_every_round_when_a_baseline_is_involved(pytester, monkeypatch):
-    pytest.importorskip("hypothesis")
-    pytester.makepyfile(HYPOTHESIS_SUITE)
-    pytester.makeconftest(ROUND_MARKER)
-    draws = pytester.path / "draws.txt"
-    monkeypatch.setenv("DRAWS", str(draws))
-
-    def calls(*args):
-        draws.unlink(missing_ok=True)
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
-        result.assert_outcomes(passed=1)
-        return result.stdout.str(), draws.read_text().split("round\n")[1:]
-
-    out, rounds = calls("--spprof-save-baseline=base.json")
-    assert "Hypothesis runs with --hypothesis-seed=0" in out
-    assert len(rounds) == _verdict.ROUNDS and all(r == rounds[0] for r in rounds)
-    # In a compare run too, and the same examples as the baseline's.
-    out, again = calls("--spprof-compare=base.json")
-    assert again[0] == rounds[0]
-    # The user's own seed wins, and is not announced as spprof's.
-    out, seeded = calls("--spprof-save-baseline=base.json", "--hypothesis-seed=7")
-    assert "Hypothesis runs with" not in out
-    assert all(r == seeded[0] for r in seeded) and seeded[0] != rounds[0]
-
-
 SUBTESTS_SUITE = """
 import unittest
 
