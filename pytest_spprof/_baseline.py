@@ -6,15 +6,13 @@ Format (JSON, written without indentation)::
      "environments": {"cpython-3.12": {"saved": "2025-...", "platform": "Linux-x86_64",
          "speed_ns": 1500000,
          "tests": {"tests/test_x.py::test_a": {
-             "cpu_ns": 1234, "gc_ns": 0, "wall_ns": 2345, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
+             "cpu_ns": 1234, "wall_ns": 2345, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
              "speed_ns": 1510000, "warm_speed_ns": [1480000, 1495000, 1470000, 1502000],
              "functions": [[qualified name, self_ns, total_ns], ...],
              "stacks": {"frames": [[qualified name, relative file, line], ...],
                         "stacks": [[[frame ids, root first], weight_ns], ...]}}}}}}
 
-``cpu_ns`` is the test's first call and ``gc_ns`` the old-generation garbage collections in it,
-``warm_ns`` the rounds that followed it, without such collections (see ``_verdict``,
-``_gc_clock``; in files saved before ``gc_ns`` was recorded, ``warm_ns`` includes them),
+``cpu_ns`` is the test's first call, ``warm_ns`` the rounds that followed it (see ``_verdict``),
 ``speed_ns`` the machine's speed figure when they ran (the environment's: at the end), and
 ``warm_speed_ns`` the speed around each warm round (absent from older files). Functions are
 module-qualified names (``pkg.mod.Class.method``) and files are relative to where
@@ -106,8 +104,7 @@ def _count(value: Any) -> bool:
 
 
 def _valid_entry(entry: Any) -> bool:
-    if not (isinstance(entry, dict) and _count(entry.get("cpu_ns")) and _count(entry.get("wall_ns"))
-            and _count(entry.get("gc_ns", 0)) and entry.get("gc_ns", 0) <= entry["cpu_ns"]):
+    if not (isinstance(entry, dict) and _count(entry.get("cpu_ns")) and _count(entry.get("wall_ns"))):
         return False
     for key in ("warm_ns", "warm_speed_ns"):
         rounds = entry.get(key, [])
@@ -128,8 +125,6 @@ class Entry(NamedTuple):
     slower, and they were flagged)."""
 
     cpu_ns: int
-    #: Old-generation garbage collections in ``cpu_ns`` (0 in older files).
-    gc_ns: int
     warm_ns: Tuple[int, ...]
     #: The machine-speed figure when the test's rounds ran (0: unknown, use the environment's).
     speed_ns: int
@@ -151,7 +146,7 @@ class Entry(NamedTuple):
 
 
 def entries(tests: Dict[str, Any]) -> Dict[str, Entry]:
-    return {test: Entry(e["cpu_ns"], e.get("gc_ns", 0), tuple(e.get("warm_ns", ())), e.get("speed_ns") or 0,
+    return {test: Entry(e["cpu_ns"], tuple(e.get("warm_ns", ())), e.get("speed_ns") or 0,
                         tuple(e.get("warm_speed_ns", ())),
                         json.dumps({"functions": e["functions"], "stacks": e.get("stacks")}))
             for test, e in tests.items()}

@@ -19,7 +19,7 @@ import pytest
 from spprof._api import MAX_INTERVAL_MS, check_interval_ms
 from spprof._paths import check_writable
 
-from . import _baseline, _gc_clock, _journal, _session, _verdict
+from . import _baseline, _journal, _session, _verdict
 from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse_time_ns
 
 #: The least growth of a test's warm rounds that is a regression (an effect-size floor on top of
@@ -70,11 +70,7 @@ class SpprofResult:
     regression: Optional[str] = None
     #: The function blamed first for a regression, and the time it gained (ns).
     culprit: Optional[Tuple[str, int]] = None
-    #: CPU time of old-generation garbage collections in ``cpu_ns`` (see _gc_clock), measured
-    #: when there is a baseline: the regression verdict leaves it out.
-    gc_ns: int = 0
-    #: Warm rounds run when a baseline is saved (CPU ns each, without old-generation garbage
-    #: collections), and the machine-speed figure then.
+    #: Warm rounds run when a baseline is saved (CPU ns each), and the machine-speed figure then.
     warm_ns: List[int] = field(default_factory=list)
     speed_ns: Optional[int] = None
     #: The speed of the machine around each warm round (see _verdict.round_speed_ns).
@@ -94,7 +90,7 @@ class SpprofResult:
     #: Who allocated in the test (a memory profile), kept when a memory budget is broken.
     _allocations: Any = field(default=None, repr=False)
 
-    _RECORDED = ("cpu_ns", "gc_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "peak_memory_bytes",
+    _RECORDED = ("cpu_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "peak_memory_bytes",
                  "outcome", "baseline_cpu_ns", "rounds", "regression", "culprit", "problems", "files", "hottest")
 
     def record(self) -> Dict[str, Any]:
@@ -236,12 +232,6 @@ class SpprofPlugin:
         self._sigterm_handler: Any = None
         #: A test is being called again (see _run_again).
         self._repeating = False
-        #: Old-generation garbage collections, left out of the CPU times a regression verdict
-        #: compares (see _gc_clock); only when there is a baseline to save or compare with.
-        self.gc_clock: Optional[_gc_clock.OldGenerationClock] = None
-        if self.save_baseline is not None or self.compare_path is not None:
-            self.gc_clock = _gc_clock.OldGenerationClock()
-            self.gc_clock.install()
 
     def _int(self, opt: str, ini: str, default: int, minimum: int = 0) -> int:
         value = _opt(self.config, opt, ini)
@@ -316,10 +306,7 @@ class SpprofPlugin:
         if self.memprof is not None and budget is not None and budget.watches_memory():
             mem0 = self._heap(start=True)
         self._open[item.nodeid] = (time.monotonic_ns(), time.perf_counter_ns(), time.thread_time_ns(),
-                                   self.sampler.collected(), mem0, self._gc_ns())
-
-    def _gc_ns(self) -> int:
-        return self.gc_clock.ns if self.gc_clock is not None else 0
+                                   self.sampler.collected(), mem0)
 
     def _heap(self, start: bool) -> Optional[Tuple[int, int]]:
         """The estimated live heap and its high-water mark since the test started (``start``:
@@ -342,15 +329,14 @@ class SpprofPlugin:
         opened = self._open.pop(item.nodeid, None)
         if opened is None:
             return None
-        m0, w0, c0, s0, mem0, gc0 = opened
+        m0, w0, c0, s0, mem0 = opened
         cpu = time.thread_time_ns() - c0
-        gc_ns = self._gc_ns() - gc0
         wall = time.perf_counter_ns() - w0
         t1 = time.monotonic_ns()
         stopped = self.sampler.lost()
         result = SpprofResult(item.nodeid, cpu_ns=cpu, wall_ns=wall,
                               samples=max(0, self.sampler.collected() - s0), t0=m0, t1=t1,
-                              thread_id=threading.get_native_id(), gc_ns=gc_ns)
+                              thread_id=threading.get_native_id())
         if stopped:
             result.problems.append(STOPPED_PROFILER)
         if mem0 is not None and self.memprof is not None:
@@ -403,18 +389,17 @@ class SpprofPlugin:
         self._record_properties(item, result)
 
     def _warm_rounds(self, item: Any, result: SpprofResult, n: int) -> Tuple[List[int], List[int]]:
-        """Run the test's call ``n`` more times; the CPU time of each round that passed (without
-        old-generation garbage collections, see _gc_clock), and the machine's speed around it
-        (the faster of the calibration runs before and after it). Their samples
-        (``result.warm_window``) give the blame of a regression more to go on."""
+        """Run the test's call ``n`` more times; the CPU time of each round that passed, and the
+        machine's speed around it (the faster of the calibration runs before and after it).
+        Their samples (``result.warm_window``) give the blame of a regression more to go on."""
         times, speeds = [], []
         m0 = time.monotonic_ns()
         before = _verdict.round_speed_ns()
         for _ in range(n):
-            c0, gc0 = time.thread_time_ns(), self._gc_ns()
+            c0 = time.thread_time_ns()
             if not self._run_again(item):
                 break
-            times.append(time.thread_time_ns() - c0 - (self._gc_ns() - gc0))
+            times.append(time.thread_time_ns() - c0)
             after = _verdict.round_speed_ns()
             speeds.append(min(before, after))
             before = after
@@ -465,7 +450,7 @@ class SpprofPlugin:
         if entry is None or len(entry.warm_ns) < 3:
             return
         r.confirmed = True
-        if not _verdict.looks_slower(r.cpu_ns - r.gc_ns, (entry.cpu_ns - entry.gc_ns, *entry.warm_ns),
+        if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns),
                                      self._speed_ratio(entry.speed_ns), self.tolerance_pct, self.noise_floor_ns):
             return
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
@@ -901,7 +886,7 @@ class SpprofPlugin:
         rounds = self._round_profile(r)
         self_ns, incl = _verdict.function_times(_stacks_by_name(rounds))
         functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
-        return {"cpu_ns": r.cpu_ns, "gc_ns": r.gc_ns, "wall_ns": r.wall_ns, "samples": r.samples, "warm_ns": r.warm_ns,
+        return {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples, "warm_ns": r.warm_ns,
                 "warm_speed_ns": r.warm_speed_ns, "speed_ns": r.speed_ns, "functions": functions,
                 "stacks": _session.stacks_of(rounds, limit=BASELINE_STACKS)}
 
@@ -1065,8 +1050,6 @@ class SpprofPlugin:
 
     def pytest_unconfigure(self, config: Any) -> None:
         self.sampler.finish()  # an interrupted run must not leave the sampler running
-        if self.gc_clock is not None:
-            self.gc_clock.remove()
         for journal in (self._results, self._baseline_file):
             # Saving the baseline compacted its journal by path; the file object is still open.
             if journal is not None:
