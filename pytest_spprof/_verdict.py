@@ -220,9 +220,9 @@ def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], share: float
             break
         path, total = best, grown[best]
     # The growth may be one function's own code reached by several calls (a helper that three
-    # callers use): the function whose self time below ``path`` grew by ``share`` of it, or by
-    # half of it and 3x any other function's (the rest is then spread thin: sampling noise, a
-    # little extra time in the callers).
+    # callers use): the function whose self time (below ``path``; in the whole test with
+    # ``own_growth``) grew by ``share`` of it, or by half of it and 3x any other function's (the
+    # rest is then spread thin: sampling noise, a little extra time in the callers).
     own: Dict[str, int] = defaultdict(int)
     if own_growth is not None:
         own.update(own_growth)
