@@ -133,11 +133,6 @@ class Entry(NamedTuple):
     #: JSON of {"functions": ..., "stacks": ...}, parsed only to explain a regression.
     detail: str
 
-    @property
-    def has_round_speeds(self) -> bool:
-        """Each warm round has its speed (files saved before they were recorded have none)."""
-        return len(self.warm_speed_ns) == len(self.warm_ns) > 0
-
     def functions(self) -> Any:
         return json.loads(self.detail)["functions"]
 

@@ -450,8 +450,8 @@ class SpprofPlugin:
         if entry is None or len(entry.warm_ns) < 3:
             return
         r.confirmed = True
-        if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns),
-                                     self._speed_ratio(entry.speed_ns), self.tolerance_pct, self.noise_floor_ns):
+        if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns), self._speed_ratio(entry.speed_ns),
+                                     self.tolerance_pct, self.noise_floor_ns):
             return
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.
@@ -477,8 +477,9 @@ class SpprofPlugin:
 
     @staticmethod
     def _speeds(entry: _baseline.Entry, current: List[int]) -> Optional[_verdict.Speeds]:
-        """Per-round speeds to compare with, when the baseline recorded them."""
-        return (current, entry.warm_speed_ns) if entry.has_round_speeds else None
+        """Per-round speeds to compare with, when the baseline recorded them (format 2 files
+        saved before they were recorded have none)."""
+        return (current, entry.warm_speed_ns) if len(entry.warm_speed_ns) == len(entry.warm_ns) > 0 else None
 
     def _more_rounds(self, item: Any, result: SpprofResult) -> None:
         # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).
@@ -689,7 +690,7 @@ class SpprofPlugin:
         before = _stacks_by_name(stacks)
         paths = _verdict.heaviest_prefixes(before, len(before)) | _verdict.heaviest_prefixes(now, BASELINE_STACKS)
         own_growth = {name: cur_self.get(name, 0) - old.get(name, (0, 0))[0] for name in set(cur_self) | set(old)}
-        path, gained = _verdict.blame_path(before, _verdict.fold(now, paths), own_growth=own_growth)
+        path, gained = _verdict.blame_path(before, _verdict.fold(now, paths), own_growth)
         if path:
             r.culprit = (path[-1], gained)
             shown = " → ".join(path[-4:]) if len(path) <= 4 else "… → " + " → ".join(path[-3:])

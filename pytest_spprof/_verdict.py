@@ -195,15 +195,15 @@ def function_times(stacks: Sequence[Stack]) -> Tuple[Dict[str, int], Dict[str, i
     return dict(own), dict(total)
 
 
-def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], share: float = 0.8,
-               own_growth: Optional[Dict[str, int]] = None) -> Tuple[Tuple[str, ...], int]:
+def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], own_growth: Dict[str, int],
+               share: float = 0.8) -> Tuple[Tuple[str, ...], int]:
     """Where a test's extra time went: the call path (root first) down which the growth runs,
     ending at the function blamed, and that growth (ns). From the root, follow the call that
     carries at least ``share`` of its caller's growth; where none does, the growth is in that
     function's own code, or in the own code of one function it reaches through several calls
     (then that function ends the path), or spread out. Stacks are (function names, root first;
-    weight). ``own_growth``: each function's self-time growth, when the stacks are folded (a
-    folded stack ends above its leaf, so the stacks alone would credit a caller with it)."""
+    weight), possibly folded; ``own_growth`` is each function's self-time growth, from stacks
+    that are not (a folded stack ends above its leaf: its leaves would credit a caller)."""
     grown: Dict[Tuple[str, ...], int] = defaultdict(int)
     for stacks, sign in ((current, 1), (baseline, -1)):
         for names, weight in stacks:
@@ -220,19 +220,11 @@ def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], share: float
             break
         path, total = best, grown[best]
     # The growth may be one function's own code reached by several calls (a helper that three
-    # callers use): the function whose self time (below ``path``; in the whole test with
-    # ``own_growth``) grew by ``share`` of it, or by half of it and 3x any other function's (the
-    # rest is then spread thin: sampling noise, a little extra time in the callers).
-    own: Dict[str, int] = defaultdict(int)
-    if own_growth is not None:
-        own.update(own_growth)
-    else:
-        for stacks, sign in ((current, 1), (baseline, -1)):
-            for names, weight in stacks:
-                if names[: len(path)] == path and len(names) > len(path):
-                    own[names[-1]] += sign * weight
-    if own and total > 0:
-        (name, ns), *rest = sorted(own.items(), key=lambda kv: -kv[1])
+    # callers use): the function whose self time grew by ``share`` of it, or by half of it and
+    # 3x any other function's (the rest is then spread thin: sampling noise, a little extra time
+    # in the callers).
+    if own_growth and total > 0:
+        (name, ns), *rest = sorted(own_growth.items(), key=lambda kv: -kv[1])
         second = rest[0][1] if rest else 0
         if ns >= share * total or (2 * ns >= total and ns >= 3 * second):
             return (path if path and path[-1] == name else path + (name,)), ns

@@ -77,6 +77,17 @@ def test_judge_compares_each_round_at_the_machine_speed_measured_around_it():
     assert not _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (slow_speed[:2], base_speed))
 
 
+def own_growth(before, now):
+    """Each function's self-time growth, from the leaves of ``before`` and ``now``."""
+    then, current = _verdict.function_times(before)[0], _verdict.function_times(now)[0]
+    return {name: current.get(name, 0) - then.get(name, 0) for name in set(then) | set(current)}
+
+
+def blame(before, now, unfolded=None):
+    """Blame, with own times from ``unfolded`` (before, now) stacks, else from the ones given."""
+    return _verdict.blame_path(before, now, own_growth(*(unfolded or (before, now))))
+
+
 def test_blame_survives_a_baseline_that_kept_only_its_heaviest_stacks():
     # A Hypothesis test has thousands of small stacks; the baseline keeps 200. Cut off, the
     # others looked like growth in the current run, and blame stopped at the engine above them.
@@ -84,11 +95,11 @@ def test_blame_survives_a_baseline_that_kept_only_its_heaviest_stacks():
     before = many + [(("test", "engine", "run", "work"), 100_000)]
     now = many + [(("test", "engine", "run", "work"), 150_000)]
     truncated = sorted(before, key=lambda s: -s[1])[:200]
-    assert _verdict.blame_path(truncated, now)[0][-1] == "engine"
+    assert blame(truncated, now)[0][-1] == "engine"
     kept = _verdict.fold(before, _verdict.heaviest_prefixes(before, 200))
     assert sum(w for _, w in kept) == sum(w for _, w in before) and len(kept) <= 202
     paths = _verdict.heaviest_prefixes(kept, len(kept)) | _verdict.heaviest_prefixes(now, 200)
-    path, grown = _verdict.blame_path(kept, _verdict.fold(now, paths))
+    path, grown = blame(kept, _verdict.fold(now, paths), unfolded=(before, now))
     assert path == ("test", "engine", "run", "work") and grown == 50_000
 
 
@@ -100,33 +111,31 @@ def test_blame_finds_a_helper_whose_calls_were_folded_away():
     kept = _verdict.fold(before, _verdict.heaviest_prefixes(before, 50))
     paths = _verdict.heaviest_prefixes(kept, len(kept)) | _verdict.heaviest_prefixes(now, 50)
     folded = _verdict.fold(now, paths)
-    assert _verdict.blame_path(kept, folded)[0][-1] == "engine"
-    own = {name: _verdict.function_times(now)[0].get(name, 0) - _verdict.function_times(before)[0].get(name, 0)
-           for name in ("engine", "helper")}
-    assert _verdict.blame_path(kept, folded, own_growth=own) == (("test", "engine", "helper"), 200_000)
+    assert blame(kept, folded)[0][-1] == "engine"  # own times from the folded stacks: lost
+    own = own_growth(before, now)
+    assert _verdict.blame_path(kept, folded, own) == (("test", "engine", "helper"), 200_000)
     # With a little noise in other functions (a sample or two more here and there), the helper
     # still stands out: half of the growth and more than 3x any other function's.
     noisy = {**own, "helper": 150_000, "engine": 40_000}
-    assert _verdict.blame_path(kept, folded, own_growth=noisy)[0][-1] == "helper"
-    assert _verdict.blame_path(kept, folded, own_growth={**noisy, "engine": 60_000})[0][-1] == "engine"
+    assert _verdict.blame_path(kept, folded, noisy)[0][-1] == "helper"
+    assert _verdict.blame_path(kept, folded, {**noisy, "engine": 60_000})[0][-1] == "engine"
 
 
 def test_blame_follows_the_growth_down_the_call_path():
     base = [(("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
     # lib.tokenize's own code got slower.
     cur = [(("test", "lib.parse", "lib.tokenize"), 30), (("test", "lib.render"), 10)]
-    assert _verdict.blame_path(base, cur) == (("test", "lib.parse", "lib.tokenize"), 20)
+    assert blame(base, cur) == (("test", "lib.parse", "lib.tokenize"), 20)
     # lib.parse's own code got slower: the growth stops there.
     cur = [(("test", "lib.parse"), 20), (("test", "lib.parse", "lib.tokenize"), 10), (("test", "lib.render"), 10)]
-    assert _verdict.blame_path(base, cur) == (("test", "lib.parse"), 20)
-    assert _verdict.blame_path(base, cur, own_growth={"lib.parse": 20}) == (("test", "lib.parse"), 20)
+    assert blame(base, cur) == (("test", "lib.parse"), 20)
     # Growth spread over two calls: the test is the last function that carries it.
     cur = [(("test", "lib.parse", "lib.tokenize"), 20), (("test", "lib.render"), 20)]
-    assert _verdict.blame_path(base, cur) == (("test",), 20)
+    assert blame(base, cur) == (("test",), 20)
     # One helper's own code, reached through two callers: the helper is blamed.
     base = [(("test", "lib.parse", "lib.compile"), 10), (("test", "lib.render", "lib.compile"), 10)]
     cur = [(("test", "lib.parse", "lib.compile"), 20), (("test", "lib.render", "lib.compile"), 20)]
-    assert _verdict.blame_path(base, cur) == (("test", "lib.compile"), 20)
+    assert blame(base, cur) == (("test", "lib.compile"), 20)
 
 
 SUITE = """
