@@ -379,7 +379,9 @@ class SpprofPlugin:
         result = self._end(item)
         if result is None:
             return
-        if outcome.excinfo is None:
+        # A unittest.TestCase keeps its failures and skips on the item (``_excinfo``) until its
+        # report is made: the call raised nothing, but the test did not pass either.
+        if outcome.excinfo is None and not getattr(item, "_excinfo", None):
             if self.save_baseline is not None:
                 result.speed_ns = self._speed_now(max_age_s=2.0)
                 result.warm_ns, result.warm_speed_ns = self._warm_rounds(item, result, _verdict.ROUNDS - 1)

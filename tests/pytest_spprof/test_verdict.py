@@ -218,6 +218,30 @@ def test_a_test_called_again_is_judged_and_counted_once(pytester, monkeypatch):
         assert "3 subtests passed" in result.stdout.str()
 
 
+def test_a_unittest_case_that_did_not_pass_is_not_called_again(pytester):
+    # unittest's failures and skips are kept on the item until the report: the call raises
+    # nothing, and the repeats had added a second skip (and failure) to the report.
+    pytester.makepyfile("""
+import unittest
+
+class Cases(unittest.TestCase):
+    @unittest.skipIf(True, "never here")
+    def test_skipped(self):
+        pass
+
+    def test_failing(self):
+        self.fail("no")
+
+    def test_passing(self):
+        pass
+""")
+    result = run(pytester, "--spprof-save-baseline=base.json", "-rs")
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    assert "SKIPPED [1]" in result.stdout.str()
+    (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
+    assert [test.rsplit("::", 1)[1] for test in env["tests"]] == ["test_passing"]
+
+
 def test_ctrl_c_in_a_warm_round_ends_the_run(pytester):
     pytester.makepyfile("""
 import os, signal
