@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import statistics
 import threading
 import time
 import warnings
@@ -198,11 +199,22 @@ class SpprofPlugin:
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
             self.baseline, self.baseline_speed_ns = _baseline.entries(env.get("tests", {})), env.get("speed_ns")
+        #: How much the baseline's tests typically vary between processes (see _verdict.spread_floor),
+        #: and its recordings' largest shift in pace (see _verdict.run_pace).
+        self.typical_spread = _verdict.typical_spread(e.recordings for e in self.baseline.values())
+        self.pace_limit = math.exp(max(map(abs, env.get("shifts", [])), default=0.0)) if self.baseline else 1.0
+        #: Log ratios of this process's first calls to the baseline's (see _verdict.run_pace).
+        self._pace_shifts: List[float] = []
+        #: The tests' recordings in the baseline being saved, before this run adds its own.
+        self._earlier: Dict[str, Tuple[float, ...]] = {}
+        #: Which recording of most tests the saved baseline now holds (1: the first).
+        self.recording = 1
         if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
             try:
-                _baseline.load(self.save_baseline, False)
+                before = _baseline.environment(_baseline.load(self.save_baseline, False)).get("tests", {})
             except _baseline.BaselineError as exc:
                 raise _usage(str(exc)) from None
+            self._earlier = {test: rec for test, e in before.items() if (rec := _baseline.recordings(e))}
         # Outputs that could not be written fail now, not after the run.
         outputs = [(self.dir, "--spprof-dir", True), (self.save_baseline, "--spprof-save-baseline", False),
                    (self._path(self.markdown), "--spprof-markdown", False)]
@@ -452,15 +464,25 @@ class SpprofPlugin:
         if entry is None or len(entry.warm_ns) < 3:
             return
         r.confirmed = True
+        pace = _verdict.run_pace(self._pace_shifts, self.pace_limit)
+        if entry.speed_ns and entry.cpu_ns and r.cpu_ns >= 1_000_000:
+            now, then = r.cpu_ns / self._speed_now(max_age_s=2.0), entry.cpu_ns / entry.speed_ns
+            self._pace_shifts.append(math.log(now / then))
         if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns), self._speed_ratio(entry.speed_ns),
-                                     self.tolerance_pct, self.noise_floor_ns):
+                                     self.tolerance_pct, self.noise_floor_ns, pace):
             return
+        # The baseline at the mean of its recordings (geometric), and how far unchanged code
+        # moves from it between processes.
+        center = (math.exp(statistics.fmean(map(math.log, entry.recordings))) / entry.recordings[-1]
+                  if entry.recordings else 1.0)
+        baseline = [ns * center for ns in entry.warm_ns]
+        floor = _verdict.spread_floor(entry.recordings, self.typical_spread) if entry.recordings else None
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.
         ratio = self._speed_ratio(entry.speed_ns, max_age_s=0)
         current, speeds = self._warm_rounds(item, r, 2)
-        if len(current) == 2 and not _verdict.could_regress(current, entry.warm_ns, ratio, self.tolerance_pct,
-                                                            self._speeds(entry, speeds)):
+        if len(current) == 2 and not _verdict.could_regress(current, baseline, ratio, self.tolerance_pct,
+                                                            self._speeds(entry, speeds), pace, floor):
             r.rounds += 2
             return
         if len(current) == 2:
@@ -473,8 +495,8 @@ class SpprofPlugin:
         # the slower of the two counting (under pytest-xdist the other worker's load changes
         # within the rounds, and one figure taken in a quiet moment before them missed it).
         ratio = max(ratio, self._speed_ratio(entry.speed_ns, max_age_s=0))
-        verdict = _verdict.judge(current, entry.warm_ns, ratio, self.tolerance_pct, self.noise_floor_ns,
-                                 "the test's call", self._speeds(entry, speeds))
+        verdict = _verdict.judge(current, baseline, ratio, self.tolerance_pct, self.noise_floor_ns,
+                                 "the test's call", self._speeds(entry, speeds), pace, floor)
         r.regression = verdict.evidence if verdict.regressed else None
 
     @staticmethod
@@ -955,8 +977,11 @@ class SpprofPlugin:
             self._results_journal.remove()  # compacted into results.json
         if self.save_baseline is not None:
             path = self.save_baseline
-            self._output(str(path), lambda: _baseline.save(path, _baseline.load(path, False), baseline_tests,
-                                                           self._speed_now(max_age_s=2.0)))
+            tests, shift = _baseline.with_earlier(self._earlier, baseline_tests)
+            counts = sorted(len(e.get("earlier", ())) + 1 for e in tests.values())
+            self.recording = counts[len(counts) // 2] if counts else 1
+            self._output(str(path), lambda: _baseline.save(path, _baseline.load(path, False), tests,
+                                                           self._speed_now(max_age_s=2.0), shift))
         if self.compare_path is not None:
             self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
         markdown = self._path(self.markdown)
@@ -970,6 +995,14 @@ class SpprofPlugin:
         self_ns, _, total = _session.function_times(self.profile_of(r))
         return [(fn, _short(file), round(100.0 * ns / total, 1)) for (fn, file), ns in
                 sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]] if total else []
+
+    def pytest_report_header(self, config: Any) -> Optional[str]:
+        from . import HYPOTHESIS_SEED, seeded_hypothesis_key
+
+        if config.stash.get(seeded_hypothesis_key, False):
+            return (f"spprof: Hypothesis runs with --hypothesis-seed={HYPOTHESIS_SEED}, so that every round "
+                    "and run tests the same examples (pass your own seed to change it)")
+        return None
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -999,8 +1032,13 @@ class SpprofPlugin:
         if self.compare_path is not None:
             tr.write_line(f"compared with the baseline {self.compare_path} "
                           f"({_baseline.environment_key()}); {len(self.new_tests)} test(s) not in it")
+            if self.baseline and self.typical_spread is None:
+                tr.write_line(f"the baseline holds one recording per test: record it {_baseline.RECORDINGS - 1} "
+                              "more times (run --spprof-save-baseline again) so that verdicts allow for how much "
+                              "each test's time moves between runs")
         if self.save_baseline is not None and not any(str(self.save_baseline) in e for e in self.output_errors):
-            tr.write_line(f"baseline saved: {self.save_baseline}")
+            tr.write_line(f"baseline saved: {self.save_baseline} (recording {self.recording} of the "
+                          f"{_baseline.RECORDINGS} each test keeps)")
         for error in self.output_errors:
             tr.write_line(f"spprof {error}", red=True)
         if self.dropped:

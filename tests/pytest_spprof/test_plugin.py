@@ -259,6 +259,10 @@ def test_work():
      '{"cpu_ns": 1, "wall_ns": 1, "functions": [["a"]]}}}}}', "damaged"),
     ('{"format": "spprof-pytest-baseline", "version": 2, "environments": {"x": {"tests": {"t": '
      '{"cpu_ns": -4009762740, "wall_ns": 1, "functions": []}}}}}', "damaged"),
+    ('{"format": "spprof-pytest-baseline", "version": 2, "environments": {"x": {"tests": {"t": '
+     '{"cpu_ns": 1, "wall_ns": 1, "functions": [], "earlier": [0.5, -1]}}}}}', "damaged"),
+    ('{"format": "spprof-pytest-baseline", "version": 2, "environments": {"x": {"shifts": ["fast"], '
+     '"tests": {}}}}', "the shifts of 'x' are not numbers"),
     ("[" * 100_000 + "]" * 100_000, "cannot read the spprof baseline"),
 ])
 def test_bad_baseline_is_usage_error(pytester, content, message):

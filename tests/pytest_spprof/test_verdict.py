@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from math import comb
 
 import pytest
 from test_plugin import run
 
-from pytest_spprof import _verdict
+from pytest_spprof import _baseline, _verdict
 
 
 def brute_force_p(current, baseline):
@@ -75,6 +76,52 @@ def test_judge_compares_each_round_at_the_machine_speed_measured_around_it():
     assert verdict.regressed and "+46% with each round at the baseline's machine speed" in verdict.evidence
     assert _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (same_speed[:2], base_speed))
     assert not _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (slow_speed[:2], base_speed))
+
+
+def test_a_test_is_judged_against_how_much_it_moves_between_processes():
+    base = [100_000_000, 101_000_000, 99_000_000, 100_500_000]
+    slower = [125_000_000, 126_000_000, 124_000_000, 125_500_000, 125_200_000]
+    # Recorded once: nothing is known of the spread, the tolerance alone decides.
+    assert _verdict.spread_floor([0.70], None) is None
+    assert _verdict.judge(slower, base, 1.0, 15, 2_000_000, "x").regressed
+    # A test that moved by 20 % between recordings needs far more than +25 %.
+    floor = _verdict.spread_floor([0.60, 0.75, 0.66], typical=0.05)
+    assert 0.3 < floor < 0.8
+    verdict = _verdict.judge(slower, base, 1.0, 15, 2_000_000, "x", floor=floor)
+    assert not verdict.regressed and f"it moves by up to {floor * 100:.0f}% between runs" in verdict.evidence
+    # A steady test, in a suite whose tests typically move by 4 %: +25 % is a regression.
+    steady = _verdict.spread_floor([0.700, 0.705, 0.698], typical=0.04)
+    assert steady < 0.25 and _verdict.judge(slower, base, 1.0, 15, 2_000_000, "x", floor=steady).regressed
+    # One recording of its own: the suite's typical spread stands in, and the baseline's median
+    # is as rough as the new one's.
+    assert _verdict.spread_floor([0.7], typical=0.04) == pytest.approx(math.exp(3 * 0.04 * math.sqrt(2)) - 1)
+    assert _verdict.typical_spread([[0.7], [1.0, 1.1], [2.0, 2.0, 2.0], [3.0, 3.3, 3.6]]) == pytest.approx(
+        _verdict._log_sd([1.0, 1.1]), rel=0.2)
+    assert _verdict.typical_spread([[0.7], [0.8]]) is None
+
+
+def test_the_runs_pace_takes_out_a_process_that_is_slower_as_a_whole():
+    # A whole process 12 % slower at the same calibration speed (+-3 % per test).
+    shifts = [math.log(1.12) + 0.03 * math.sin(i) for i in range(_verdict.PACE_TESTS)]
+    assert _verdict.run_pace(shifts[:-1], 1.2) == 1.0  # too few tests yet
+    pace = _verdict.run_pace(shifts, 1.2)
+    assert pace == pytest.approx(1.12, rel=0.02)
+    base = [100_000_000, 101_000_000, 99_000_000, 100_500_000]
+    moved = [113_000_000, 112_500_000, 112_000_000, 113_500_000, 112_800_000]
+    assert _verdict.judge(moved, base, 1.0, 10, 2_000_000, "x").regressed
+    verdict = _verdict.judge(moved, base, 1.0, 10, 2_000_000, "x", pace=pace)
+    assert not verdict.regressed and "the run's pace (×0.89)" in verdict.evidence
+    # A process that runs faster is not corrected: that would make alarms of noise.
+    assert _verdict.run_pace([-x for x in shifts], 1.2) == 1.0
+    # Nor by more than the baseline's own recordings moved: most of the suite may have regressed.
+    assert _verdict.run_pace([x * 3 for x in shifts], 1.2) == 1.2
+
+
+def test_screening_re_runs_a_first_call_past_every_baseline_round():
+    baseline = [295_000_000, 308_000_000, 305_000_000, 330_000_000, 304_000_000]
+    assert _verdict.looks_slower(442_000_000, baseline, 1.0, 15, 2_000_000)
+    assert not _verdict.looks_slower(350_000_000, baseline, 1.0, 15, 2_000_000)  # within 7.5 % of 330
+    assert not _verdict.looks_slower(442_000_000, baseline, 1.0, 15, 2_000_000, pace=1.5)
 
 
 def own_growth(before, now):
@@ -179,6 +226,97 @@ def test_a_regression_is_judged_on_warm_rounds_and_blamed(pytester, monkeypatch)
     assert "explains 1 regressed test" in out
     assert 'name="spprof_culprit"' in (pytester.path / "junit.xml").read_text()
     assert "| culprit | regressed tests | time gained |" in (pytester.path / "summary.md").read_text()
+
+
+def entry(units, speed=1_000_000):
+    """A baseline entry whose warm rounds take ``units`` of the calibration workload."""
+    return {"cpu_ns": 1, "wall_ns": 1, "functions": [], "warm_ns": [int(units * speed)] * 4,
+            "warm_speed_ns": [speed] * 4}
+
+
+def test_a_baseline_keeps_earlier_recordings_at_the_new_ones_pace():
+    tests = [f"t{i}" for i in range(_baseline.PACE_TESTS)]
+    before = {t: (1.0 + i,) for i, t in enumerate(tests)}
+    # The new process ran every test 10 % slower, and t0 5 % more on its own.
+    new = {t: entry((1.0 + i) * 1.1 * (1.05 if i == 0 else 1)) for i, t in enumerate(tests)}
+    new["fresh"] = entry(2.0)  # a new test has no earlier recordings
+    merged, shift = _baseline.with_earlier(before, new)
+    assert shift == pytest.approx(math.log(1.1))
+    assert merged["t1"]["earlier"] == [pytest.approx(2.2)]
+    assert _baseline.recordings(merged["t0"]) == (pytest.approx(1.1), pytest.approx(1.155))
+    assert "earlier" not in merged["fresh"]
+    # Too few tests in both to tell the pace from the tests' own moves: none is taken out.
+    one = {"t1": entry(2.2)}
+    assert _baseline.with_earlier({"t1": (2.0,)}, one) == ({"t1": {**one["t1"], "earlier": [2.0]}}, None)
+    # At most RECORDINGS in all; one 2x away is kept (a test with two modes shows them).
+    merged, _ = _baseline.with_earlier({"t1": (4.1, 2.0, 2.1)}, {"t1": entry(2.0)})
+    assert merged["t1"]["earlier"] == [2.0, 2.1] and _baseline.RECORDINGS == 3
+    merged, _ = _baseline.with_earlier({"t1": (2.0, 4.1)}, {"t1": entry(2.0)})
+    assert merged["t1"]["earlier"] == [2.0, 4.1]
+
+
+def test_saving_a_baseline_again_adds_a_recording(pytester):
+    pytester.makepyfile(SUITE)
+    run(pytester, "--spprof-save-baseline=base.json").stdout.fnmatch_lines(
+        ["*baseline saved: *base.json (recording 1 of the 3 each test keeps)"])
+    result = run(pytester, "--spprof-compare=base.json")
+    result.stdout.fnmatch_lines(["*the baseline holds one recording per test: record it 2 more times*"])
+    for n in (2, 3, 3):
+        run(pytester, "--spprof-save-baseline=base.json").stdout.fnmatch_lines([f"*(recording {n} of the 3*"])
+    (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
+    steady = env["tests"]["test_saving_a_baseline_again_adds_a_recording.py::test_steady[0]"]
+    assert len(steady["earlier"]) == 2 and all(u > 0 for u in steady["earlier"])
+    assert "holds one recording" not in run(pytester, "--spprof-compare=base.json").stdout.str()
+
+
+HYPOTHESIS_SUITE = """
+import os
+from hypothesis import given, settings, strategies as st
+
+@settings(max_examples=20, database=None)
+@given(st.lists(st.integers()))
+def test_draws(xs):
+    with open(os.environ["DRAWS"], "a") as f:
+        f.write(repr(xs) + "\\n")
+"""
+
+
+# Every call of the test function, warm rounds included, goes through pytest_pyfunc_call.
+ROUND_MARKER = """
+import os
+import pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    with open(os.environ["DRAWS"], "a") as f:
+        f.write("round\\n")
+    yield
+"""
+
+
+def test_hypothesis_draws_the_same_examples_in_every_round_when_a_baseline_is_involved(pytester, monkeypatch):
+    pytest.importorskip("hypothesis")
+    pytester.makepyfile(HYPOTHESIS_SUITE)
+    pytester.makeconftest(ROUND_MARKER)
+    draws = pytester.path / "draws.txt"
+    monkeypatch.setenv("DRAWS", str(draws))
+
+    def calls(*args):
+        draws.unlink(missing_ok=True)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+        result.assert_outcomes(passed=1)
+        return result.stdout.str(), draws.read_text().split("round\n")[1:]
+
+    out, rounds = calls("--spprof-save-baseline=base.json")
+    assert "Hypothesis runs with --hypothesis-seed=0" in out
+    assert len(rounds) == _verdict.ROUNDS and all(r == rounds[0] for r in rounds)
+    # In a compare run too, and the same examples as the baseline's.
+    out, again = calls("--spprof-compare=base.json")
+    assert again[0] == rounds[0]
+    # The user's own seed wins, and is not announced as spprof's.
+    out, seeded = calls("--spprof-save-baseline=base.json", "--hypothesis-seed=7")
+    assert "Hypothesis runs with" not in out
+    assert all(r == seeded[0] for r in seeded) and seeded[0] != rounds[0]
 
 
 SUBTESTS_SUITE = """
