@@ -46,7 +46,7 @@ VERSION = 2
 #: seen only across processes, never in the rounds of one.
 RECORDINGS = 3
 #: Tests both recordings need before the newer one's pace can be told from its tests' own moves.
-PACE_TESTS = 20
+SHARED_TESTS = 20
 
 
 def environment_key() -> str:
@@ -204,7 +204,7 @@ def with_earlier(before: Dict[str, Tuple[float, ...]], tests: Dict[str, Any]) ->
     is each test's own variation between processes, which the verdict allows for."""
     now = {test: units(entry) for test, entry in tests.items()}
     shifts = [math.log(own / before[test][-1]) for test, own in now.items() if own and before.get(test)]
-    shift = statistics.median(shifts) if len(shifts) >= PACE_TESTS else None
+    shift = statistics.median(shifts) if len(shifts) >= SHARED_TESTS else None
     pace = math.exp(shift or 0.0)
     out = {}
     for test, entry in tests.items():

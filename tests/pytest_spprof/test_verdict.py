@@ -235,7 +235,7 @@ def entry(units, speed=1_000_000):
 
 
 def test_a_baseline_keeps_earlier_recordings_at_the_new_ones_pace():
-    tests = [f"t{i}" for i in range(_baseline.PACE_TESTS)]
+    tests = [f"t{i}" for i in range(_baseline.SHARED_TESTS)]
     before = {t: (1.0 + i,) for i, t in enumerate(tests)}
     # The new process ran every test 10 % slower, and t0 5 % more on its own.
     new = {t: entry((1.0 + i) * 1.1 * (1.05 if i == 0 else 1)) for i, t in enumerate(tests)}
