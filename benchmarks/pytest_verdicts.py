@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pytest_spprof._baseline import units  # a test's warm rounds, each over the machine speed around it
+
 SUITES = {
     # name: (pip requirement, extra test dependencies, pytest arguments)
     "more-itertools": ("more-itertools==10.5.0", [], ["tests"]),
@@ -95,14 +97,6 @@ class Suite:
         tests = json.loads((self.out / "results.json").read_text())["tests"]
         flagged = {k: v for k, v in tests.items() if v["problems"]}
         return elapsed, tests, flagged
-
-
-def warm(entry):
-    """A baseline entry's warm rounds, each divided by the machine speed around it (median)."""
-    rounds, speeds = entry.get("warm_ns", []), entry.get("warm_speed_ns", [])
-    if not rounds or len(speeds) != len(rounds):
-        return 0
-    return statistics.median(ns / speed for ns, speed in zip(rounds, speeds))
 
 
 def spread(values):
@@ -230,8 +224,8 @@ def main() -> int:
         slowed_path = work / "slowed.json"
         suite.run([f"--spprof-save-baseline={slowed_path}", f"--spprof-dir={suite.out}", "--spprof-save=none"])
         slowed = next(iter(json.loads(slowed_path.read_text())["environments"].values()))["tests"]
-        ratios = {t: warm(slowed[t]) / warm(baseline[t]) for t in slowed
-                  if t in baseline and warm(baseline[t]) and warm(slowed[t])}
+        ratios = {t: units(slowed[t]) / units(baseline[t]) for t in slowed
+                  if t in baseline and units(baseline[t]) and units(slowed[t])}
         # The pace of that recording: from the tests of 5 ms or more that do not call the slowed
         # function (most attrs tests create classes, so most call it, shorter ones unsampled).
         untouched = [r for t, r in ratios.items() if statistics.median(baseline[t]["warm_ns"]) >= 5_000_000

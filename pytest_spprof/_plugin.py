@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import statistics
 import threading
 import time
 import warnings
@@ -471,11 +470,9 @@ class SpprofPlugin:
         if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns), self._speed_ratio(entry.speed_ns),
                                      self.tolerance_pct, self.noise_floor_ns, pace):
             return
-        # The baseline at the mean of its recordings (geometric), and how far unchanged code
-        # moves from it between processes.
-        center = (math.exp(statistics.fmean(map(math.log, entry.recordings))) / entry.recordings[-1]
-                  if entry.recordings else 1.0)
-        baseline = [ns * center for ns in entry.warm_ns]
+        # The baseline at the mean of its recordings, and how far unchanged code moves from it
+        # between processes.
+        baseline = _verdict.at_recordings_mean(entry.warm_ns, entry.recordings)
         floor = _verdict.spread_floor(entry.recordings, self.typical_spread) if entry.recordings else None
         # Two rounds first: most suspects of the screening are first-call noise, which two warm
         # rounds at the baseline's pace clear; the rest get the rounds the test needs.

@@ -170,6 +170,15 @@ def spread_floor(recordings: Sequence[float], typical: Optional[float]) -> Optio
     return math.exp(SPREAD_Z * math.sqrt(variance * (1 + 1 / max(1, k)))) - 1
 
 
+def at_recordings_mean(rounds: Sequence[int], recordings: Sequence[float]) -> List[float]:
+    """A baseline's rounds (those of its last recording) scaled to the geometric mean of all its
+    ``recordings``: the figure a verdict compares with."""
+    if not recordings:
+        return list(rounds)
+    scale = math.exp(statistics.fmean(map(math.log, recordings))) / recordings[-1]
+    return [ns * scale for ns in rounds]
+
+
 def _comparable(current: Sequence[int], baseline: Sequence[int], speed_ratio: float,
                 speeds: Optional[Speeds], pace: float = 1.0) -> Tuple[List[float], List[float], float]:
     """The rounds in the same units: with per-round ``speeds`` (current's, baseline's), each
