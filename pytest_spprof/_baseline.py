@@ -148,6 +148,8 @@ class Entry(NamedTuple):
     slower, and they were flagged)."""
 
     cpu_ns: int
+    #: The first call's wall time (0: not recorded).
+    wall_ns: int
     warm_ns: Tuple[int, ...]
     #: The machine-speed figure when the test's rounds ran (0: unknown, use the environment's).
     speed_ns: int
@@ -159,6 +161,11 @@ class Entry(NamedTuple):
     #: JSON of {"functions": ..., "stacks": ...}, parsed only to explain a regression.
     detail: str
 
+    def waits(self) -> float:
+        """The first call's wall time over its CPU time (1 when unknown): see
+        ``_verdict.least_growth_ns``."""
+        return self.wall_ns / self.cpu_ns if self.wall_ns > self.cpu_ns > 0 else 1.0
+
     def functions(self) -> Any:
         return json.loads(self.detail)["functions"]
 
@@ -167,7 +174,7 @@ class Entry(NamedTuple):
 
 
 def entries(tests: Dict[str, Any]) -> Dict[str, Entry]:
-    return {test: Entry(e["cpu_ns"], tuple(e.get("warm_ns", ())), e.get("speed_ns") or 0,
+    return {test: Entry(e["cpu_ns"], e["wall_ns"], tuple(e.get("warm_ns", ())), e.get("speed_ns") or 0,
                         tuple(e.get("warm_speed_ns", ())), recordings(e),
                         json.dumps({"functions": e["functions"], "stacks": e.get("stacks")}))
             for test, e in tests.items()}

@@ -468,7 +468,7 @@ class SpprofPlugin:
             now, then = r.cpu_ns / self._speed_now(max_age_s=2.0), entry.cpu_ns / entry.speed_ns
             self._pace_shifts.append(math.log(now / then))
         if not _verdict.looks_slower(r.cpu_ns, (entry.cpu_ns, *entry.warm_ns), self._speed_ratio(entry.speed_ns),
-                                     self.tolerance_pct, self.noise_floor_ns, pace):
+                                     self.tolerance_pct, self.noise_floor_ns, pace, entry.waits()):
             return
         # The baseline at the mean of its recordings, and how far unchanged code moves from it
         # between processes.
@@ -493,7 +493,7 @@ class SpprofPlugin:
         # within the rounds, and one figure taken in a quiet moment before them missed it).
         ratio = max(ratio, self._speed_ratio(entry.speed_ns, max_age_s=0))
         verdict = _verdict.judge(current, baseline, ratio, self.tolerance_pct, self.noise_floor_ns,
-                                 "the test's call", self._speeds(entry, speeds), pace, floor)
+                                 "the test's call", self._speeds(entry, speeds), pace, floor, entry.waits())
         r.regression = verdict.evidence if verdict.regressed else None
 
     @staticmethod

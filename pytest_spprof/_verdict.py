@@ -179,6 +179,17 @@ def at_recordings_mean(rounds: Sequence[int], recordings: Sequence[float]) -> Li
     return [ns * scale for ns in rounds]
 
 
+def least_growth_ns(then_ns: float, waits: float, tolerance_pct: float, noise_floor_ns: int) -> float:
+    """The least CPU a regression must add to a test whose time was ``then_ns``: the noise floor,
+    and the tolerance of the test's whole duration, ``waits`` times its CPU (its wall time over
+    its CPU time in the baseline's first call). For a test that computes, that is the tolerance
+    again. A test that mostly waits (on a thread, a sleep, I/O: more-itertools'
+    ``callback_iter`` and ``time_limited`` tests take 22-88x their CPU in wall time) spends CPU
+    that follows how what it waits for is scheduled: 1.4 ms in three recordings, 3.2 ms in a
+    run on a loaded machine. A growth that small against its duration is not one to fail on."""
+    return max(noise_floor_ns, then_ns * max(1.0, waits) * tolerance_pct / 100)
+
+
 def _comparable(current: Sequence[int], baseline: Sequence[int], speed_ratio: float,
                 speeds: Optional[Speeds], pace: float = 1.0) -> Tuple[List[float], List[float], float]:
     """The rounds in the same units: with per-round ``speeds`` (current's, baseline's), each
@@ -194,23 +205,26 @@ def _comparable(current: Sequence[int], baseline: Sequence[int], speed_ratio: fl
 
 def judge(current: Sequence[int], baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,
           noise_floor_ns: int, what: str, speeds: Optional[Speeds] = None, pace: float = 1.0,
-          floor: Optional[float] = None) -> Verdict:
+          floor: Optional[float] = None, waits: float = 1.0) -> Verdict:
     """Compare warm rounds ``current`` with the baseline's: each at the same machine speed with
     per-round ``speeds`` (current's, baseline's), else the baseline scaled by ``speed_ratio``
     (its machine speed now over then: > 1 when this machine is slower now), and at the
     baseline's ``pace`` (see run_pace). The growth must pass the tolerance and the test's
-    between-process ``floor`` (see spread_floor)."""
+    between-process ``floor`` (see spread_floor), and add what ``least_growth_ns`` asks."""
     now_rounds, then_rounds, ratio = _comparable(current, baseline, speed_ratio, speeds, pace)
     now, then = statistics.median(now_rounds), statistics.median(then_rounds)
     growth = now / then - 1 if then else float("inf")
     p = mann_whitney_greater(now_rounds, then_rounds)
     needed = max(tolerance_pct / 100, floor or 0.0)
-    regressed = p < ALPHA and growth >= needed and now - then >= noise_floor_ns
+    least = least_growth_ns(then, waits, tolerance_pct, noise_floor_ns)
+    regressed = p < ALPHA and growth >= needed and now - then >= least
     p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
     how = "each round at the baseline's machine speed" if speeds is not None else "the baseline scaled"
     if pace > 1:
         how += f" and the run's pace (×{1 / pace:.2f})"
     limit = f"; it moves by up to {floor * 100:.0f}% between runs" if needed == floor else ""
+    if waits >= 2:
+        limit += f"; it waits {1 - 1 / waits:.0%} of its time, of which a regression must add {tolerance_pct:g}%"
     evidence = (f"CPU {fmt_ns(statistics.median(current))} vs. {fmt_ns(statistics.median(baseline))} "
                 f"({what}: median of {len(current)} warm rounds vs. {len(baseline)} in the baseline; "
                 f"{growth * 100:+.0f}% with {how}, {p_text}{limit}; machine speed ×{1 / ratio:.2f})")
@@ -228,17 +242,18 @@ def could_regress(current: Sequence[int], baseline: Sequence[int], speed_ratio: 
 
 
 def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,
-                 noise_floor_ns: int, pace: float = 1.0) -> bool:
+                 noise_floor_ns: int, pace: float = 1.0, waits: float = 1.0) -> bool:
     """Screening: the first call is slower than the slowest of the baseline's rounds (first call
-    and warm ones) by half the tolerance and the noise floor. Half: a regression of the
-    tolerance must not hide in first-call noise. The slowest round: a test whose rounds vary by
+    and warm ones) by half the tolerance and ``least_growth_ns`` at half the tolerance. Half: a
+    regression of the tolerance must not hide in first-call noise. The slowest round: a test whose rounds vary by
     themselves (caches that fill up) is not re-run for nothing, and neither is one that a
     parallel run slows by itself: against the second slowest, three memory-heavy
     more-itertools tests, 80 % slower under ``-n 2`` than in a serial baseline, were flagged in
     every ``-n 2`` run. The cost: one baseline round caught by a collection or a busy moment (a
     416 ms round among four of 295-308) hides a slowed attrs test's +40 % first call."""
     then = max(baseline) * speed_ratio * pace
-    return cold_ns > then * (1 + tolerance_pct / 200) and cold_ns - then > noise_floor_ns
+    return (cold_ns > then * (1 + tolerance_pct / 200)
+            and cold_ns - then > least_growth_ns(then, waits, tolerance_pct / 2, noise_floor_ns))
 
 
 Stack = Tuple[Tuple[str, ...], int]

@@ -124,6 +124,43 @@ def test_screening_re_runs_a_first_call_past_every_baseline_round():
     assert not _verdict.looks_slower(442_000_000, baseline, 1.0, 15, 2_000_000, pace=1.5)
 
 
+def test_a_test_that_mostly_waits_must_grow_by_the_tolerance_of_its_duration():
+    base = [1_400_000, 1_450_000, 1_380_000, 1_420_000]  # 1.4 ms of CPU in a 210 ms test
+    doubled = [3_200_000, 3_100_000, 3_300_000, 3_250_000, 3_150_000]
+    assert _verdict.judge(doubled, base, 1.0, 15, 1_000_000, "x").regressed
+    verdict = _verdict.judge(doubled, base, 1.0, 15, 1_000_000, "x", waits=150)
+    assert not verdict.regressed and "it waits 99% of its time, of which a regression must add 15%" in verdict.evidence
+    assert not _verdict.looks_slower(3_200_000, base, 1.0, 15, 1_000_000, waits=150)
+    # What it computes still counts: +40 ms is 19 % of its duration.
+    assert _verdict.judge([b + 40_000_000 for b in doubled], base, 1.0, 15, 1_000_000, "x", waits=150).regressed
+    # A test that computes needs what it needed before.
+    assert _verdict.least_growth_ns(100_000_000, 1.004, 15, 2_000_000) == pytest.approx(15_060_000)
+
+
+WAITING_SUITE = """
+import os, time
+
+def work():
+    return sum(i * i for i in range(int(os.environ.get("WORK", "50000"))))
+
+def test_waits():
+    work()
+    time.sleep(0.1)
+
+def test_computes():
+    work()
+"""
+
+
+def test_a_test_that_mostly_waits_is_not_flagged_for_cpu_its_duration_does_not_feel(pytester, monkeypatch):
+    pytester.makepyfile(WAITING_SUITE)
+    run(pytester, "--spprof-save-baseline=base.json").assert_outcomes(passed=2)
+    monkeypatch.setenv("WORK", "250000")  # 5x the CPU: some ms more, in a test of 100 ms
+    result = run(pytester, "--spprof-compare=base.json", "--spprof-tolerance=100")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "_ test_computes _" in result.stdout.str()
+
+
 def own_growth(before, now):
     """Each function's self-time growth, from the leaves of ``before`` and ``now``."""
     then, current = _verdict.function_times(before)[0], _verdict.function_times(now)[0]
