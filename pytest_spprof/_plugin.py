@@ -416,7 +416,11 @@ class SpprofPlugin:
             after = _verdict.round_speed_ns()
             speeds.append(min(before, after))
             before = after
-        result.warm_window = (m0, time.monotonic_ns(), len(times))
+        if result.warm_window is not None:  # more rounds of the same test: one window
+            m0, done = result.warm_window[0], result.warm_window[2]
+        else:
+            done = 0
+        result.warm_window = (m0, time.monotonic_ns(), done + len(times))
         return times, speeds
 
     def _run_again(self, item: pytest.Item) -> bool:
@@ -474,20 +478,24 @@ class SpprofPlugin:
         # between processes.
         baseline = _verdict.at_recordings_mean(entry.warm_ns, entry.recordings)
         floor = _verdict.spread_floor(entry.recordings, self.typical_spread) if entry.recordings else None
-        # Two rounds first: most suspects of the screening are first-call noise, which two warm
-        # rounds at the baseline's pace clear; the rest get the rounds the test needs.
+        # Most suspects of the screening are first-call noise, which a warm round or two clear;
+        # the rest get the rounds the test needs.
         ratio = self._speed_ratio(entry.speed_ns, max_age_s=0)
-        current, speeds = self._warm_rounds(item, r, 2)
-        if len(current) == 2 and not _verdict.could_regress(current, baseline, ratio, self.tolerance_pct,
-                                                            self._speeds(entry, speeds), pace, floor):
-            r.rounds += 2
-            return
-        if len(current) == 2:
-            more, more_speeds = self._warm_rounds(item, r, _verdict.ROUNDS - len(current))
+        current: List[int] = []
+        speeds: List[int] = []
+        cleared = False
+        for total, share in (*_verdict.GATES, (_verdict.ROUNDS, None)):
+            more, more_speeds = self._warm_rounds(item, r, total - len(current))
             current, speeds = current + more, speeds + more_speeds
+            if len(current) < total:
+                break  # a repeat failed
+            cleared = share is not None and not _verdict.could_regress(
+                current, baseline, ratio, self.tolerance_pct, self._speeds(entry, speeds), pace, floor, share)
+            if cleared:
+                break
         r.rounds += len(current)
-        if len(current) < 3:
-            return  # the repeats failed: no evidence either way, no verdict
+        if cleared or len(current) < 3:
+            return  # not slower; or the repeats failed: no evidence either way, no verdict
         # Without per-round speeds in the baseline: the machine's speed again after the rounds,
         # the slower of the two counting (under pytest-xdist the other worker's load changes
         # within the rounds, and one figure taken in a quiet moment before them missed it).

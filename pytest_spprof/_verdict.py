@@ -8,7 +8,8 @@ machine's speed measured in the same run:
 
 1. screening: the first call's CPU, against the slowest of the baseline's rounds; only a test
    that looks slower by half the tolerance and the noise floor goes on (nothing is re-run);
-2. confirmation: the call runs ``rounds`` more times; the test regressed when its warm rounds
+2. confirmation: the call runs ``rounds`` more times (stopping early at the ``GATES``
+   when the first rounds are clearly not slower); the test regressed when its warm rounds
    are slower than the baseline's by a one-sided Mann-Whitney U test at ``alpha``, *and* their
    median grew by at least the tolerance, the noise floor and what the test's time moves by
    between processes (an effect-size floor: a small but consistent change is not a regression
@@ -231,14 +232,23 @@ def judge(current: Sequence[int], baseline: Sequence[int], speed_ratio: float, t
     return Verdict(regressed, evidence, growth, p)
 
 
+#: The gates a suspect of the screening passes before it gets all its ROUNDS: after this many
+#: warm rounds, their median must be past this share of the growth a regression needs. Most
+#: suspects are first-call noise, which one warm round clears (a re-run attrs Hypothesis test
+#: costs a second per round); half the growth leaves a slowed test's single round room for its
+#: round-to-round noise (10 %), and two rounds past all of it make the five worth running.
+GATES = ((1, 0.5), (2, 1.0))
+
+
 def could_regress(current: Sequence[int], baseline: Sequence[int], speed_ratio: float,
                   tolerance_pct: float, speeds: Optional[Speeds] = None, pace: float = 1.0,
-                  floor: Optional[float] = None) -> bool:
-    """After a first few warm rounds: is their median past the tolerance and the floor? If not,
-    more rounds could not make a regression of it (the verdict needs the median past them)."""
+                  floor: Optional[float] = None, share: float = 1.0) -> bool:
+    """After a first few warm rounds: is their median past ``share`` of the growth a regression
+    needs (the tolerance and the floor)? If not, more rounds are unlikely to make a regression
+    of it (the verdict needs the median past all of it)."""
     now_rounds, then_rounds, _ = _comparable(current, baseline, speed_ratio, speeds, pace)
     needed = max(tolerance_pct / 100, floor or 0.0)
-    return statistics.median(now_rounds) >= statistics.median(then_rounds) * (1 + needed)
+    return statistics.median(now_rounds) >= statistics.median(then_rounds) * (1 + share * needed)
 
 
 def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tolerance_pct: float,

@@ -76,6 +76,9 @@ def test_judge_compares_each_round_at_the_machine_speed_measured_around_it():
     assert verdict.regressed and "+46% with each round at the baseline's machine speed" in verdict.evidence
     assert _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (same_speed[:2], base_speed))
     assert not _verdict.could_regress(slow_machine[:2], base, 1.0, 15, (slow_speed[:2], base_speed))
+    # The first gate: one round past half the growth a regression needs.
+    assert _verdict.could_regress([108_000_000], [100_000_000] * 4, 1.0, 15, share=0.5)
+    assert not _verdict.could_regress([107_000_000], [100_000_000] * 4, 1.0, 15, share=0.5)
 
 
 def test_a_test_is_judged_against_how_much_it_moves_between_processes():
