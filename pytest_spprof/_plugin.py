@@ -425,12 +425,15 @@ class SpprofPlugin:
 
     def _run_again(self, item: pytest.Item) -> bool:
         """Call the test once more; False when it failed (a repeat that fails says nothing about
-        speed: stop repeating). Ctrl-C and pytest.exit still end the run. The reports made
-        meanwhile (a subtest's, which pytest makes as each subtest ends) are not new results:
-        this plugin does not judge them, and the terminal does not count them."""
+        speed: stop repeating). Ctrl-C and pytest.exit still end the run. What it reports
+        meanwhile is not a new result: this plugin does not judge a subtest's report (pytest
+        makes one as each subtest ends), the terminal does not count it, and the warnings the
+        first call gave again are not added to pytest's summary (under ``-W error`` they still
+        fail the repeat, which ends the repeats)."""
         self._repeating = True
         try:
-            item.runtest()
+            with warnings.catch_warnings(record=True):
+                item.runtest()
             return True
         except (KeyboardInterrupt, pytest.exit.Exception):
             raise

@@ -397,6 +397,22 @@ def test_a_test_called_again_is_judged_and_counted_once(pytester, monkeypatch):
         assert "3 subtests passed" in result.stdout.str()
 
 
+def test_warnings_of_the_repeats_are_not_counted_again(pytester):
+    pytester.makepyfile("""
+        import warnings
+
+        def test_warns():
+            warnings.warn("old API", DeprecationWarning)
+            sum(i * i for i in range(20_000))
+    """)
+    result = run(pytester, "--spprof-save-baseline=base.json")
+    result.assert_outcomes(passed=1, warnings=1)
+    (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
+    assert len(env["tests"]["test_warnings_of_the_repeats_are_not_counted_again.py::test_warns"]["warm_ns"]) == 4
+    # As an error, the first call fails, and there is nothing to repeat.
+    run(pytester, "--spprof-save-baseline=base.json", "-W", "error::DeprecationWarning").assert_outcomes(failed=1)
+
+
 def test_a_unittest_case_that_did_not_pass_is_not_called_again(pytester):
     # unittest's failures and skips are kept on the item until the report: the call raises
     # nothing, and the repeats had added a second skip (and failure) to the report.
