@@ -118,6 +118,31 @@ def test_run_file_loads_back(pytester):
     assert pl.read_ipc(path).height == table.num_rows
 
 
+def test_a_tests_cpu_leaves_out_the_reports_of_its_subtests(pytester):
+    # pytest-xdist sends every subtest's report to the controller: a cost of the harness, which
+    # a conftest stands in for here (5 ms a report).
+    pytester.makeconftest("""
+        import time
+
+        def pytest_runtest_logreport(report):
+            t = time.thread_time()
+            while time.thread_time() - t < 0.005:
+                pass
+    """)
+    pytester.makepyfile("""
+        import unittest
+
+        class T(unittest.TestCase):
+            def test_many(self):
+                for i in range(40):
+                    with self.subTest(i=i):
+                        self.assertGreaterEqual(i, 0)
+    """)
+    run(pytester, "--spprof").assert_outcomes(passed=1)
+    (result,) = json.loads((pytester.path / ".spprof" / "results.json").read_text())["tests"].values()
+    assert result["cpu_ns"] < 100e6  # 40 reports would have added 200 ms
+
+
 def test_ini_enables_and_sets_budget(pytester):
     pytester.makeini("[pytest]\nspprof = true\nspprof_cpu_budget = 20ms\nspprof_dir = prof\n")
     pytester.makepyfile(BURN + "def test_cheap():\n    pass\n\ndef test_costly():\n    burn(60)\n")
