@@ -559,11 +559,9 @@ class SpprofPlugin:
     # -- verdicts ------------------------------------------------------------------------------------
 
     def _test_cpu_ns(self) -> int:
-        """This thread's CPU time, less what pytest spent in its report hooks: a test's figures
-        leave out the reports of its subtests, which cost the harness, not the test, and cost
-        more under pytest-xdist (each is sent to the controller): more-itertools'
-        ``IsliceExtendedTests::test_all``, 1,800 subtests, took 200 ms serially and 540 with
-        ``-n 2``."""
+        """This thread's CPU time, less what it spent in pytest's report hooks: the reports of a
+        test's subtests cost the harness, not the test, and cost more under pytest-xdist, which
+        sends each one to the controller."""
         return time.thread_time_ns() - self._reporting_ns
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)

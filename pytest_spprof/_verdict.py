@@ -182,12 +182,10 @@ def at_recordings_mean(rounds: Sequence[int], recordings: Sequence[float]) -> Li
 
 def least_growth_ns(then_ns: float, waits: float, tolerance_pct: float, noise_floor_ns: int) -> float:
     """The least CPU a regression must add to a test whose time was ``then_ns``: the noise floor,
-    and the tolerance of the test's whole duration, ``waits`` times its CPU (its wall time over
-    its CPU time in the baseline's first call). For a test that computes, that is the tolerance
-    again. A test that mostly waits (on a thread, a sleep, I/O: more-itertools'
-    ``callback_iter`` and ``time_limited`` tests take 22-88x their CPU in wall time) spends CPU
-    that follows how what it waits for is scheduled: 1.4 ms in three recordings, 3.2 ms in a
-    run on a loaded machine. A growth that small against its duration is not one to fail on."""
+    and the tolerance of the test's whole duration, ``waits`` times its CPU (the baseline's first
+    call's wall time over its CPU time): for a test that computes, the tolerance again. The CPU
+    of a test that mostly waits (on a thread, a sleep, I/O) follows how what it waits for is
+    scheduled, and growth that is small against its duration is not one to fail on."""
     return max(noise_floor_ns, then_ns * max(1.0, waits) * tolerance_pct / 100)
 
 
@@ -255,12 +253,9 @@ def looks_slower(cold_ns: int, baseline: Sequence[int], speed_ratio: float, tole
                  noise_floor_ns: int, pace: float = 1.0, waits: float = 1.0) -> bool:
     """Screening: the first call is slower than the slowest of the baseline's rounds (first call
     and warm ones) by half the tolerance and ``least_growth_ns`` at half the tolerance. Half: a
-    regression of the tolerance must not hide in first-call noise. The slowest round: a test whose rounds vary by
-    themselves (caches that fill up) is not re-run for nothing, and neither is one that a
-    parallel run slows by itself: against the second slowest, three memory-heavy
-    more-itertools tests, 80 % slower under ``-n 2`` than in a serial baseline, were flagged in
-    every ``-n 2`` run. The cost: one baseline round caught by a collection or a busy moment (a
-    416 ms round among four of 295-308) hides a slowed attrs test's +40 % first call."""
+    regression of the tolerance must not hide in first-call noise. The slowest round: a test
+    whose rounds vary by themselves (caches that fill up) is not re-run for nothing. The cost: a
+    baseline round caught by a collection or a busy moment hides a slowed test's first call."""
     then = max(baseline) * speed_ratio * pace
     return (cold_ns > then * (1 + tolerance_pct / 200)
             and cold_ns - then > least_growth_ns(then, waits, tolerance_pct / 2, noise_floor_ns))
