@@ -228,13 +228,15 @@ def environment(data: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def save(path: Path, data: Dict[str, Any], tests: Dict[str, Any], speed_ns: int,
-         shift: Optional[float] = None) -> None:
+         shift: Optional[float] = None, workers: int = 1) -> None:
     """Replace this Python's entries for ``tests`` (other tests and Pythons are kept).
     ``speed_ns`` is the machine-speed figure its times go with (see ``_verdict``), ``shift``
     the pace of this recording against the one before (see ``with_earlier``), kept in
-    ``shifts`` with those of the recordings the tests keep."""
+    ``shifts`` with those of the recordings the tests keep; ``workers``, the processes that ran
+    the tests (pytest-xdist's, else 1)."""
     env = data["environments"].setdefault(environment_key(), {"tests": {}})
     env["speed_ns"] = speed_ns
+    env["workers"] = workers
     if shift is not None:
         env["shifts"] = [*env.get("shifts", []), round(shift, 4)][-(RECORDINGS - 1):]
     env["saved"] = datetime.now().astimezone().isoformat(timespec="seconds")

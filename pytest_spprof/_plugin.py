@@ -118,6 +118,20 @@ def _opt(config: Any, name: str, ini: str) -> Any:
     return value
 
 
+def _workers(config: pytest.Config) -> int:
+    """The processes running this run's tests: pytest-xdist's workers, else 1."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return int(workerinput.get("workercount", 1))
+    if getattr(config.option, "dist", "no") == "no":
+        return 1
+    return len(getattr(config.option, "tx", None) or ()) or 1
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
+
+
 def _safe_name(nodeid: str) -> str:
     """A file name for a test's outputs: readable, and unique through a hash of the whole id
     (ids that differ only in characters a file name cannot hold would collide otherwise).
@@ -202,6 +216,13 @@ class SpprofPlugin:
         #: and its recordings' largest shift in pace (see _verdict.run_pace).
         self.typical_spread = _verdict.typical_spread(e.recordings for e in self.baseline.values())
         self.pace_limit = math.exp(max(map(abs, env.get("shifts", [])), default=0.0)) if self.baseline else 1.0
+        #: Processes running the tests, in this run and when the baseline was recorded: a run with
+        #: more workers than the baseline's is slower as a whole (more-itertools: 1.3x with -n 2
+        #: against a serial baseline, at the same calibration speed), so its pace has no limit.
+        self.workers = _workers(config)
+        self.baseline_workers = env.get("workers", 1) if self.baseline else self.workers
+        if self.baseline_workers != self.workers:
+            self.pace_limit = math.inf
         #: Log ratios of this process's first calls to the baseline's (see _verdict.run_pace).
         self._pace_shifts: List[float] = []
         #: The tests' recordings in the baseline being saved, before this run adds its own.
@@ -1010,7 +1031,8 @@ class SpprofPlugin:
             counts = sorted(len(e.get("earlier", ())) + 1 for e in tests.values())
             self.recording = counts[len(counts) // 2] if counts else 1
             self._output(str(path), lambda: _baseline.save(path, _baseline.load(path, False), tests,
-                                                           self._speed_now(max_age_s=2.0), shift))
+                                                           self._speed_now(max_age_s=2.0), shift,
+                                                           self.workers))
         if self.compare_path is not None:
             self.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
         markdown = self._path(self.markdown)
@@ -1061,6 +1083,11 @@ class SpprofPlugin:
         if self.compare_path is not None:
             tr.write_line(f"compared with the baseline {self.compare_path} "
                           f"({_baseline.environment_key()}); {len(self.new_tests)} test(s) not in it")
+            if self.baseline_workers != self.workers:
+                tr.write_line(f"the baseline was recorded with {_processes(self.baseline_workers)} running the tests "
+                              f"and this run has {_processes(self.workers)}: a run that is slower as a whole is "
+                              "taken for the workers' doing, and so is a regression in code most tests run; "
+                              "record the baseline with the same -n for verdicts that tell them apart")
             if self.baseline and self.typical_spread is None:
                 tr.write_line(f"the baseline holds one recording per test: record it {_baseline.RECORDINGS - 1} "
                               "more times (run --spprof-save-baseline again) so that verdicts allow for how much "

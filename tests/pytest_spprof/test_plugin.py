@@ -488,6 +488,7 @@ def test_xdist_workers_profile_and_the_controller_merges(pytester, monkeypatch):
     assert results["test_x.py::test_over"]["outcome"] == "failed"
     (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
     assert len(env["tests"]) == 5 and "test_x.py::test_over" not in env["tests"]  # passed tests only
+    assert env["workers"] == 2
     assert "test_x.py::test_work" in (pytester.path / "summary.md").read_text()
     assert (pytester.path / "junit.xml").read_text().count('name="spprof_cpu_ms"') == 6
     assert not list((pytester.path / ".spprof").glob(".xdist-parts-*"))  # parts are cleaned up
@@ -505,12 +506,17 @@ def test_xdist_workers_profile_and_the_controller_merges(pytester, monkeypatch):
     monkeypatch.setenv("SLOWDOWN_MS", "90")
     result = run(pytester, "-n", "2", "--spprof", "--spprof-compare=base.json", "--spprof-tolerance=100%")
     result.assert_outcomes(passed=4, failed=2)  # test_over (budget) and test_work (regression)
+    assert "the baseline was recorded with" not in result.stdout.str()
     failure = result.stdout.str().split("_ test_work _")[1]
     assert "got slower than its baseline" in failure
     # A loaded machine can leave a 120 ms test without a CPU-timer sample; with samples, the
     # function that grew is named.
     if ", 0 samples" not in failure:
         assert "parse_config" in failure.split("functions whose time grew most")[1].split("differential")[0]
+    # Compared serially, a baseline recorded by two workers says what that costs the verdicts.
+    result = run(pytester, "--spprof-compare=base.json", "--spprof-tolerance=100%")
+    assert ("the baseline was recorded with 2 processes running the tests and this run has 1 process"
+            in result.stdout.str())
 
 
 def test_stacks_start_at_the_test_and_the_harness_is_one_frame():
