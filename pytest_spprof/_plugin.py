@@ -25,6 +25,8 @@ from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse
 #: The least growth of a test's warm rounds that is a regression (an effect-size floor on top of
 #: the significance test; see _verdict and docs/design.md); the floor keeps sub-millisecond tests
 #: from flapping.
+#: The attribute that marks a report made while a test is called again (see _run_again).
+REPEAT_MARK = "spprof_repeat"
 DEFAULT_TOLERANCE = "15%"
 #: Stacks a baseline entry keeps whole (the others folded into their call paths).
 BASELINE_STACKS = 200
@@ -467,7 +469,9 @@ class SpprofPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_report_teststatus(self, report: pytest.TestReport) -> Optional[Tuple[str, str, str]]:
-        return ("", "", "") if self._repeating else None
+        # Under pytest-xdist the controller, which repeats nothing, gets the workers' reports:
+        # the mark travels with them (pytest serializes a report's extra attributes).
+        return ("", "", "") if getattr(report, REPEAT_MARK, False) else None
 
     def _speed_now(self, max_age_s: float) -> int:
         """The machine-speed figure, measured again when the last one is older than ``max_age_s``
@@ -602,6 +606,8 @@ class SpprofPlugin:
     def _made_report(self, item: Any, call: Any) -> Any:
         outcome = yield
         if self._repeating:
+            if outcome.exception is None:  # a subtest's: not a new result (see _run_again)
+                setattr(outcome.get_result(), REPEAT_MARK, True)
             return
         rep = outcome.get_result()
         if call.when == "call":

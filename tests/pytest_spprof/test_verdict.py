@@ -395,6 +395,12 @@ def test_a_test_called_again_is_judged_and_counted_once(pytester, monkeypatch):
     assert len(entry["warm_ns"]) == _verdict.ROUNDS - 1
     if "subtests passed" in result.stdout.str():  # pytest >= 9 reports subtests
         assert "3 subtests passed" in result.stdout.str()
+    # Under pytest-xdist the controller counts what the workers send it.
+    pytest.importorskip("xdist")
+    result = run(pytester, "-q", "-n", "1", "--spprof-save-baseline=base.json")
+    result.assert_outcomes(passed=1)
+    if "subtests passed" in result.stdout.str():
+        assert "3 subtests passed" in result.stdout.str()
 
 
 def test_warnings_of_the_repeats_are_not_counted_again(pytester):
