@@ -470,7 +470,7 @@ def test_arrow_has_weight_bytes(snapshot):
 
 def test_samples_carry_addresses_sizes_and_stacks(snapshot):
     big = [s for s in snapshot.samples if s.stack and s.stack[-1].function_name == "keep_large"]
-    # Failed once in CI's run under CPU load, not reproduced since: say what the samples were.
+    # Failed once under CPU load (scripts/with-cpu-load), not reproduced since: say what was seen.
     seen = [(s.size, s.weight, [f.function_name for f in s.stack[-3:]]) for s in snapshot.samples[:30]]
     assert big, seen
     for s in big:
