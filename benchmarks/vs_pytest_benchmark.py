@@ -6,9 +6,9 @@ spprof's ``--spprof-compare``, on the same tests, in the same run.
 The tests (written to a temporary folder) each run one more-itertools function on a fixed input
 through pytest-benchmark's ``benchmark`` fixture. pytest-benchmark saves a run, then compares
 ``--runs`` runs against it and fails the ones whose median grew by ``--threshold`` percent
-(``--benchmark-compare-fail=median:15%``). spprof records a baseline of the same tests, three times (the
-fixture calls the function once with ``--benchmark-disable``), and compares ``--runs`` runs with
-the same tolerance. Nothing changed between the runs, so every failure is a false alarm. Also
+(``--benchmark-compare-fail=median:15%``). spprof records a baseline of the same tests three
+times (the fixture calls the function once with ``--benchmark-disable``), and compares
+``--runs`` runs with the same tolerance. Nothing changed between the runs, so every failure is a false alarm. Also
 printed: each compare run's wall time. Needs ``pip install pytest-benchmark more-itertools``.
 """
 

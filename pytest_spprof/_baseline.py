@@ -4,7 +4,7 @@ Format (JSON, written without indentation)::
 
     {"format": "spprof-pytest-baseline", "version": 2,
      "environments": {"cpython-3.12": {"saved": "2025-...", "platform": "Linux-x86_64",
-         "speed_ns": 1500000, "shifts": [-0.065, 0.021],
+         "speed_ns": 1500000, "shifts": [-0.065, 0.021], "workers": 1,
          "tests": {"tests/test_x.py::test_a": {
              "cpu_ns": 1234, "wall_ns": 2345, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
              "speed_ns": 1510000, "warm_speed_ns": [1480000, 1495000, 1470000, 1502000],
@@ -19,7 +19,8 @@ Format (JSON, written without indentation)::
 the test's earlier recordings, oldest first: each the median of a recording's warm rounds in
 units of the calibration workload (see ``units``), brought to this recording's pace (see
 ``with_earlier``); ``shifts`` how the pace of each recording differed from the one before it (log
-ratio; see ``_verdict.run_pace``). Functions are
+ratio; see ``_verdict.run_pace``), ``workers`` the processes that ran the last recording's
+tests (pytest-xdist's, else 1). Functions are
 module-qualified names (``pkg.mod.Class.method``) and files are relative to where
 their module was found, so a baseline recorded in one checkout or environment compares in
 another; stacks start at the test (the pytest harness is cut). Version 1 keyed functions by
@@ -148,7 +149,7 @@ class Entry(NamedTuple):
     slower, and they were flagged)."""
 
     cpu_ns: int
-    #: The first call's wall time (0: not recorded).
+    #: The first call's wall time.
     wall_ns: int
     warm_ns: Tuple[int, ...]
     #: The machine-speed figure when the test's rounds ran (0: unknown, use the environment's).
@@ -162,7 +163,7 @@ class Entry(NamedTuple):
     detail: str
 
     def waits(self) -> float:
-        """The first call's wall time over its CPU time (1 when unknown): see
+        """The first call's wall time over its CPU time (1 when it waited for nothing): see
         ``_verdict.least_growth_ns``."""
         return self.wall_ns / self.cpu_ns if self.wall_ns > self.cpu_ns > 0 else 1.0
 
