@@ -346,5 +346,19 @@ fn check_data_stack_top(py: Python<'_>, walker: &Walker) -> Result<(), String> {
                 .into(),
         );
     }
+    // The innermost own frame was pushed on the current chunk. The deep probe's walk cannot
+    // catch a wrong chunk pointer: the walker's chain of chunks read from garbage may still
+    // happen to span the probe's frames.
+    let chunk = word(ts, off.tstate_datastack_chunk).unwrap_or(0) as usize;
+    if chunk
+        .checked_add(off.chunk_data)
+        .is_none_or(|data| frame < data)
+    {
+        return Err(
+            "the thread state's datastack_chunk does not hold its innermost frame (fields \
+             tstate_datastack_chunk, chunk_data)"
+                .into(),
+        );
+    }
     Ok(())
 }
