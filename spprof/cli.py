@@ -128,7 +128,8 @@ def _exit_status(code: object) -> int:
 def _without_launcher(profile: Profile, script: str) -> Profile:
     """The profile with each stack starting at the program: the frames of ``python -m spprof``
     or the ``spprof`` command (``script``), of spprof's own code (with the imports it makes) and
-    of runpy are cut from the root of the stacks, in the native store."""
+    of runpy are cut from the root of the stacks, in the native store; samples not taken in the
+    program are left out."""
     here = os.path.realpath(os.path.dirname(__file__))
     ours = {os.path.realpath(runpy.__file__), os.path.realpath(script)}
 
@@ -140,13 +141,12 @@ def _without_launcher(profile: Profile, script: str) -> Profile:
 
     native = _api._require_native()
     data = profile._native()
-    # Only samples taken inside runpy's run_path/run_module hold the program: the others were
-    # taken in start() and stop(), whose helpers (contextlib's, say) are not launcher files.
-    entries = [i for i, (function, filename, _, _) in enumerate(native.frames_of(data))
-               if function in ("run_path", "run_module") and launcher(filename)]
-    data = native.select_frames(data, entries)  # frame ids are renumbered
-    ids = [i for i, (_, filename, _, _) in enumerate(native.frames_of(data)) if launcher(filename)]
-    return profile._derived(native.strip_root_frames(data, ids))
+    frames = native.frames_of(data)
+    ids = [i for i, (_, filename, _, _) in enumerate(frames) if launcher(filename)]
+    # The program is what runpy's _run_code calls. Samples taken in start(), stop() or runpy's
+    # preparations (os.fsdecode, importing pkgutil) leave the launcher elsewhere: left out.
+    entries = [i for i in ids if frames[i][0] == "_run_code"]
+    return profile._derived(native.below_launcher(data, ids, entries))
 
 
 def _finish(opts: argparse.Namespace) -> None:

@@ -141,9 +141,16 @@ def test_samples_taken_in_start_and_stop_are_left_out_and_the_command_script_is_
                 ("_run_code", runpy.__file__)]
     stop = [("<module>", "/venv/bin/spprof"), ("main", cli.__file__), ("_finish", cli.__file__),
             ("stop", spprof._api.__file__), ("__enter__", contextlib.__file__)]
+    # runpy decodes the script's path before it runs it: not the program either.
+    prepare = [("<module>", "/venv/bin/spprof"), ("main", cli.__file__), ("run_path", runpy.__file__),
+               ("_fscodec.<locals>.fsdecode", "<frozen os>")]
+    # `python -m spprof` runs spprof itself through runpy's _run_code too.
+    stop_module = [("_run_module_as_main", runpy.__file__), ("_run_code", runpy.__file__),
+                   ("<module>", str(Path(cli.__file__).with_name("__main__.py"))), *stop[1:]]
     program = [("<module>", "/x/prog.py"), ("work", "/x/prog.py")]
     samples = [spprof.Sample(i, 1, "MainThread", frames, weight_ns=1000)
-               for i, frames in enumerate([stack(*launcher, *program), stack(*stop), stack(*launcher)])]
+               for i, frames in enumerate([stack(*launcher, *program), stack(*stop), stack(*launcher),
+                                           stack(*prepare), stack(*stop_module)])]
     now = datetime.now()
     cut = cli._without_launcher(spprof.Profile(now, now, 1.0, samples, 0, "3.x", "linux"),
                                "/venv/bin/spprof")

@@ -219,16 +219,22 @@ pub fn select(store: &Store, keep: impl FnMut(usize) -> bool) -> Store {
     rebuild(store, keep, |stack| Some(store.stack_frames(stack)))
 }
 
-/// The samples with the frames of `root` cut from the root of their stacks (e.g. the launcher
-/// that ran the program); a sample left with no frame is left out.
-pub fn without_root_frames(store: &Store, root: &HashSet<FrameId>) -> Store {
+/// The samples taken in the program a launcher ran: the frames of `launcher` are cut from the
+/// root of each stack, and a sample is kept only if the last frame cut is one of `entry` (where
+/// the launcher calls the program) and a frame is left.
+pub fn below_launcher(
+    store: &Store,
+    launcher: &HashSet<FrameId>,
+    entry: &HashSet<FrameId>,
+) -> Store {
     rebuild(
         store,
         |_| true,
         |stack| {
             let frames = store.stack_frames(stack);
-            let cut = frames.iter().take_while(|f| root.contains(f)).count();
-            (cut < frames.len()).then(|| frames[cut..].to_vec())
+            let cut = frames.iter().take_while(|f| launcher.contains(f)).count();
+            let entered = cut > 0 && entry.contains(&frames[cut - 1]);
+            (entered && cut < frames.len()).then(|| frames[cut..].to_vec())
         },
     )
 }
@@ -436,14 +442,16 @@ mod tests {
     }
 
     #[test]
-    fn root_frames_are_cut_and_samples_left_without_frames_go() {
+    fn launcher_frames_are_cut_and_samples_not_entering_the_program_go() {
         let s = sample_store();
         let main = s
             .frames()
             .iter()
             .position(|f| s.string(f.function) == "main")
             .unwrap() as FrameId;
-        let cut = without_root_frames(&s, &HashSet::from([main]));
+        let main = HashSet::from([main]);
+        assert_eq!(below_launcher(&s, &main, &HashSet::new()).len(), 0);
+        let cut = below_launcher(&s, &main, &main);
         // main alone and the empty stack are gone; the other stacks start below main.
         assert_eq!(cut.len(), 4);
         let roots: HashSet<&str> = (0..cut.len())

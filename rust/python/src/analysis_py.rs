@@ -229,14 +229,20 @@ pub fn select_frames(py: Python<'_>, data: &ProfileData, frame_ids: Vec<u32>) ->
     derived(data, selected)
 }
 
-/// The profile with the frames `frame_ids` cut from the root of every stack; samples left with
-/// no frame are left out.
+/// The samples taken in the program a launcher ran, its frames `launcher` cut from the root of
+/// every stack: those whose last launcher frame is one of `entry` (see `analysis::below_launcher`).
 #[pyfunction]
-pub fn strip_root_frames(py: Python<'_>, data: &ProfileData, frame_ids: Vec<u32>) -> ProfileData {
+pub fn below_launcher(
+    py: Python<'_>,
+    data: &ProfileData,
+    launcher: Vec<u32>,
+    entry: Vec<u32>,
+) -> ProfileData {
     let store = data.store().clone();
-    let root: HashSet<u32> = frame_ids.into_iter().collect();
-    let stripped = py.detach(move || analysis::without_root_frames(&store, &root));
-    derived(data, stripped)
+    let launcher: HashSet<u32> = launcher.into_iter().collect();
+    let entry: HashSet<u32> = entry.into_iter().collect();
+    let cut = py.detach(move || analysis::below_launcher(&store, &launcher, &entry));
+    derived(data, cut)
 }
 
 /// The frame table `[(function, file, line, is_native)]` (indices are frame ids).

@@ -310,7 +310,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(analysis_py::select_window, m)?)?;
     m.add_function(wrap_pyfunction!(analysis_py::select_frames, m)?)?;
     m.add_function(wrap_pyfunction!(analysis_py::frames_of, m)?)?;
-    m.add_function(wrap_pyfunction!(analysis_py::strip_root_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis_py::below_launcher, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(signal_handled_by_another, m)?)?;
