@@ -762,9 +762,11 @@ class SpprofPlugin:
             # nothing unless their own code got slower.
             if d_self <= 0 and (d_total <= 0 or self.names.is_stdlib(name) or name.split(".")[-1] == test_fn):
                 continue
-            rows.append((d_self > 0, d_self if d_self > 0 else d_total, d_self, d_total, name))
-        rows.sort(key=lambda row: (not row[0], -row[1]))
-        grown = [(d_self, d_total, name) for _, _, d_self, d_total, name in rows[:6]]
+            rows.append((d_self, d_total, name))
+        # By the larger growth: a caller whose total carries the regression outranks a function
+        # whose own time moved by a sample's worth of noise (ties: own time first).
+        rows.sort(key=lambda row: (-max(row[0], row[1]), -row[0]))
+        grown = rows[:6]
         # The baseline kept its heaviest stacks and folded the rest into their call paths: the
         # current stacks are folded the same way, into those paths and their own heaviest.
         before = _stacks_by_name(stacks)
