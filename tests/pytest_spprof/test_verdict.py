@@ -311,9 +311,10 @@ def test_saving_a_baseline_again_adds_a_recording(pytester):
 
 HYPOTHESIS_SUITE = """
 import os
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-@settings(max_examples=20, database=None)
+# No deadline or health check: under CPU load an example can take longer than Hypothesis allows.
+@settings(max_examples=20, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.integers()))
 def test_draws(xs):
     with open(os.environ["DRAWS"], "a") as f:
@@ -344,7 +345,7 @@ def test_hypothesis_draws_the_same_examples_in_every_round_when_a_baseline_is_in
     def calls(*args):
         draws.unlink(missing_ok=True)
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
-        result.assert_outcomes(passed=1)
+        assert result.ret == 0, "\n".join(result.outlines[-40:])  # why, in CI's short log too
         return result.stdout.str(), draws.read_text().split("round\n")[1:]
 
     out, rounds = calls("--spprof-save-baseline=base.json")

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from typing import Callable, Dict, Iterable, Mapping
 
 from spprof import Profile
+
+
+def python_threads() -> int:
+    """The threads running Python in this process now, the caller's included (under pytest-xdist
+    the worker has an execnet thread too): spprof samples each of them from ``start()`` on."""
+    return len(sys._current_frames())
 
 
 def spin(n: int) -> int:
