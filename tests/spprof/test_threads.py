@@ -188,7 +188,7 @@ def test_sleeping_thread_has_no_cpu_samples_but_wall_samples():
 
 
 def test_falls_back_to_wall_mode_when_cpu_timers_are_refused():
-    spprof._api._native._refuse_cpu_timers(True)
+    spprof._api._native._testing._refuse_cpu_timers(True)
     try:
         with pytest.warns(RuntimeWarning, match="refused.*wall-clock"):
             spprof.start(interval_ms=2)
@@ -197,7 +197,7 @@ def test_falls_back_to_wall_mode_when_cpu_timers_are_refused():
         burn_cpu(0.1)
         profile = spprof.stop()
     finally:
-        spprof._api._native._refuse_cpu_timers(False)
+        spprof._api._native._testing._refuse_cpu_timers(False)
     assert profile.mode == "wall"
     assert_sampled(profile, 0.1)
 

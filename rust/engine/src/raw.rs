@@ -17,6 +17,8 @@
 
 pub const HEADER_WORDS: usize = 4;
 pub const WORDS_PER_FRAME: usize = 2;
+/// Frames kept per record; deeper stacks keep their innermost frames ([`FLAG_TRUNCATED`]).
+pub const MAX_DEPTH: usize = 1024;
 
 /// The stack was deeper than the record limit: only the innermost frames were kept.
 pub const FLAG_TRUNCATED: u32 = 1;
@@ -123,6 +125,22 @@ impl<'a> RawSample<'a> {
 
 pub fn pack_thread(thread_slot: u32, flags: u32) -> u64 {
     thread_slot as u64 | (flags as u64) << 32
+}
+
+/// A record's header words, CPU or memory (see the module docs).
+pub fn header(
+    timestamp_ns: u64,
+    weight: u64,
+    thread: u32,
+    flags: u32,
+    depth: usize,
+) -> [u64; HEADER_WORDS] {
+    [
+        timestamp_ns,
+        weight,
+        pack_thread(thread, flags),
+        depth as u64,
+    ]
 }
 
 #[cfg(test)]

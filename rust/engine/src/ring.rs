@@ -162,6 +162,14 @@ impl Reservation<'_> {
         }
     }
 
+    /// Write `words` from body word `at` on (as [`Reservation::write`]).
+    #[inline]
+    pub fn write_words(&mut self, at: usize, words: &[u64]) {
+        for (i, &w) in words.iter().enumerate() {
+            self.write(at + i, w);
+        }
+    }
+
     /// Publish the record: the header goes last so the consumer sees a complete body.
     pub fn commit(self) {
         self.ring.words[self.start].store(COMMITTED | self.len_words as u64, Ordering::Release);

@@ -1,6 +1,6 @@
-//! Native (C, C++, Rust) stack unwinding: the module list framehop unwinds with, the unwinding
-//! itself (allocation-free, so the signal handler can use it), and symbolization (off the signal
-//! path).
+//! Native (C, C++, Rust) stack unwinding: the module list framehop unwinds with (built off the
+//! signal path), and the unwinding itself, allocation-free, so the signal handler can use it.
+//! Naming the frames is [`crate::resolve::symbols`]'s job.
 //!
 //! Modules come from `dl_iterate_phdr`: for every loaded object, its executable segments and its
 //! `.eh_frame_hdr` / `.eh_frame` (found through `PT_GNU_EH_FRAME`). The unwind sections are copied
@@ -9,8 +9,7 @@
 //! read through [`safe_read`], so a bad frame ends the walk instead of faulting. Frames without
 //! CFI fall back to frame pointers (framehop's rule).
 
-use crate::cpython::eval_loop;
-use crate::safe_read;
+use super::safe_read;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{
     ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind, Unwinder,
@@ -212,142 +211,6 @@ impl ModuleList {
     }
 }
 
-/// A native frame's name and library: the dynamic symbol `dladdr` finds, else the function of
-/// the file's `.symtab` ([`crate::elf_symbols`]), demangled; else `library+0xoffset`. Off the
-/// signal path (dladdr takes the loader lock).
-pub fn symbolize(addr: u64) -> (String, String) {
-    let (name, library, _) = symbolize_resolved(addr);
-    (name, library)
-}
-
-/// [`symbolize`], and whether a symbol was found (false for the `library+0xoffset` forms).
-pub fn symbolize_resolved(addr: u64) -> (String, String, bool) {
-    // SAFETY: zeroed is a valid Dl_info out-parameter; dladdr only reads the loader's tables.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    if unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0
-        || info.dli_fname.is_null()
-    {
-        return (format!("{addr:#x}"), "<unknown>".into(), false);
-    }
-    // SAFETY: NUL-terminated strings owned by the loader.
-    let library = unsafe { CStr::from_ptr(info.dli_fname) }
-        .to_string_lossy()
-        .into_owned();
-    if !info.dli_sname.is_null() {
-        // SAFETY: as above.
-        let raw = unsafe { CStr::from_ptr(info.dli_sname) }.to_string_lossy();
-        return (demangle(&raw), library, true);
-    }
-    let base = info.dli_fbase as u64;
-    if let Some(name) =
-        crate::elf_symbols::table_of(&library).and_then(|t| t.lookup(addr, base).map(demangle))
-    {
-        return (name, library, true);
-    }
-    if eval_loop::contains(addr) {
-        return (eval_loop::NAME.to_string(), library, true);
-    }
-    let short = library.rsplit('/').next().unwrap_or(&library).to_string();
-    (
-        format!("{short}+{:#x}", addr.wrapping_sub(base)),
-        library,
-        false,
-    )
-}
-
-/// The address range of the function holding `pc`, from its object's `.eh_frame_hdr` search
-/// table: from the entry at or below `pc` to the next one. `None` where the table is missing or
-/// uses an encoding other than the usual `udata4` count and `datarel sdata4` entries.
-pub fn function_range(pc: u64) -> Option<std::ops::Range<u64>> {
-    struct Search {
-        pc: u64,
-        found: Option<std::ops::Range<u64>>,
-    }
-    extern "C" fn visit(info: *mut libc::dl_phdr_info, _: usize, data: *mut libc::c_void) -> i32 {
-        // SAFETY: dl_iterate_phdr passes a valid info; data is our `Search`.
-        let (info, search) = unsafe { (&*info, &mut *(data as *mut Search)) };
-        let bias = info.dlpi_addr;
-        // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
-        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
-        let holds_pc = phdrs.iter().any(|ph| {
-            ph.p_type == libc::PT_LOAD
-                && ph.p_flags & libc::PF_X != 0
-                && (bias + ph.p_vaddr..bias + ph.p_vaddr + ph.p_memsz).contains(&search.pc)
-        });
-        let Some(hdr) = phdrs.iter().find(|ph| ph.p_type == libc::PT_GNU_EH_FRAME) else {
-            return 0;
-        };
-        if !holds_pc {
-            return 0;
-        }
-        let hdr = bias + hdr.p_vaddr;
-        // SAFETY: the loaded object's .eh_frame_hdr, mapped while dl_iterate_phdr runs; its
-        // 4-byte header and the table it describes lie within the segment.
-        search.found = unsafe { search_table_range(hdr, search.pc) };
-        1
-    }
-    let mut search = Search { pc, found: None };
-    // SAFETY: the callback only reads what the loader passes and writes into `search`.
-    unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut Search as *mut libc::c_void) };
-    search.found
-}
-
-/// See [`function_range`].
-///
-/// # Safety
-/// `hdr` must be the address of a mapped `.eh_frame_hdr`.
-unsafe fn search_table_range(hdr: u64, pc: u64) -> Option<std::ops::Range<u64>> {
-    let read = |at: u64, n: usize| -> &[u8] {
-        // SAFETY: within the mapped section (caller's contract and the table's own count).
-        unsafe { std::slice::from_raw_parts(at as *const u8, n) }
-    };
-    let head = read(hdr, 4);
-    let (version, eh_frame_enc, count_enc, table_enc) = (head[0], head[1], head[2], head[3]);
-    let eh_frame_len = match eh_frame_enc & 0x0f {
-        0x03 | 0x0b => 4,
-        0x00 | 0x04 | 0x0c => 8,
-        _ => return None,
-    };
-    if version != 1 || count_enc != 0x03 || table_enc != 0x3b {
-        return None;
-    }
-    let count_at = hdr + 4 + eh_frame_len;
-    let count = u32::from_le_bytes(read(count_at, 4).try_into().ok()?) as usize;
-    let table = read(count_at + 4, count * 8);
-    let start = |i: usize| -> u64 {
-        let v = i32::from_le_bytes(table[8 * i..8 * i + 4].try_into().unwrap_or_default());
-        hdr.wrapping_add_signed(i64::from(v))
-    };
-    // The last entry starting at or below pc.
-    let (mut low, mut high) = (0, count);
-    while low < high {
-        let mid = (low + high) / 2;
-        if start(mid) <= pc {
-            low = mid + 1;
-        } else {
-            high = mid;
-        }
-    }
-    let i = low.checked_sub(1)?;
-    let end = if i + 1 < count { start(i + 1) } else { pc + 1 };
-    Some(start(i)..end)
-}
-
-/// Rust and C++ (Itanium ABI) names demangled; anything else as it is.
-pub fn demangle(name: &str) -> String {
-    if let Ok(d) = rustc_demangle::try_demangle(name) {
-        return format!("{d:#}");
-    }
-    if name.starts_with("_Z") {
-        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
-            if let Ok(s) = sym.demangle(&cpp_demangle::DemangleOptions::default()) {
-                return s;
-            }
-        }
-    }
-    name.to_string()
-}
-
 /// The calling thread's own native stack, innermost first, as `(pc, sp)` (see
 /// [`ModuleList::unwind_each`]).
 #[inline(never)]
@@ -366,26 +229,6 @@ pub fn capture(list: &ModuleList) -> Vec<(u64, u64)> {
         frames.len() < MAX_NATIVE
     });
     frames
-}
-
-/// `(ip, symbol, library, offset from the function's start, resolved)`, as `spprof.NativeFrame`.
-type NativeFrameRow = (u64, String, String, u64, bool);
-
-/// `spprof.capture_native_stack()`: the calling thread's native frames, innermost first.
-#[pyo3::pyfunction]
-pub fn capture_native_stack(py: pyo3::Python<'_>) -> pyo3::PyResult<Vec<NativeFrameRow>> {
-    let list = ModuleList::load();
-    if let Ok(walker) = crate::cpython::layout::walker(py) {
-        eval_loop::locate(py, &walker, &list);
-    }
-    Ok(capture(&list)
-        .into_iter()
-        .map(|(pc, _)| {
-            let (name, library, resolved) = symbolize_resolved(pc);
-            let offset = function_range(pc).map_or(0, |r| pc - r.start);
-            (pc, name, library, offset, resolved)
-        })
-        .collect())
 }
 
 /// What the signal handler unwinds with: the current module list (replaced, off the signal
@@ -473,41 +316,5 @@ impl Drop for NativeUnwind {
     fn drop(&mut self) {
         // SAFETY: dropped after the sampler unpublished its state, so no handler is unwinding.
         drop(unsafe { Box::from_raw(self.list.load(Ordering::Acquire)) });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_demangled() {
-        assert_eq!(
-            demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
-            "core::fmt::write"
-        );
-        assert_eq!(demangle("_Z3fooiPKc"), "foo(int, char const*)");
-        assert_eq!(demangle("PyObject_Vectorcall"), "PyObject_Vectorcall");
-    }
-
-    #[test]
-    fn unwinds_its_own_stack_through_the_test_harness() {
-        let list = ModuleList::load();
-        let frames = capture(&list);
-        assert!(frames.len() >= 3, "{} frames", frames.len());
-        // The caller of `capture` is this test function, and the stack grows down.
-        let (name, library) = symbolize(frames[1].0);
-        assert!(
-            name.contains("unwinds_its_own_stack"),
-            "{name} in {library}"
-        );
-        assert!(frames.windows(2).all(|w| w[0].1 <= w[1].1));
-        // Its function range holds it, and begins at the function's entry.
-        let range = function_range(frames[1].0).expect("this test binary has .eh_frame_hdr");
-        let entry = unwinds_its_own_stack_through_the_test_harness as *const () as u64;
-        assert!(
-            range.contains(&frames[1].0) && range.start == entry,
-            "{range:x?} {entry:x}"
-        );
     }
 }

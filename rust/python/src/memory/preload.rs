@@ -1,6 +1,6 @@
 //! The connection to the LD_PRELOAD library `libspprof_alloc.so` (rust/alloc/spprof_alloc.c),
 //! which interposes the malloc family. When the process was started with it, `memprof.start()`
-//! registers two callbacks with it, and native allocations (C extensions, numpy buffers, any
+//! registers two callbacks with it (the hooks' own, passed in), and native allocations (C extensions, numpy buffers, any
 //! library's malloc) reach the same Poisson sampler and heap map as Python's.
 //!
 //! The library is found by symbol (`dlsym(RTLD_DEFAULT, "spprof_alloc_set_hooks")`), so nothing
@@ -9,6 +9,7 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// The callback table of the C library (`spprof_alloc_hooks`).
 #[repr(C)]
@@ -17,10 +18,8 @@ struct Hooks {
     on_free: extern "C" fn(*mut c_void),
 }
 
-static HOOKS: Hooks = Hooks {
-    on_alloc: crate::memprof::on_native_alloc,
-    on_free: crate::memprof::on_native_free,
-};
+/// The callbacks, given by the first `connect()` (the C library keeps the pointer).
+static HOOKS: OnceLock<Hooks> = OnceLock::new();
 
 type SetHooks = extern "C" fn(*const Hooks);
 
@@ -57,8 +56,12 @@ fn set_hooks(hooks: *const Hooks) -> bool {
 }
 
 /// Register the callbacks if the preload library is in the process; true when connected.
-pub fn connect() -> bool {
-    if !CONNECTED.load(Ordering::Acquire) && set_hooks(&HOOKS) {
+pub fn connect(
+    on_alloc: extern "C" fn(*mut c_void, usize),
+    on_free: extern "C" fn(*mut c_void),
+) -> bool {
+    let hooks = HOOKS.get_or_init(|| Hooks { on_alloc, on_free });
+    if !CONNECTED.load(Ordering::Acquire) && set_hooks(hooks) {
         CONNECTED.store(true, Ordering::Release);
     }
     CONNECTED.load(Ordering::Acquire)

@@ -1,8 +1,8 @@
 //! Python bindings of the engine's analyses (`spprof.analysis`): results as Arrow tables,
 //! filters as new `ProfileData`.
 
-use crate::arrow_py::ArrowTable;
-use crate::profile_data::ProfileData;
+use super::arrow::ArrowTable;
+use super::profile_data::ProfileData;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use spprof_engine::analysis::{self, Group, Key};

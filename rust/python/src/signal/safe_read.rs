@@ -16,7 +16,7 @@
 //! installed later by someone else (e.g. `faulthandler.enable()` after `spprof.start()`) would see
 //! our recoverable faults first; `start()` puts ours back in front (chaining to theirs).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use super::action;
 
 #[cfg(target_arch = "x86_64")]
 std::arch::global_asm!(
@@ -71,38 +71,13 @@ pub fn load(addr: usize) -> Option<u64> {
 }
 
 const SIGNALS: [i32; 2] = [libc::SIGSEGV, libc::SIGBUS];
-/// Previous handler (address) and flags per entry of `SIGNALS`.
-static PREV_HANDLER: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
-static PREV_FLAGS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 /// Install the fault handler in front of whatever handles SIGSEGV/SIGBUS now (idempotent).
+/// SA_ONSTACK: a stack overflow must reach the previous handler on the alternate stack;
+/// SA_NODEFER: a fault inside a chained handler is delivered, not left pending forever.
 pub fn install() -> Result<(), String> {
-    for (i, &sig) in SIGNALS.iter().enumerate() {
-        // SAFETY: zeroed out-parameter; a null new action only queries.
-        let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        unsafe { libc::sigaction(sig, std::ptr::null(), &mut current) };
-        if current.sa_sigaction == on_fault as *const () as usize {
-            continue;
-        }
-        // Record whom to chain to before the handler can run.
-        PREV_HANDLER[i].store(current.sa_sigaction, Ordering::SeqCst);
-        PREV_FLAGS[i].store(current.sa_flags as usize, Ordering::SeqCst);
-        // SAFETY: plain data; zeroed is an empty mask and no flags.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = on_fault as *const () as usize;
-        // SA_ONSTACK: a stack overflow must reach the previous handler on the alternate stack;
-        // SA_NODEFER: a fault inside a chained handler is delivered, not left pending forever.
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-        // SAFETY: valid sigset owned by `action`.
-        unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: valid pointers; on_fault has the SA_SIGINFO signature.
-        if unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) } != 0 {
-            return Err(format!(
-                "cannot install the fault handler for signal {sig}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+    for sig in SIGNALS {
+        action::install(sig, on_fault, libc::SA_ONSTACK | libc::SA_NODEFER)?;
     }
     Ok(())
 }
@@ -118,38 +93,11 @@ extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, context: *mut libc:
             return;
         }
     }
-    let i = SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
-    let handler = PREV_HANDLER[i].load(Ordering::SeqCst);
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // Not ours: give the fault its default action. Returning re-executes the faulting
-        // instruction, which then terminates the process (with a core dump where enabled).
-        // SAFETY: plain data; sigaction is async-signal-safe.
-        let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
-        dfl.sa_sigaction = libc::SIG_DFL;
-        // SAFETY: valid pointer.
-        unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
-        return;
+    // Not ours: the previous handler's, or the default action. Returning re-executes the
+    // faulting instruction, which then terminates the process (with a core dump where enabled).
+    if action::chain(sig, info, context) != action::Previous::Called {
+        action::reset_to_default(sig);
     }
-    if PREV_FLAGS[i].load(Ordering::SeqCst) as i32 & libc::SA_SIGINFO != 0 {
-        // SAFETY: installed with SA_SIGINFO, so it has the three-argument signature.
-        let f = unsafe {
-            std::mem::transmute::<usize, extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void)>(
-                handler,
-            )
-        };
-        f(sig, info, context);
-    } else {
-        // SAFETY: without SA_SIGINFO the handler takes the signal number only.
-        let f = unsafe { std::mem::transmute::<usize, extern "C" fn(i32)>(handler) };
-        f(sig);
-    }
-}
-
-/// Test hook: [`load`] from Python (installs the fault handler first, as a profiler start does).
-#[pyo3::pyfunction]
-pub fn _safe_load(addr: usize) -> pyo3::PyResult<Option<u64>> {
-    install().map_err(pyo3::exceptions::PyRuntimeError::new_err)?;
-    Ok(load(addr))
 }
 
 #[cfg(test)]

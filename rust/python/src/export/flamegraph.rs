@@ -1,6 +1,6 @@
 //! Flame graphs of finished profiles (`spprof_engine::flamegraph`), rendered without the GIL.
 
-use crate::profile_data::ProfileData;
+use super::profile_data::ProfileData;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use spprof_engine::flamegraph::{self, Options, Unit};

@@ -63,7 +63,7 @@ impl Resolver {
         if let Some(&known) = self.natives.get(&pc) {
             return Some(known);
         }
-        let (name, library) = crate::native_stack::symbolize(pc);
+        let (name, library) = super::symbols::symbolize(pc);
         let role = NativeRole::of(&name);
         let id = store.intern_frame(&name, &library, 0, true)?;
         self.natives.insert(pc, (id, role));

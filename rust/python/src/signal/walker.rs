@@ -5,18 +5,18 @@
 //! `PyCode_Type` instance, and the walk stops at a depth cap so a corrupt (cyclic) chain cannot
 //! loop forever.
 
+use super::safe_read;
 use crate::cpython::offsets::{
     FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR, FRAME_OWNED_BY_THREAD,
 };
-use crate::safe_read;
-use spprof_engine::raw::{CODE_ENTRY_BIT, HEADER_WORDS};
+use spprof_engine::raw::{CODE_ENTRY_BIT, HEADER_WORDS, MAX_DEPTH};
 use spprof_engine::ring::Reservation;
 
 /// Links followed per walk at most (frames plus the shim frames between them). A walk never
 /// needs more than `MAX_DEPTH + 1` Python frames (deeper stacks are truncated), and a garbage
 /// chain can be cyclic: an unbounded walk in the handler would starve the sampled thread (each
 /// tick's walk outlasting the next tick: a livelock seen with a 100,000-link cap).
-const MAX_WALK: usize = 4 * (crate::sampler::MAX_DEPTH + 1);
+const MAX_WALK: usize = 4 * (MAX_DEPTH + 1);
 /// `ob_type` sits right after `ob_refcnt` in every GIL build of CPython.
 const OB_TYPE: usize = 8;
 
@@ -88,7 +88,7 @@ impl Walker {
     /// it returns false. `instr_offset_bytes` is the offset of the executing instruction in the
     /// code's bytecode (negative if the frame has not started). `entry` marks the outermost frame
     /// of one run of the eval loop (`_PyEval_EvalFrameDefault`): the frames up to and including
-    /// it are what one native eval-loop frame executes (see [`crate::native_stack`]); it costs a
+    /// it are what one native eval-loop frame executes (see [`super::unwind`]); it costs a
     /// read per frame, so it is computed only when `entries` is set (else always false). Returns
     /// the number of frames visited.
     ///
@@ -220,6 +220,16 @@ impl Walker {
         false
     }
 
+    /// The frames a record keeps (at most [`MAX_DEPTH`]), and whether the stack is deeper.
+    ///
+    /// # Safety
+    /// As for [`Walker::walk`].
+    pub unsafe fn record_depth(&self, tstate: usize) -> (usize, bool) {
+        // SAFETY: forwarded caller contract.
+        let total = unsafe { self.depth(tstate, MAX_DEPTH + 1) };
+        (total.min(MAX_DEPTH), total > MAX_DEPTH)
+    }
+
     /// The number of Python frames, counting at most `cap`.
     ///
     /// # Safety
@@ -338,7 +348,7 @@ mod tests {
     /// the used part of the thread's data stack.
     #[test]
     fn thread_frames_outside_the_data_stack_end_the_walk() {
-        crate::safe_read::install().unwrap();
+        safe_read::install().unwrap();
         let off = PY3_12;
         let code_type = 0x5150_0000usize;
         let (mut code, mut chunk) = (vec![0u64; 256], vec![0u64; 1024]);

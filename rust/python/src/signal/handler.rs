@@ -9,19 +9,16 @@
 //! handler is inside (`IN_FLIGHT` == 0) before freeing it. A late signal that arrives after that
 //! finds a null pointer and does nothing.
 
-use crate::native_stack::{NativeUnwind, MAX_NATIVE};
-use crate::threads::{self, Clock, SLOTS};
-use crate::walker::Walker;
+use super::action;
+use super::slots::{self, Clock, SLOTS};
+use super::unwind::{NativeUnwind, MAX_NATIVE};
+use super::walker::Walker;
 use spprof_engine::raw;
 use spprof_engine::ring::Ring;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
-
-/// Frames kept per sample; deeper stacks keep their innermost frames and are marked truncated.
-pub const MAX_DEPTH: usize = 1024;
 
 /// Everything a handler needs, published through `SHARED`.
-pub struct Shared {
+pub struct SamplerState {
     pub ring: Ring,
     pub walker: Walker,
     /// What a sample's weight measures: CPU time or wall time since the thread's previous sample.
@@ -35,18 +32,18 @@ pub struct Shared {
     pub native: Option<NativeUnwind>,
 }
 
-static SHARED: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
+static SHARED: AtomicPtr<SamplerState> = AtomicPtr::new(std::ptr::null_mut());
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Publish `shared` to the handler. The caller keeps ownership through the returned pointer.
-pub fn publish(shared: Box<Shared>) -> *const Shared {
+pub fn publish(shared: Box<SamplerState>) -> *const SamplerState {
     let p = Box::into_raw(shared);
     SHARED.store(p, Ordering::SeqCst);
     p
 }
 
 /// Unpublish and wait for handlers still using the state; returns ownership of it.
-pub fn unpublish() -> Option<Box<Shared>> {
+pub fn unpublish() -> Option<Box<SamplerState>> {
     let p = SHARED.swap(std::ptr::null_mut(), Ordering::SeqCst);
     wait_for_handlers();
     // SAFETY: p came from Box::into_raw in publish and no handler can reach it any more.
@@ -66,88 +63,28 @@ pub fn forget_after_fork() {
     drop(unpublish());
 }
 
-/// The disposition that was in place before ours, to chain to and to restore.
-struct Previous {
-    action: libc::sigaction,
-}
-// SAFETY: a sigaction is plain data (a function pointer and flags).
-unsafe impl Send for Previous {}
-
-const NSIG: usize = 65;
-static PREVIOUS: Mutex<Vec<(i32, Previous)>> = Mutex::new(Vec::new());
-/// The previous handler per signal as (address, flags), for the signal handler to read without
-/// a lock.
-#[allow(clippy::declare_interior_mutable_const)]
-const DEFAULT: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
-static PREV_HANDLER: [AtomicUsize; NSIG] = [DEFAULT; NSIG];
-#[allow(clippy::declare_interior_mutable_const)]
-const NO_FLAGS: AtomicUsize = AtomicUsize::new(0);
-static PREV_FLAGS: [AtomicUsize; NSIG] = [NO_FLAGS; NSIG];
-
-/// Install the handler for `signal` (idempotent), remembering the previous disposition.
+/// Install the handler for `signal` (idempotent). SA_RESTART: interrupted system calls resume
+/// instead of failing with EINTR.
 pub fn install(signal: i32) -> Result<(), String> {
-    let mut prev = PREVIOUS.lock().unwrap_or_else(|e| e.into_inner());
-    if !(1..NSIG as i32).contains(&signal) {
-        return Err(format!("{signal} is not a signal number"));
-    }
-    // SAFETY: zeroed out-parameter; a null new action only queries.
-    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
-    if current.sa_sigaction == on_signal as *const () as usize {
-        return Ok(()); // still ours (left idle by an earlier session)
-    }
-    // Not installed, or replaced since by the application: (re)install over what is there now.
-    prev.retain(|(s, _)| *s != signal);
-    // SAFETY: sigaction is plain data; zeroed is a valid empty mask and no flags.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_signal as *const () as usize;
-    // SA_RESTART: interrupted system calls resume instead of failing with EINTR.
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: the mask is a valid sigset owned by `action`.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: zeroed out-parameter for the old action.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid; on_signal has the SA_SIGINFO signature.
-    if unsafe { libc::sigaction(signal, &action, &mut old) } != 0 {
-        return Err(format!(
-            "cannot install the handler for signal {signal}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    PREV_HANDLER[signal as usize].store(old.sa_sigaction, Ordering::SeqCst);
-    PREV_FLAGS[signal as usize].store(old.sa_flags as usize, Ordering::SeqCst);
-    prev.push((signal, Previous { action: old }));
-    Ok(())
+    action::install(signal, on_signal, libc::SA_RESTART)
 }
 
 /// Whether someone else handles `signal`: a handler that is neither the default, "ignore", nor
 /// ours (a standard signal does not queue, so sharing it loses one side's signals).
 pub fn handled_by_another(signal: i32) -> bool {
-    // SAFETY: zeroed out-parameter; a null new action only queries.
-    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
+    let Some(now) = action::current(signal) else {
         return false;
-    }
-    let h = current.sa_sigaction;
+    };
+    let h = now.sa_sigaction;
     h != libc::SIG_DFL && h != libc::SIG_IGN && h != on_signal as *const () as usize
 }
 
 /// Put back an application's own handler of `signal`. When the previous disposition was the
 /// default or "ignore", ours stays installed but idle, and acts exactly as that disposition
-/// for every signal that is not a tick (see [`chain`]): a tick still pending on some thread
-/// after `stop` must not kill the process.
+/// for every signal that is not a tick: a tick still pending on some thread after `stop` must
+/// not kill the process.
 pub fn restore_application_handler(signal: i32) {
-    let mut prev = PREVIOUS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(i) = prev.iter().position(|(s, _)| *s == signal) {
-        let h = prev[i].1.action.sa_sigaction;
-        if h != libc::SIG_DFL && h != libc::SIG_IGN {
-            // SAFETY: restoring a disposition that was valid before.
-            unsafe { libc::sigaction(signal, &prev[i].1.action, std::ptr::null_mut()) };
-            prev.remove(i);
-        }
-    }
+    action::restore(signal);
 }
 
 fn errno_location() -> *mut i32 {
@@ -166,7 +103,7 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let token = (!info.is_null() && unsafe { (*info).si_code } == libc::SI_TIMER)
         .then(|| unsafe { *((info as *const u8).add(SI_VALUE_OFFSET) as *const usize) })
-        .and_then(threads::decode_token);
+        .and_then(slots::decode_token);
     match token {
         Some((slot, generation)) => {
             IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
@@ -183,56 +120,28 @@ extern "C" fn on_signal(signal: i32, info: *mut libc::siginfo_t, context: *mut l
     unsafe { *errno = saved };
 }
 
-/// Hand a signal that is not one of our timer ticks to whoever handled it before us, or do
-/// what its previous disposition would have done.
-fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let Some(handler) = PREV_HANDLER.get(signal as usize) else {
-        return;
-    };
-    let handler = handler.load(Ordering::SeqCst);
-    if handler == libc::SIG_IGN {
-        return;
-    }
-    if handler == libc::SIG_DFL {
-        terminate_by_default(signal);
-        return;
-    }
-    if PREV_FLAGS[signal as usize].load(Ordering::SeqCst) as i32 & libc::SA_SIGINFO != 0 {
-        // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
-        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(handler) };
-        f(signal, info, context);
-    } else {
-        // SAFETY: without SA_SIGINFO the previous handler takes only the signal number.
-        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
-        f(signal);
-    }
-}
-
-/// The default action of every signal `spprof.start` accepts (SIGPROF, SIGVTALRM, SIGALRM,
+/// A signal that is not one of our ticks gets what the previous disposition gives it. The
+/// default action of every signal `spprof.start` accepts (SIGPROF, SIGVTALRM, SIGALRM,
 /// SIGUSR1/2, real-time signals) is to terminate the process: put the default back and raise
 /// the signal again; it is delivered, and kills the process, when this handler returns.
-fn terminate_by_default(signal: i32) {
-    // SAFETY: sigaction is plain data; zeroed with SIG_DFL (0) is the default disposition.
-    let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
-    default.sa_sigaction = libc::SIG_DFL;
-    // SAFETY: sigaction and raise are async-signal-safe; the pointer is to a valid action.
-    unsafe {
-        libc::sigaction(signal, &default, std::ptr::null_mut());
-        libc::raise(signal);
+fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    if action::chain(signal, info, context) == action::Previous::Default {
+        action::reset_to_default(signal);
+        // SAFETY: raise is async-signal-safe.
+        unsafe { libc::raise(signal) };
     }
 }
 
 /// Take one sample of the interrupted thread (which is the current thread).
-unsafe fn sample(shared: &Shared, slot: usize, generation: u32, context: *mut libc::c_void) {
+unsafe fn sample(shared: &SamplerState, slot: usize, generation: u32, context: *mut libc::c_void) {
     let s = &SLOTS[slot];
     if s.generation.load(Ordering::Acquire) != generation || !s.armed.load(Ordering::Acquire) {
         return; // a late tick of a timer that has been deleted
     }
-    let Some(start) = threads::clock_ns(libc::CLOCK_MONOTONIC) else {
+    let Some(start) = slots::clock_ns(libc::CLOCK_MONOTONIC) else {
         return;
     };
-    let cpu = threads::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
+    let cpu = slots::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0);
     let cpu_delta = cpu.saturating_sub(s.last_cpu_ns.swap(cpu, Ordering::Relaxed));
     let (weight, on_cpu) = match shared.clock {
         Clock::Cpu => (cpu_delta, true),
@@ -247,10 +156,9 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32, context: *mut li
 
     // Two passes: count (to reserve the exact size), then write.
     // SAFETY: tstate belongs to this very thread, which is stopped inside this handler.
-    let total = unsafe { walker.depth(tstate, MAX_DEPTH + 1) };
-    let depth = total.min(MAX_DEPTH);
+    let (depth, truncated) = unsafe { walker.record_depth(tstate) };
     let mut flags = if on_cpu { raw::FLAG_ON_CPU } else { 0 };
-    if total > depth {
+    if truncated {
         flags |= raw::FLAG_TRUNCATED;
     }
     let header = [start, weight, 0, depth as u64];
@@ -283,7 +191,7 @@ unsafe fn sample(shared: &Shared, slot: usize, generation: u32, context: *mut li
 /// # Safety
 /// As for [`Walker::walk`] on `tstate` (the calling thread's own, stopped in the handler).
 unsafe fn record(
-    shared: &Shared,
+    shared: &SamplerState,
     header: &[u64; 4],
     thread: u32,
     flags: u32,
@@ -296,10 +204,7 @@ unsafe fn record(
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    rec.write(0, header[0]);
-    rec.write(1, header[1]);
-    rec.write(2, raw::pack_thread(thread, flags));
-    rec.write(3, header[3]);
+    rec.write_words(0, &raw::header(header[0], header[1], thread, flags, depth));
     // SAFETY: forwarded caller contract; the chain has not changed since the counting pass.
     // Entry marks only matter for merging with native frames.
     unsafe {
@@ -310,13 +215,11 @@ unsafe fn record(
     if let Some(pcs) = native {
         let at = raw::body_words(depth);
         rec.write(at, pcs.len() as u64);
-        for (i, &pc) in pcs.iter().enumerate() {
-            rec.write(at + 1 + i, pc);
-        }
+        rec.write_words(at + 1, pcs);
     }
     rec.commit();
     shared.collected.fetch_add(1, Ordering::Relaxed);
-    if let Some(end) = threads::clock_ns(libc::CLOCK_MONOTONIC) {
+    if let Some(end) = slots::clock_ns(libc::CLOCK_MONOTONIC) {
         shared
             .handler_ns
             .fetch_add(end.saturating_sub(header[0]), Ordering::Relaxed);

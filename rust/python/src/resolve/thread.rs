@@ -79,7 +79,7 @@ struct OwnThreadState {
 
 impl OwnThreadState {
     fn take() -> Self {
-        let tid = crate::threads::gettid();
+        let tid = crate::signal::slots::gettid();
         // A slot is always free: there are fewer resolver threads than slots.
         let _ = RESOLVER_TIDS.iter().find(|t| {
             t.compare_exchange(0, tid, Ordering::AcqRel, Ordering::Acquire)

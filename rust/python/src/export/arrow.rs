@@ -3,7 +3,7 @@
 //! pyarrow, polars, pandas and duckdb import them without a copy and without pyarrow being a
 //! dependency of spprof.
 
-use crate::profile_data::ProfileData;
+use super::profile_data::ProfileData;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
@@ -137,20 +137,6 @@ pub fn to_arrow(
         .detach(|| arrow::build(&store, kind, weight_column))
         .map_err(arrow_error)?;
     Ok(ArrowTable::new(table))
-}
-
-/// Test hook: the address of a store column that Arrow tables share ("timestamp_ns" or
-/// "weight"), to check that a consumer's buffer is the store's memory.
-#[pyfunction]
-pub fn _column_address(data: &Bound<'_, ProfileData>, column: &str) -> PyResult<usize> {
-    let store = data.get().store();
-    match column {
-        "timestamp_ns" => Ok(store.timestamps_ns.as_ptr() as usize),
-        "weight" | "weight_ns" | "weight_bytes" => Ok(store.weights.as_ptr() as usize),
-        other => Err(PyValueError::new_err(format!(
-            "no shared column '{other}'; shared columns: 'timestamp_ns', 'weight'"
-        ))),
-    }
 }
 
 fn run_file_error(path: &Path, e: ArrowError) -> PyErr {

@@ -5,10 +5,11 @@
 //! `threading` start hook registers them as they start; the resolver thread's periodic scan
 //! finds the rest, e.g. threads created in C through `PyGILState_Ensure`).
 
+use super::session::{self, Session};
+use super::timers::{self, RegisterError};
 use crate::cpython::thread_state;
-use crate::resolver_thread;
-use crate::session::Session;
-use crate::threads::{self, RegisterError};
+use crate::resolve::thread as resolver_thread;
+use crate::signal::slots::gettid;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -48,7 +49,7 @@ pub struct ThreadExitGuard {
 
 impl Drop for ThreadExitGuard {
     fn drop(&mut self) {
-        threads::unregister_token(self.tid, self.token);
+        timers::unregister_token(self.tid, self.token);
     }
 }
 
@@ -66,14 +67,14 @@ fn register(py: Python<'_>, s: &mut Session, ts: usize, tid: i32, name: &str) ->
     if s.stopping {
         return Ok(false);
     }
-    if let Some(index) = threads::store_thread_of(tid) {
+    if let Some(index) = timers::store_thread_of(tid) {
         if name != placeholder_name(tid) {
             s.store.rename_thread(index, name);
         }
         return Ok(false);
     }
     let store_thread = s.store.add_thread(tid as u64, name);
-    match threads::register(tid, ts, store_thread, &s.timer_spec()) {
+    match timers::register(tid, ts, store_thread, &s.timer_spec()) {
         Ok(Some(token)) => {
             let guard = Bound::new(py, ThreadExitGuard { tid, token })?;
             // SAFETY: ts is a live thread state of this interpreter (caller's contract).
@@ -88,7 +89,7 @@ fn register(py: Python<'_>, s: &mut Session, ts: usize, tid: i32, name: &str) ->
 
 pub fn register_current(py: Python<'_>, s: &mut Session, name: &str) -> PyResult<bool> {
     let ts = thread_state::current(py);
-    let tid = threads::gettid();
+    let tid = gettid();
     s.opted_out.remove(&tid);
     register(py, s, ts, tid, name)
 }
@@ -129,7 +130,7 @@ pub fn register_all(py: Python<'_>, s: &mut Session, known: &Known) -> PyResult<
 /// Register the threads not sampled yet, if a session runs.
 pub fn scan(py: Python<'_>) -> PyResult<usize> {
     let known = known_threads(py)?; // before the session lock: it reads Python objects
-    match crate::session::lock().as_mut() {
+    match session::lock().as_mut() {
         Some(s) => register_all(py, s, &known),
         None => Ok(0),
     }
