@@ -8,15 +8,20 @@ Python object per sample; the writers and the analysis work on the columnar form
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
-PathLike = Union[str, "os.PathLike[str]"]
+from . import _ext
+
+# Annotations only (see _api): json, pathlib and typing are imported where they are used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
+
+    PathLike = Union[str, "os.PathLike[str]"]
 
 #: Output formats by name, and the file extensions that select them.
 FORMATS: Dict[str, Tuple[str, ...]] = {
@@ -73,9 +78,7 @@ class SampleSequence(SequenceABC):
         stack = self._stacks.get(stack_id)
         if stack is None:
             if self._frames is None:
-                from . import _native
-
-                self._frames = [Frame(*f) for f in _native.frames_of(self._data)]
+                self._frames = [Frame(*f) for f in _ext.require().frames_of(self._data)]
             frames = self._frames
             stack = self._stacks[stack_id] = tuple(frames[i] for i in self._data.stack(stack_id))
         return stack
@@ -87,11 +90,12 @@ class SampleSequence(SequenceABC):
         return [Sample(ts, threads[t][0], threads[t][1], self._stack(sid), weight, on_cpu)
                 for ts, t, weight, sid, on_cpu in self._data.sample_rows(start, stop)]
 
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
+    if TYPE_CHECKING:
+        @overload
+        def __getitem__(self, index: int) -> Sample: ...
 
-    @overload
-    def __getitem__(self, index: slice) -> List[Sample]: ...
+        @overload
+        def __getitem__(self, index: slice) -> List[Sample]: ...
 
     def __getitem__(self, index: Any) -> Any:
         n = len(self)
@@ -199,9 +203,7 @@ class Profile:
         if self._data is not None and self.samples is self._data_samples \
                 and len(self.samples) == len(self._data):
             return self._data
-        from . import _native
-
-        return _native.ProfileData.from_samples(
+        return _ext.require().ProfileData.from_samples(
             (s.timestamp_ns, s.thread_id, s.thread_name or f"Thread-{s.thread_id}", s.weight_ns, s.on_cpu,
              [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames])
             for s in self.samples
@@ -286,6 +288,8 @@ class Profile:
 
     def to_speedscope(self) -> Dict[str, Any]:
         """The profile as a speedscope document (a dict ready for ``json.dump``)."""
+        import json
+
         return json.loads(self._speedscope_text())
 
     #: The speedscope unit of the weights.
@@ -304,22 +308,20 @@ class Profile:
     def to_flamegraph_svg(self, title: Optional[str] = None) -> str:
         """An interactive SVG flame graph (click to zoom, Ctrl-F to search in a browser). Frame
         widths are the samples' summed weights: time, or bytes for memory profiles."""
-        from ._api import _require_native
-
-        return _require_native().flamegraph_svg(self._native(), title or self._title(), self._unit)
+        return _ext.require().flamegraph_svg(self._native(), title or self._title(), self._unit)
 
     def to_html(self, title: Optional[str] = None) -> str:
         """One self-contained HTML page (no network access needed): the flame graph of
         ``to_flamegraph_svg`` and the 30 functions with the most self time, with their total time."""
-        from ._api import _require_native
-
-        return _require_native().flamegraph_html(self._native(), title or self._title(), self._unit)
+        return _ext.require().flamegraph_html(self._native(), title or self._title(), self._unit)
 
     def save(self, path: PathLike, format: Optional[str] = None) -> Path:
         """Write the profile to ``path``; the format comes from ``format`` or the file extension:
         ``"speedscope"`` (.json), ``"collapsed"`` (.collapsed, .folded, .txt), ``"svg"`` (.svg, an
         interactive flame graph) or ``"html"`` (.html, .htm: the flame graph and a top-functions
         table in one self-contained page). See ``FORMATS``."""
+        from pathlib import Path
+
         path = Path(os.fspath(path))
         fmt = resolve_format(path, format)
         if fmt == "speedscope":  # one entry per sample: streamed to the file
@@ -338,9 +340,7 @@ class Profile:
         row per frame of every sample, root first). The result implements the Arrow PyCapsule
         interface (``__arrow_c_stream__``), so pyarrow, polars, pandas and duckdb read it without a
         copy; the weight column is ``weight_<unit>`` (``weight_ns`` here). Schema: docs/arrow.md."""
-        from . import _native
-
-        return _native.to_arrow(self._native(), kind, f"weight_{self._unit}")
+        return _ext.require().to_arrow(self._native(), kind, f"weight_{self._unit}")
 
     def to_pyarrow(self, kind: str = "samples") -> Any:
         """``to_arrow(kind)`` as a ``pyarrow.Table`` (needs pyarrow)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._api import _require_native
+from . import _ext
 
 if TYPE_CHECKING:
     from ._model import Profile
@@ -53,13 +53,13 @@ def top(profile: Profile, n: Optional[int] = 20, by: str = "self", group: str = 
     _check_group(group)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise ValueError(f"n must be a non-negative int or None, not {n!r}")
-    return _require_native().analysis_top(profile._native(), n, by == "total", group, profile._unit)
+    return _ext.require().analysis_top(profile._native(), n, by == "total", group, profile._unit)
 
 
 def threads(profile: Profile) -> Any:
     """Time per thread, heaviest first. Columns: thread_id, thread_name, samples, weight_ns,
     on_cpu_ns (the part sampled while the thread ran), share_pct."""
-    return _require_native().analysis_threads(profile._native(), profile._unit)
+    return _ext.require().analysis_threads(profile._native(), profile._unit)
 
 
 def between(profile: Profile, start_ns: int, end_ns: int) -> Any:
@@ -82,7 +82,7 @@ def diff(baseline: Profile, current: Profile, group: str = "function") -> Any:
     _check_group(group)
     if baseline._unit != current._unit:
         raise ValueError("cannot diff a CPU/wall profile with a memory profile")
-    return _require_native().analysis_diff(baseline._native(), current._native(), group, current._unit)
+    return _ext.require().analysis_diff(baseline._native(), current._native(), group, current._unit)
 
 
 # -- used by Profile ---------------------------------------------------------------------------
@@ -96,15 +96,15 @@ def select_window(profile: Profile, start_ns: int, end_ns: int) -> Any:
         raise ValueError(f"end_ns ({end_ns}) is before start_ns ({start_ns})")
     # Times before the start or past 2**63 ns (292 years) hold no samples: clamp, do not overflow.
     start_ns, end_ns = (min(max(t, 0), 2**63 - 1) for t in (start_ns, end_ns))
-    return _require_native().select_window(profile._native(), start_ns, end_ns)
+    return _ext.require().select_window(profile._native(), start_ns, end_ns)
 
 
 def select_matching(profile: Profile, function: Optional[str], file: Optional[str]) -> Any:
     if function is None and file is None:
         raise ValueError("give a function pattern, a file pattern, or both")
     data = profile._native()
-    frames = _require_native().frames_of(data)
+    frames = _ext.require().frames_of(data)
     ids = [i for i, (fn, fname, _, _) in enumerate(frames)
            if (function is None or fnmatch.fnmatchcase(fn, function))
            and (file is None or fnmatch.fnmatchcase(fname, file))]
-    return _require_native().select_frames(data, ids)
+    return _ext.require().select_frames(data, ids)

@@ -34,10 +34,13 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ._api import _require_native
-from ._model import Frame, PathLike, Profile
+from . import _ext
+from ._model import Frame, Profile
+
+if TYPE_CHECKING:
+    from ._model import PathLike
 
 __all__ = [
     "AllocationSample",
@@ -242,7 +245,7 @@ def start(sampling_rate_kb: float = 512) -> None:
     if sampling_rate_kb > 1 << 30:
         raise ValueError(f"sampling_rate_kb is too large: {sampling_rate_kb!r} (at most {1 << 30})")
     with _lock:
-        _require_native().memprof_start(int(sampling_rate_kb * 1024))
+        _ext.require().memprof_start(int(sampling_rate_kb * 1024))
         _started_at = datetime.now()
 
 
@@ -251,11 +254,11 @@ def stop() -> None:
     ``shutdown()``, so memory freed later does not show as a leak. Raises ``RuntimeError`` when
     memory profiling is not running."""
     with _lock:
-        _require_native().memprof_stop()
+        _ext.require().memprof_stop()
 
 
 def is_running() -> bool:
-    return _require_native().memprof_state() == "running"
+    return _ext.require().memprof_state() == "running"
 
 
 def _thread_names() -> Dict[int, str]:
@@ -269,7 +272,7 @@ def _thread_names() -> Dict[int, str]:
 def get_snapshot() -> HeapSnapshot:
     """The live sampled allocations, while running or after ``stop()``. Raises ``RuntimeError``
     before the first ``start()`` and after ``shutdown()``."""
-    data, addresses, total = _require_native().memprof_snapshot(_thread_names())
+    data, addresses, total = _ext.require().memprof_snapshot(_thread_names())
     stats = get_stats()
     python_domains = [d for d in stats.unhooked_domains if not d.endswith("RAW")]
     if python_domains:
@@ -313,20 +316,20 @@ def get_traced_memory() -> Tuple[int, int]:
     """``(current, peak)``: the estimated live heap in bytes, and its high-water mark since
     ``start()`` or the last ``reset_peak()``, as ``tracemalloc.get_traced_memory()`` gives them.
     Cheap (no snapshot is built). Raises ``RuntimeError`` as ``get_snapshot()`` does."""
-    return _require_native().memprof_traced_memory()
+    return _ext.require().memprof_traced_memory()
 
 
 def reset_peak() -> None:
     """Start the high-water mark of ``get_traced_memory()`` again from the live heap now, and the
     tally of ``allocations_since_reset_peak()``, as ``tracemalloc.reset_peak()`` does."""
-    _require_native().memprof_reset_peak()
+    _ext.require().memprof_reset_peak()
 
 
 def allocations_since_reset_peak() -> Profile:
     """The bytes allocated since ``start()`` or ``reset_peak()``, freed since or not, by thread
     and stack (estimated from the samples): who allocated, where a snapshot shows who still
     holds. Weights are bytes, so ``save()`` and the flame graph show bytes."""
-    return _memory_profile(_require_native().memprof_allocated_since_reset(_thread_names()))
+    return _memory_profile(_ext.require().memprof_allocated_since_reset(_thread_names()))
 
 
 def _memory_profile(data: Any) -> _MemoryProfile:
@@ -349,7 +352,7 @@ def _recommendation(live: int) -> str:
 
 def get_stats() -> MemProfStats:
     """Counters of the memory profiler (zeros before ``start()``)."""
-    raw = _require_native().memprof_stats()
+    raw = _ext.require().memprof_stats()
     names = MemProfStats.__dataclass_fields__
     return MemProfStats(**{k: v for k, v in raw.items() if k in names})
 
@@ -358,7 +361,7 @@ def shutdown() -> None:
     """Stop memory profiling for good: no sampling, no free tracking, allocator hooks removed
     (where no other tool wrapped them since). One-way: ``start()`` raises afterwards."""
     with _lock:
-        _require_native().memprof_shutdown()
+        _ext.require().memprof_shutdown()
 
 
 class MemoryProfiler:
@@ -383,14 +386,14 @@ class MemoryProfiler:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    native = _require_native()
+    native = _ext.require()
     if native.memprof_state() != "never":
         native.memprof_after_fork_in_child()
 
 
 def _shutdown_at_exit() -> None:
     try:
-        native = _require_native()
+        native = _ext.require()
     except RuntimeError:
         return
     if native.memprof_state() not in ("never", "shutdown"):
