@@ -18,9 +18,10 @@ import pytest
 
 from spprof._api import MAX_INTERVAL_MS, check_interval_ms
 from spprof._paths import check_writable
+from spprof._units import fmt_bytes, fmt_ns
 
 from . import _baseline, _journal, _session, _verdict
-from ._units import Budget, BudgetError, fmt_bytes, fmt_ns, parse_percent, parse_time_ns
+from ._units import Budget, BudgetError, parse_percent, parse_time_ns
 
 #: The least growth of a test's warm rounds that is a regression (an effect-size floor on top of
 #: the significance test; see _verdict and docs/design.md); the floor keeps sub-millisecond tests

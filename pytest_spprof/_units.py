@@ -127,20 +127,3 @@ class Budget:
         else:
             raise BudgetError(f"unknown budget {key!r}; the spprof marker takes "
                               f"{', '.join(BUDGET_KEYS)}")
-
-
-def fmt_ns(ns: float) -> str:
-    if ns >= 10e9:
-        return f"{ns / 1e9:.1f} s"
-    if ns >= 1e9:
-        return f"{ns / 1e9:.2f} s"
-    if ns >= 1e6:
-        return f"{ns / 1e6:.1f} ms"
-    return f"{ns / 1e3:.0f} µs"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ._units import fmt_ns
+from spprof._units import fmt_ns
 
 #: One-sided significance level of the confirmation test. With 4 baseline rounds and 5 current
 #: ones, complete separation gives p = 1/126 and one baseline round above one current round 2/126

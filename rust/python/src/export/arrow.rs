@@ -6,11 +6,15 @@
 use super::profile_data::ProfileData;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyCapsule;
+use pyo3::types::{PyCapsule, PyTuple};
+use pyo3::IntoPyObjectExt;
+use spprof_engine::arrow::arrow_array::cast::AsArray;
+use spprof_engine::arrow::arrow_array::types::{Float64Type, Int64Type, UInt32Type};
+use spprof_engine::arrow::arrow_array::Array;
 use spprof_engine::arrow::arrow_array::ffi::FFI_ArrowSchema;
 use spprof_engine::arrow::arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use spprof_engine::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
-use spprof_engine::arrow::arrow_schema::{ArrowError, SchemaRef};
+use spprof_engine::arrow::arrow_schema::{ArrowError, DataType, SchemaRef};
 use spprof_engine::arrow::{self, Kind, Table, KINDS};
 use spprof_engine::run_file::{self, Chunk, Window};
 use spprof_engine::store::Store;
@@ -31,6 +35,23 @@ impl ArrowTable {
             schema: table.schema,
             batches: table.batches,
         }
+    }
+}
+
+/// Row `i` of `column` as a Python value.
+fn cell<'py>(py: Python<'py>, column: &dyn Array, i: usize) -> PyResult<Bound<'py, PyAny>> {
+    if column.is_null(i) {
+        return Ok(py.None().into_bound(py));
+    }
+    match column.data_type() {
+        DataType::Int64 => column.as_primitive::<Int64Type>().value(i).into_bound_py_any(py),
+        DataType::UInt32 => column.as_primitive::<UInt32Type>().value(i).into_bound_py_any(py),
+        DataType::Float64 => column.as_primitive::<Float64Type>().value(i).into_bound_py_any(py),
+        DataType::Boolean => column.as_boolean().value(i).into_bound_py_any(py),
+        DataType::Utf8 => column.as_string::<i32>().value(i).into_bound_py_any(py),
+        other => Err(PyValueError::new_err(format!(
+            "rows() reads numbers and strings, not {other}: read this table with pyarrow or polars"
+        ))),
     }
 }
 
@@ -80,6 +101,23 @@ impl ArrowTable {
     #[getter]
     fn num_batches(&self) -> usize {
         self.batches.len()
+    }
+
+    /// The rows as tuples of Python values, for the tables whose columns are numbers and plain
+    /// strings (the analysis tables); the samples and frames tables go through an Arrow reader.
+    fn rows<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let mut out = Vec::with_capacity(self.num_rows());
+        for batch in &self.batches {
+            let columns = batch.columns();
+            for i in 0..batch.num_rows() {
+                let values = columns
+                    .iter()
+                    .map(|c| cell(py, c.as_ref(), i))
+                    .collect::<PyResult<Vec<_>>>()?;
+                out.push(PyTuple::new(py, values)?);
+            }
+        }
+        Ok(out)
     }
 
     #[getter]

@@ -17,6 +17,12 @@ fn text(render: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> PyResult<String>
     String::from_utf8(out).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// A weight as a person reads it ("12.3 ms", "4.0 MiB"): the one formatter of every front end.
+#[pyfunction]
+pub fn format_weight(value: i64, unit: &str) -> PyResult<String> {
+    Ok(self::unit(unit)?.format(value))
+}
+
 /// Interactive SVG flame graph; `unit` is what the weights count: "ns" or "bytes".
 #[pyfunction]
 #[pyo3(signature = (data, title, unit = "ns"))]
