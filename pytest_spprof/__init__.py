@@ -10,7 +10,7 @@ This module is imported by every pytest run (the ``pytest11`` entry point), so i
 nothing of spprof: the working part, ``pytest_spprof._plugin``, is imported only when the plugin
 is enabled.
 
-For other plugins: ``item.stash[pytest_spprof.result_key]`` is the ``SpprofResult`` of a test
+For other plugins: ``item.stash[pytest_spprof.result_key]`` is the ``ProfiledTest`` of a test
 (cpu_ns, wall_ns, samples, outcome, problems, baseline_cpu_ns, files; ``.profile`` once cut), and
 ``config.stash[pytest_spprof.results_key]`` maps node ids to them. The hook
 ``pytest_spprof_result(item, result)`` is called when a test's figures are final.
@@ -27,9 +27,9 @@ from typing import Any, Dict
 
 import pytest
 
-#: ``item.stash[result_key]``: the test's SpprofResult (when --spprof is on).
+#: ``item.stash[result_key]``: the test's ProfiledTest (when --spprof is on).
 result_key = pytest.StashKey[Any]()
-#: ``config.stash[results_key]``: {node id: SpprofResult} for the run.
+#: ``config.stash[results_key]``: {node id: ProfiledTest} for the run.
 results_key = pytest.StashKey[Dict[str, Any]]()
 #: ``item.stash[budget_key]``: the test's parsed budget.
 budget_key = pytest.StashKey[Any]()

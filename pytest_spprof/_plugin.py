@@ -45,7 +45,7 @@ class SpprofBudgetWarning(pytest.PytestWarning):
 
 
 @dataclass
-class SpprofResult:
+class ProfiledTest:
     """What the plugin measured for one test (``item.stash[pytest_spprof.result_key]``)."""
 
     nodeid: str
@@ -101,7 +101,7 @@ class SpprofResult:
         return {"nodeid": self.nodeid, **{k: getattr(self, k) for k in self._RECORDED}}
 
     @classmethod
-    def from_record(cls, record: Dict[str, Any]) -> SpprofResult:
+    def from_record(cls, record: Dict[str, Any]) -> ProfiledTest:
         r = cls(record["nodeid"], **{k: record[k] for k in cls._RECORDED if k not in ("hottest", "culprit")})
         r.hottest = [tuple(h) for h in record["hottest"]]
         r.culprit = tuple(record["culprit"]) if record["culprit"] else None
@@ -166,7 +166,7 @@ class SpprofPlugin:
         from . import result_key, results_key
 
         self.result_key = result_key
-        self.results: Dict[str, SpprofResult] = {}
+        self.results: Dict[str, ProfiledTest] = {}
         config.stash[results_key] = self.results
         self.phases = _opt(config, "spprof_phases", "spprof_phases") or "call"
         if self.phases not in ("call", "all"):
@@ -362,7 +362,7 @@ class SpprofPlugin:
             self.memprof = None
             return None
 
-    def _end(self, item: Any) -> Optional[SpprofResult]:
+    def _end(self, item: Any) -> Optional[ProfiledTest]:
         opened = self._open.pop(item.nodeid, None)
         if opened is None:
             return None
@@ -371,7 +371,7 @@ class SpprofPlugin:
         wall = time.perf_counter_ns() - w0
         t1 = time.monotonic_ns()
         stopped = self.sampler.lost()
-        result = SpprofResult(item.nodeid, cpu_ns=cpu, wall_ns=wall,
+        result = ProfiledTest(item.nodeid, cpu_ns=cpu, wall_ns=wall,
                               samples=max(0, self.sampler.collected() - s0), t0=m0, t1=t1,
                               thread_id=threading.get_native_id())
         if stopped:
@@ -390,7 +390,7 @@ class SpprofPlugin:
         return result
 
     @staticmethod
-    def _record_properties(item: Any, result: SpprofResult) -> None:
+    def _record_properties(item: Any, result: ProfiledTest) -> None:
         """The final figures as JUnit XML properties (``--junitxml``)."""
         item.user_properties.append(("spprof_cpu_ms", f"{result.cpu_ns / 1e6:.3f}"))
         item.user_properties.append(("spprof_wall_ms", f"{result.wall_ns / 1e6:.3f}"))
@@ -427,7 +427,7 @@ class SpprofPlugin:
                 self._more_rounds(item, result)
         self._record_properties(item, result)
 
-    def _warm_rounds(self, item: Any, result: SpprofResult, n: int) -> Tuple[List[int], List[int]]:
+    def _warm_rounds(self, item: Any, result: ProfiledTest, n: int) -> Tuple[List[int], List[int]]:
         """Run the test's call ``n`` more times; the CPU time of each round that passed, and the
         machine's speed around it (the faster of the calibration runs before and after it).
         Their samples (``result.warm_window``) give the blame of a regression more to go on."""
@@ -491,7 +491,7 @@ class SpprofPlugin:
         then = then or self.baseline_speed_ns
         return max(1.0, self._speed_now(max_age_s) / then) if then else 1.0
 
-    def _confirm(self, item: Any, r: SpprofResult) -> None:
+    def _confirm(self, item: Any, r: ProfiledTest) -> None:
         """A test whose baseline has warm rounds is judged by screening and, when its first call
         looks slower, on warm rounds run now (see _verdict); never on its first call alone."""
         entry = self.baseline.get(r.nodeid)
@@ -541,7 +541,7 @@ class SpprofPlugin:
         saved before they were recorded have none)."""
         return (current, entry.warm_speed_ns) if len(entry.warm_speed_ns) == len(entry.warm_ns) > 0 else None
 
-    def _more_rounds(self, item: Any, result: SpprofResult) -> None:
+    def _more_rounds(self, item: Any, result: ProfiledTest) -> None:
         # Looks over budget or regressed: measure again, keep the fastest round (CPU noise only adds).
         # The test's figures and its profile (its window of samples) are both the fastest round's.
         for _ in range(self.rounds - 1):
@@ -564,7 +564,7 @@ class SpprofPlugin:
             if result is not None:
                 self._record_properties(item, result)
 
-    def _over(self, item: Any, r: SpprofResult) -> bool:
+    def _over(self, item: Any, r: ProfiledTest) -> bool:
         from . import budget_key
 
         b = item.stash.get(budget_key, None)
@@ -573,7 +573,7 @@ class SpprofPlugin:
             return True
         return self._regressed(r)
 
-    def _regressed(self, r: SpprofResult) -> bool:
+    def _regressed(self, r: ProfiledTest) -> bool:
         if r.confirmed:
             return r.regression is not None
         if r.baseline_cpu_ns is None:
@@ -631,7 +631,7 @@ class SpprofPlugin:
         self._settle(result)
         item.ihook.pytest_spprof_result(item=item, result=result)
 
-    def _settle(self, r: SpprofResult) -> None:
+    def _settle(self, r: ProfiledTest) -> None:
         """Put what a finished test leaves on disk now (see _journal): its profile file when it
         is kept, its baseline entry, and its record. Taking its samples out of the running
         profiler (a checkpoint, ~4 ms) happens only for the first two."""
@@ -659,7 +659,7 @@ class SpprofPlugin:
             self.output_errors.append(f"could not write {what}: {exc}")
             return False
 
-    def _judge(self, item: Any, result: SpprofResult, rep: Any) -> None:
+    def _judge(self, item: Any, result: ProfiledTest, rep: Any) -> None:
         problems = self._check(item, result)
         if not problems:
             return
@@ -680,7 +680,7 @@ class SpprofPlugin:
             rep.longrepr = message
             result.outcome = "failed"
 
-    def _check(self, item: Any, r: SpprofResult) -> List[str]:
+    def _check(self, item: Any, r: ProfiledTest) -> List[str]:
         from . import budget_key
 
         b: Optional[Budget] = item.stash.get(budget_key, None)
@@ -700,7 +700,7 @@ class SpprofPlugin:
         return problems
 
     @staticmethod
-    def _memory_problems(item: Any, r: SpprofResult) -> List[str]:
+    def _memory_problems(item: Any, r: ProfiledTest) -> List[str]:
         from . import budget_key
 
         b: Optional[Budget] = item.stash.get(budget_key, None)
@@ -716,7 +716,7 @@ class SpprofPlugin:
                             f"(peak_memory={b.source.get('peak_memory')})")
         return problems
 
-    def _share_problems(self, r: SpprofResult, shares: Dict[str, float]) -> List[str]:
+    def _share_problems(self, r: ProfiledTest, shares: Dict[str, float]) -> List[str]:
         """Share budgets: each sample counts once for a key, however many of its frames match."""
         import difflib
 
@@ -738,7 +738,7 @@ class SpprofPlugin:
                                 f"{fmt_ns(total)}), over its share budget of {limit:g}%")
         return problems
 
-    def _regression_text(self, item: Any, r: SpprofResult) -> str:
+    def _regression_text(self, item: Any, r: ProfiledTest) -> str:
         if r.regression is not None:
             lines = [r.regression]
         else:
@@ -795,7 +795,7 @@ class SpprofPlugin:
                 lines.append(f"(no differential flame graph: {exc})")
         return "\n".join(lines)
 
-    def _round_profile(self, r: SpprofResult) -> Any:
+    def _round_profile(self, r: ProfiledTest) -> Any:
         """The test's profile per round, portable: the first call and its warm rounds, weights
         divided by the rounds (blame has more samples to go on than one round gives)."""
         import dataclasses
@@ -809,7 +809,7 @@ class SpprofPlugin:
                    for s in profile.samples + warm.samples]
         return dataclasses.replace(profile, samples=samples)
 
-    def _round_stacks(self, r: SpprofResult) -> List[Tuple[Tuple[str, ...], int]]:
+    def _round_stacks(self, r: ProfiledTest) -> List[Tuple[Tuple[str, ...], int]]:
         """The stacks of the warm rounds of a confirmation, per round (the cold call's without)."""
         if r.warm_window is None:
             return _stacks_by_name(self.names.portable(self.profile_of(r)))
@@ -817,7 +817,7 @@ class SpprofPlugin:
         warm = self.names.portable(self._window(t0, t1))
         return [(names, w // max(1, rounds)) for names, w in _stacks_by_name(warm)]
 
-    def _message(self, r: SpprofResult, problems: List[str], memory_only: bool = False) -> str:
+    def _message(self, r: ProfiledTest, problems: List[str], memory_only: bool = False) -> str:
         """The failure: the problems, the figures, and the functions behind them (the allocating
         ones for a memory budget, the hottest for the rest)."""
         lines = [f"spprof: {r.nodeid} broke its performance budget" if not self._regressed(r) or len(problems) > 1
@@ -842,7 +842,7 @@ class SpprofPlugin:
                          f"{fn}  ({_short(file)})")
         return lines
 
-    def _top_lines(self, r: SpprofResult, n: int) -> List[str]:
+    def _top_lines(self, r: ProfiledTest, n: int) -> List[str]:
         profile = self.profile_of(r)
         self_ns, incl, total = _session.function_times(profile)
         if not total:
@@ -854,7 +854,7 @@ class SpprofPlugin:
                          f"{fn}  ({_short(file)})")
         return lines
 
-    def profile_of(self, r: SpprofResult) -> Any:
+    def profile_of(self, r: ProfiledTest) -> Any:
         if r._profile is None:
             r._profile = self._window(r.t0, r.t1)
         return r._profile
@@ -966,7 +966,7 @@ class SpprofPlugin:
                                          if s.thread_id != r.thread_id)
             r.hottest = self._hottest(r)
 
-    def _baseline_entry(self, r: SpprofResult) -> Dict[str, Any]:
+    def _baseline_entry(self, r: ProfiledTest) -> Dict[str, Any]:
         rounds = self._round_profile(r)
         self_ns, incl = _verdict.function_times(_stacks_by_name(rounds))
         functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
@@ -1012,7 +1012,7 @@ class SpprofPlugin:
             if not path.with_name(path.name.replace(".results.jsonl", ".json")).exists():
                 records += _journal.read(path)
         for record in records:
-            r = SpprofResult.from_record(record)
+            r = ProfiledTest.from_record(record)
             self.results[r.nodeid] = r
             self._problems += bool(r.problems)
         run = None
@@ -1048,10 +1048,10 @@ class SpprofPlugin:
         if markdown is not None:
             self._output(str(markdown), lambda: _journal.write_whole(markdown, self._markdown()))
 
-    def _slowest(self) -> List[SpprofResult]:
+    def _slowest(self) -> List[ProfiledTest]:
         return sorted(self.results.values(), key=lambda r: -r.cpu_ns)[: self.top]
 
-    def _hottest(self, r: SpprofResult, n: int = 3) -> List[Tuple[str, str, float]]:
+    def _hottest(self, r: ProfiledTest, n: int = 3) -> List[Tuple[str, str, float]]:
         self_ns, _, total = _session.function_times(self.profile_of(r))
         return [(fn, _short(file), round(100.0 * ns / total, 1)) for (fn, file), ns in
                 sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]] if total else []

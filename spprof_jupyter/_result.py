@@ -51,7 +51,7 @@ def _graph_iframe(svg: str, title: str) -> str:
             f'style="width:100%;height:{height}px;border:1px solid #ddd" frameborder="0"></iframe>')
 
 
-class SpprofResult:
+class CellProfile:
     """What ``%%spprof`` / ``%spprof`` return (and bind to ``_spprof``).
 
     - ``profile``: the CPU (or wall-clock) :class:`spprof.Profile` of the cell, its stacks starting at
@@ -140,7 +140,7 @@ class SpprofResult:
     def diff(self, other: Any, group: str = "function") -> Any:
         """What changed from ``other`` (the baseline: another result, or a ``Profile``) to this
         result: ``Profile.diff``, the functions that got slower first."""
-        baseline = other._profile() if isinstance(other, SpprofResult) else other
+        baseline = other._profile() if isinstance(other, CellProfile) else other
         return self._profile().diff(baseline, group)
 
     def save(self, path: Any, format: Optional[str] = None) -> Any:
