@@ -232,6 +232,10 @@ class SpprofPlugin:
         self._earlier: Dict[str, Tuple[float, ...]] = {}
         #: Which recording of most tests the saved baseline now holds (1: the first).
         self.recording = 1
+        #: memprof was started for a memory budget (it is started once, at the first one).
+        self._memprof_started = False
+        #: Where xdist workers leave their parts (the controller's, made on first use).
+        self._parts: Optional[Path] = None
         if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
             try:
                 before = _baseline.environment(_baseline.load(self.save_baseline, False)).get("tests", {})
@@ -350,7 +354,7 @@ class SpprofPlugin:
         the mark starts again now). Two counters, not a snapshot: cheap enough for every test."""
         mp = self.memprof
         try:
-            if not getattr(self, "_memprof_started", False):
+            if not self._memprof_started:
                 mp.start(sampling_rate_kb=64)
                 self._memprof_started = True
             if start:
@@ -885,7 +889,7 @@ class SpprofPlugin:
         given = getattr(self.config, "workerinput", {}).get("spprof_parts")
         if given:
             return Path(given)
-        if not hasattr(self, "_parts"):
+        if self._parts is None:
             import tempfile
 
             self._parts = Path(tempfile.mkdtemp(prefix=".xdist-parts-", dir=self._make_dir()))
@@ -937,7 +941,7 @@ class SpprofPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: Any) -> None:
         self.sampler.finish()
-        if self.memprof is not None and getattr(self, "_memprof_started", False):
+        if self.memprof is not None and self._memprof_started:
             try:
                 self.memprof.stop()
             except Exception as exc:  # the figures are taken; only say that stopping failed
