@@ -6,14 +6,16 @@ Format (JSON, written without indentation)::
      "environments": {"cpython-3.12": {"saved": "2025-...", "platform": "Linux-x86_64",
          "speed_ns": 1500000, "shifts": [-0.065, 0.021], "workers": 1,
          "tests": {"tests/test_x.py::test_a": {
-             "cpu_ns": 1234, "wall_ns": 2345, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
+             "cpu_ns": 1234, "wall_ns": 2345, "waited_ns": 1000, "samples": 3, "warm_ns": [1100, 1090, 1120, 1105],
              "speed_ns": 1510000, "warm_speed_ns": [1480000, 1495000, 1470000, 1502000],
              "earlier": [0.731, 0.702],
              "functions": [[qualified name, self_ns, total_ns], ...],
              "stacks": {"frames": [[qualified name, relative file, line], ...],
                         "stacks": [[[frame ids, root first], weight_ns], ...]}}}}}}
 
-``cpu_ns`` is the test's first call, ``warm_ns`` the rounds that followed it (see ``_verdict``),
+``cpu_ns`` is the test's first call, ``waited_ns`` how much of its ``wall_ns`` its thread spent
+off CPU by its own doing (sleeping, waiting on I/O or another thread; not queued for a CPU;
+absent from older files), ``warm_ns`` the rounds that followed it (see ``_verdict``),
 ``speed_ns`` the machine's speed figure when they ran (the environment's: at the end), and
 ``warm_speed_ns`` the speed around each warm round (absent from older files). ``earlier`` are
 the test's earlier recordings, oldest first: each the median of a recording's warm rounds in
@@ -162,10 +164,18 @@ class Entry(NamedTuple):
     #: JSON of {"functions": ..., "stacks": ...}, parsed only to explain a regression.
     detail: str
 
+    #: Of the first call's wall time, what its thread spent off CPU by its own doing (-1: not
+    #: recorded; then all of wall time but CPU counts, a busy machine's queueing included).
+    waited_ns: int
+
     def waits(self) -> float:
-        """The first call's wall time over its CPU time (1 when it waited for nothing): see
-        ``_verdict.least_growth_ns``."""
-        return self.wall_ns / self.cpu_ns if self.wall_ns > self.cpu_ns > 0 else 1.0
+        """The first call's time running or waiting by its own doing, over its CPU time (1 when
+        it waited for nothing): see ``_verdict.least_growth_ns``."""
+        if self.cpu_ns <= 0:
+            return 1.0
+        if self.waited_ns >= 0:
+            return (self.cpu_ns + self.waited_ns) / self.cpu_ns
+        return self.wall_ns / self.cpu_ns if self.wall_ns > self.cpu_ns else 1.0
 
     def functions(self) -> Any:
         return json.loads(self.detail)["functions"]
@@ -177,7 +187,8 @@ class Entry(NamedTuple):
 def entries(tests: Dict[str, Any]) -> Dict[str, Entry]:
     return {test: Entry(e["cpu_ns"], e["wall_ns"], tuple(e.get("warm_ns", ())), e.get("speed_ns") or 0,
                         tuple(e.get("warm_speed_ns", ())), recordings(e),
-                        json.dumps({"functions": e["functions"], "stacks": e.get("stacks")}))
+                        json.dumps({"functions": e["functions"], "stacks": e.get("stacks")}),
+                        e.get("waited_ns", -1))
             for test, e in tests.items()}
 
 

@@ -53,6 +53,9 @@ class ProfiledTest:
     cpu_ns: int = 0
     #: Elapsed time of the profiled phases, in ns.
     wall_ns: int = 0
+    #: Of wall_ns, the time the test's thread was off CPU by its own doing (sleeping, waiting on
+    #: I/O, a lock or another thread), not queued for a CPU that other processes kept busy.
+    waited_ns: int = 0
     #: Samples taken in the test's window (all threads).
     samples: int = 0
     #: CPU time of other threads seen in the test's window (sampled); known after the run.
@@ -93,8 +96,9 @@ class ProfiledTest:
     #: Who allocated in the test (a memory profile), kept when a memory budget is broken.
     _allocations: Any = field(default=None, repr=False)
 
-    _RECORDED = ("cpu_ns", "wall_ns", "samples", "other_threads_cpu_ns", "memory_bytes", "peak_memory_bytes",
-                 "outcome", "baseline_cpu_ns", "rounds", "regression", "culprit", "problems", "files", "hottest")
+    _RECORDED = ("cpu_ns", "wall_ns", "waited_ns", "samples", "other_threads_cpu_ns", "memory_bytes",
+                 "peak_memory_bytes", "outcome", "baseline_cpu_ns", "rounds", "regression", "culprit", "problems",
+                 "files", "hottest")
 
     def record(self) -> Dict[str, Any]:
         """The figures as JSON (results.json, and what an xdist worker hands the controller)."""
@@ -119,6 +123,16 @@ def _opt(config: Any, name: str, ini: str) -> Any:
     if value is None:
         value = config.getini(ini)
     return value
+
+
+def _queued_ns() -> int:
+    """Nanoseconds the calling thread has waited for a CPU while runnable (Linux's schedstat;
+    0 where the kernel does not keep it): wall time a busy machine adds, not the test's waiting."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _workers(config: pytest.Config) -> int:
@@ -255,7 +269,7 @@ class SpprofPlugin:
         self.names = _session.ModuleNames(str(config.rootpath))
         self.memprof: Any = None
         self.needs_memory = False
-        self._open: Dict[str, Tuple[int, int, int, int, Optional[Tuple[int, int]]]] = {}
+        self._open: Dict[str, Tuple[int, int, int, int, int, Optional[Tuple[int, int]]]] = {}
         self._problems = 0
         #: Warn-only messages that could not be warned (warnings are errors in this run).
         self._unraised: List[str] = []
@@ -347,7 +361,7 @@ class SpprofPlugin:
         if self.memprof is not None and budget is not None and budget.watches_memory():
             mem0 = self._heap(start=True)
         self._open[item.nodeid] = (time.monotonic_ns(), time.perf_counter_ns(), self._test_cpu_ns(),
-                                   self.sampler.collected(), mem0)
+                                   _queued_ns(), self.sampler.collected(), mem0)
 
     def _heap(self, start: bool) -> Optional[Tuple[int, int]]:
         """The estimated live heap and its high-water mark since the test started (``start``:
@@ -370,12 +384,13 @@ class SpprofPlugin:
         opened = self._open.pop(item.nodeid, None)
         if opened is None:
             return None
-        m0, w0, c0, s0, mem0 = opened
+        m0, w0, c0, q0, s0, mem0 = opened
         cpu = self._test_cpu_ns() - c0
         wall = time.perf_counter_ns() - w0
+        waited = max(0, wall - cpu - (_queued_ns() - q0))
         t1 = time.monotonic_ns()
         stopped = self.sampler.lost()
-        result = ProfiledTest(item.nodeid, cpu_ns=cpu, wall_ns=wall,
+        result = ProfiledTest(item.nodeid, cpu_ns=cpu, wall_ns=wall, waited_ns=waited,
                               samples=max(0, self.sampler.collected() - s0), t0=m0, t1=t1,
                               thread_id=threading.get_native_id())
         if stopped:
@@ -550,13 +565,14 @@ class SpprofPlugin:
         # The test's figures and its profile (its window of samples) are both the fastest round's.
         for _ in range(self.rounds - 1):
             m0, s0 = time.monotonic_ns(), self.sampler.collected()
-            c0, w0 = self._test_cpu_ns(), time.perf_counter_ns()
+            c0, w0, q0 = self._test_cpu_ns(), time.perf_counter_ns(), _queued_ns()
             if not self._run_again(item):
                 break
             cpu, wall = self._test_cpu_ns() - c0, time.perf_counter_ns() - w0
             result.rounds += 1
             if cpu < result.cpu_ns:
                 result.cpu_ns, result.wall_ns = cpu, wall
+                result.waited_ns = max(0, wall - cpu - (_queued_ns() - q0))
                 result.t0, result.t1 = m0, time.monotonic_ns()
                 result.samples = self.sampler.collected() - s0
 
@@ -974,7 +990,8 @@ class SpprofPlugin:
         rounds = self._round_profile(r)
         self_ns, incl = _verdict.function_times(_stacks_by_name(rounds))
         functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
-        return {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "samples": r.samples, "warm_ns": r.warm_ns,
+        return {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "waited_ns": r.waited_ns, "samples": r.samples,
+                "warm_ns": r.warm_ns,
                 "warm_speed_ns": r.warm_speed_ns, "speed_ns": r.speed_ns, "functions": functions,
                 "stacks": _session.stacks_of(rounds, limit=BASELINE_STACKS)}
 

@@ -6,6 +6,8 @@ import itertools
 import json
 import math
 import random
+import subprocess
+import sys
 from math import comb
 
 import pytest
@@ -162,6 +164,46 @@ def test_a_test_that_mostly_waits_is_not_flagged_for_cpu_its_duration_does_not_f
     result = run(pytester, "--spprof-compare=base.json", "--spprof-tolerance=100")
     result.assert_outcomes(passed=1, failed=1)
     assert "_ test_computes _" in result.stdout.str()
+
+
+QUEUED_SUITE = """
+import time
+
+def burn(ms):
+    t = time.thread_time()
+    while time.thread_time() - t < ms / 1000:
+        pass
+
+def test_sleeps():
+    burn(20)
+    time.sleep(0.1)
+
+def test_burns():
+    burn(40)
+"""
+
+
+def test_waiting_is_the_test_own_not_a_busy_machine_queue(pytester):
+    # Three processes burn the CPU while the baseline is recorded: the burning test sits in the
+    # run queue, which is not waiting (a 4x regression of such a test had passed as noise).
+    pytester.makepyfile(QUEUED_SUITE)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        run(pytester, "--spprof-save-baseline=base.json").assert_outcomes(passed=2)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
+    burns, sleeps = env["tests"]["test_waiting_is_the_test_own_not_a_busy_machine_queue.py::test_burns"], \
+        env["tests"]["test_waiting_is_the_test_own_not_a_busy_machine_queue.py::test_sleeps"]
+    assert burns["waited_ns"] < 0.25 * burns["cpu_ns"], burns  # page faults, the timer's signal
+    assert sleeps["waited_ns"] >= 90_000_000, sleeps
+    entry = _baseline.entries({"t": burns})["t"]
+    assert entry.waits() < 1.25 and _baseline.entries({"t": sleeps})["t"].waits() > 3
+    # A baseline saved before the figure existed judges by wall time, as then.
+    older = {k: v for k, v in burns.items() if k != "waited_ns"}
+    assert _baseline.entries({"t": older})["t"].waits() == max(1.0, burns["wall_ns"] / burns["cpu_ns"])
 
 
 def own_growth(before, now):
