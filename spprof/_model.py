@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 
     PathLike = Union[str, "os.PathLike[str]"]
 
+#: What the analysis groups by, and orders by.
+GROUPS = ("function", "line", "file")
+ORDERS = ("self", "total")
+
+
+def _check_group(group: Any) -> None:
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(map(repr, GROUPS))}, not {group!r}")
+
+
 #: Output formats by name, and the file extensions that select them.
 FORMATS: Dict[str, Tuple[str, ...]] = {
     "speedscope": (".json", ".speedscope"),
@@ -246,38 +256,54 @@ class Profile:
     def _unit(self) -> str:
         return "ns"
 
-    # -- analysis (see spprof.analysis) ---------------------------------------------------------
+    # -- analysis (spprof.analysis is the same as functions) --------------------------------------
 
     def top(self, n: Optional[int] = 20, by: str = "self", group: str = "function") -> Any:
         """Arrow table of the heaviest functions (or lines, files); see ``spprof.analysis.top``."""
-        from . import analysis
-
-        return analysis.top(self, n, by, group)
+        if by not in ORDERS:
+            raise ValueError(f"by must be 'self' or 'total', not {by!r}")
+        _check_group(group)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"n must be a non-negative int or None, not {n!r}")
+        return _ext.require().analysis_top(self._native(), n, by == "total", group, self._unit)
 
     def threads(self) -> Any:
         """Arrow table of the time per thread; see ``spprof.analysis.threads``."""
-        from . import analysis
-
-        return analysis.threads(self)
+        return _ext.require().analysis_threads(self._native(), self._unit)
 
     def diff(self, baseline: Profile, group: str = "function") -> Any:
         """Arrow table of what changed from ``baseline`` to this profile; see ``spprof.analysis.diff``."""
-        from . import analysis
-
-        return analysis.diff(baseline, self, group)
+        if not isinstance(baseline, Profile):
+            raise TypeError(f"baseline must be a spprof.Profile (as spprof.stop() returns), "
+                            f"not {type(baseline).__name__}")
+        _check_group(group)
+        if baseline._unit != self._unit:
+            raise ValueError("cannot diff a CPU/wall profile with a memory profile")
+        return _ext.require().analysis_diff(baseline._native(), self._native(), group, self._unit)
 
     def between(self, start_ns: int, end_ns: int) -> Profile:
         """The profile of the samples taken in ``[start_ns, end_ns)`` (ns since profiling started)."""
-        from . import analysis
-
-        return self._derived(analysis.select_window(self, start_ns, end_ns))
+        for name, value in (("start_ns", start_ns), ("end_ns", end_ns)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int (nanoseconds since profiling started), not {value!r}")
+        if end_ns < start_ns:
+            raise ValueError(f"end_ns ({end_ns}) is before start_ns ({start_ns})")
+        # Times before the start or past 2**63 ns (292 years) hold no samples: clamp, do not overflow.
+        start_ns, end_ns = (min(max(t, 0), 2**63 - 1) for t in (start_ns, end_ns))
+        return self._derived(_ext.require().select_window(self._native(), start_ns, end_ns))
 
     def filter(self, function: Optional[str] = None, file: Optional[str] = None) -> Profile:
         """The profile of the samples whose stack has a frame matching the ``fnmatch`` patterns
         (on the qualified function name and the file name), e.g. ``filter(file="*/myapp/*")``."""
-        from . import analysis
+        import fnmatch
 
-        return self._derived(analysis.select_matching(self, function, file))
+        if function is None and file is None:
+            raise ValueError("give a function pattern, a file pattern, or both")
+        data = self._native()
+        ids = [i for i, (fn, fname, _, _) in enumerate(_ext.require().frames_of(data))
+               if (function is None or fnmatch.fnmatchcase(fn, function))
+               and (file is None or fnmatch.fnmatchcase(fname, file))]
+        return self._derived(_ext.require().select_frames(data, ids))
 
     def _derived(self, data: Any) -> Profile:
         return Profile._from_native(data, start_time=self.start_time, end_time=self.end_time,
