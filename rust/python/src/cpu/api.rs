@@ -16,8 +16,8 @@ use crate::signal::unwind::{self, ModuleList, NativeUnwind};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use spprof_engine::raw::MAX_DEPTH;
-use spprof_engine::ring::Ring;
+use spprof_engine::capture::raw::MAX_DEPTH;
+use spprof_engine::capture::ring::Ring;
 use spprof_engine::store::Store;
 use std::sync::atomic::{AtomicU64, Ordering};
 

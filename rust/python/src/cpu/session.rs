@@ -14,7 +14,7 @@ use crate::resolve::thread::ResolverThread;
 use crate::signal::handler::{self, SamplerState};
 use crate::signal::slots::{clock_ns, Clock};
 use pyo3::prelude::*;
-use spprof_engine::raw::{RawSample, FLAG_ON_CPU};
+use spprof_engine::capture::raw::{RawSample, FLAG_ON_CPU};
 use spprof_engine::store::Store;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,11 +6,11 @@ use super::profile_data::ProfileData;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use spprof_engine::analysis::{self, Group, Key};
-use spprof_engine::arrow::arrow_array::{
+use spprof_engine::export::arrow::arrow_array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray,
 };
-use spprof_engine::arrow::arrow_schema::{ArrowError, DataType, Field, Schema};
-use spprof_engine::arrow::Table;
+use spprof_engine::export::arrow::arrow_schema::{ArrowError, DataType, Field, Schema};
+use spprof_engine::export::arrow::Table;
 use spprof_engine::store::Store;
 use std::collections::HashSet;
 use std::sync::Arc;

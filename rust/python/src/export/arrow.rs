@@ -8,15 +8,15 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyTuple};
 use pyo3::IntoPyObjectExt;
-use spprof_engine::arrow::arrow_array::cast::AsArray;
-use spprof_engine::arrow::arrow_array::types::{Float64Type, Int64Type, UInt32Type};
-use spprof_engine::arrow::arrow_array::Array;
-use spprof_engine::arrow::arrow_array::ffi::FFI_ArrowSchema;
-use spprof_engine::arrow::arrow_array::ffi_stream::FFI_ArrowArrayStream;
-use spprof_engine::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
-use spprof_engine::arrow::arrow_schema::{ArrowError, DataType, SchemaRef};
-use spprof_engine::arrow::{self, Kind, Table, KINDS};
-use spprof_engine::run_file::{self, Chunk, Window};
+use spprof_engine::export::arrow::arrow_array::cast::AsArray;
+use spprof_engine::export::arrow::arrow_array::types::{Float64Type, Int64Type, UInt32Type};
+use spprof_engine::export::arrow::arrow_array::Array;
+use spprof_engine::export::arrow::arrow_array::ffi::FFI_ArrowSchema;
+use spprof_engine::export::arrow::arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use spprof_engine::export::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
+use spprof_engine::export::arrow::arrow_schema::{ArrowError, DataType, SchemaRef};
+use spprof_engine::export::arrow::{self, Kind, Table, KINDS};
+use spprof_engine::export::run_file::{self, Chunk, Window};
 use spprof_engine::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -186,7 +186,7 @@ fn run_file_error(path: &Path, e: ArrowError) -> PyErr {
     }
 }
 
-/// Write the pytest plugin's whole-run Arrow IPC file (see `spprof_engine::run_file`): the
+/// Write the pytest plugin's whole-run Arrow IPC file (see `spprof_engine::export::run_file`): the
 /// samples of `chunks` (profile, CLOCK_MONOTONIC origin of its timestamps) that fall inside one
 /// of `windows` (t0, t1, index into `test_ids`), sorted by t0. Returns the samples written.
 #[pyfunction]

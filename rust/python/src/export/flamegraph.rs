@@ -1,9 +1,9 @@
-//! Flame graphs of finished profiles (`spprof_engine::flamegraph`), rendered without the GIL.
+//! Flame graphs of finished profiles (`spprof_engine::export::flamegraph`), rendered without the GIL.
 
 use super::profile_data::ProfileData;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use spprof_engine::flamegraph::{self, Options, Unit};
+use spprof_engine::export::flamegraph::{self, Options, Unit};
 use std::io;
 
 fn unit(unit: &str) -> PyResult<Unit> {

@@ -2,9 +2,9 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use spprof_engine::atomic_file;
-use spprof_engine::collapsed;
-use spprof_engine::speedscope;
+use spprof_engine::export::atomic_file;
+use spprof_engine::export::collapsed;
+use spprof_engine::export::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@ use crate::resolve::stack::resolve_stack;
 use crate::resolve::thread::{ResolverThread, StopSignal};
 use crate::signal::slots::clock_ns;
 use pyo3::prelude::*;
-use spprof_engine::raw::{self, RawSample};
+use spprof_engine::capture::raw::{self, RawSample};
 use spprof_engine::store::{StackId, Store, EMPTY_STACK};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

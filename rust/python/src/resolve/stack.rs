@@ -4,7 +4,7 @@
 use super::merge::merge;
 use super::resolver::Resolver;
 use pyo3::prelude::*;
-use spprof_engine::raw::{RawSample, FLAG_TRUNCATED};
+use spprof_engine::capture::raw::{RawSample, FLAG_TRUNCATED};
 use spprof_engine::store::Store;
 
 /// Resolve the frames of a raw record (CPU or memory) into an interned stack, root first;

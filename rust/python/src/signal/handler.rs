@@ -13,8 +13,8 @@ use super::action;
 use super::slots::{self, Clock, SLOTS};
 use super::unwind::{NativeUnwind, MAX_NATIVE};
 use super::walker::Walker;
-use spprof_engine::raw;
-use spprof_engine::ring::Ring;
+use spprof_engine::capture::raw;
+use spprof_engine::capture::ring::Ring;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Everything a handler needs, published through `SHARED`.

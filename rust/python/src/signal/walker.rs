@@ -9,8 +9,8 @@ use super::safe_read;
 use crate::cpython::offsets::{
     FrameLayout, Offsets, FRAME_OWNED_BY_GENERATOR, FRAME_OWNED_BY_THREAD,
 };
-use spprof_engine::raw::{CODE_ENTRY_BIT, HEADER_WORDS, MAX_DEPTH};
-use spprof_engine::ring::Reservation;
+use spprof_engine::capture::raw::{CODE_ENTRY_BIT, HEADER_WORDS, MAX_DEPTH};
+use spprof_engine::capture::ring::Reservation;
 
 /// Links followed per walk at most (frames plus the shim frames between them). A walk never
 /// needs more than `MAX_DEPTH + 1` Python frames (deeper stacks are truncated), and a garbage

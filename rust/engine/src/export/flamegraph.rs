@@ -3,7 +3,7 @@
 //! self-contained HTML page with the SVG and a table of the top functions.
 
 use crate::analysis::{self, Group};
-use crate::collapsed::{self, Value};
+use crate::export::collapsed::{self, Value};
 use crate::store::Store;
 use inferno::differential;
 use inferno::flamegraph::{

@@ -344,7 +344,7 @@ pub fn samples(store: &Arc<Store>, weight_column: &str) -> Result<Table, ArrowEr
 }
 
 /// The rows of one `frames` batch, column by column (also the bulk of the pytest run file's
-/// rows, see [`crate::run_file`]). `function` and `file` are keys into dictionaries the caller
+/// rows, see [`crate::export::run_file`]). `function` and `file` are keys into dictionaries the caller
 /// supplies.
 #[derive(Default)]
 pub(crate) struct FrameRows {

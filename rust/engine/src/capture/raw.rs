@@ -1,4 +1,4 @@
-//! The raw sample record the signal handler writes into the [`Ring`](crate::ring::Ring): plain
+//! The raw sample record the signal handler writes into the [`Ring`](crate::capture::ring::Ring): plain
 //! words, no pointers into Rust data, so that writing it is a handful of stores.
 //!
 //! Body layout (in `u64` words):

@@ -2,7 +2,7 @@
 //!
 //! The plugin samples the session once and cuts it into per-test windows of monotonic time
 //! (`pytest_spprof/_session.py`). [`write`] turns the session's chunks (stores) and the test
-//! windows into the `frames` table of [`crate::arrow`] (a row per frame of every sample, root
+//! windows into the `frames` table of [`crate::export::arrow`] (a row per frame of every sample, root
 //! first) with two more columns, `thread_name` and `test_id`; `timestamp_ns` counts from the start
 //! of the test's window and `sample_id` is unique in the file. Samples outside every window (between
 //! tests) are left out. [`merge`] joins the files of several processes (pytest-xdist workers).
@@ -13,8 +13,8 @@
 //! The IPC *file* format allows one dictionary per column for the whole file, so strings are
 //! interned into dictionaries that span all chunks before any batch is built.
 
-use crate::arrow::{dict_column, frames_schema, FrameRows, FRAMES_BATCH_ROWS, WEIGHT_NS};
-use crate::atomic_file;
+use crate::export::arrow::{dict_column, frames_schema, FrameRows, FRAMES_BATCH_ROWS, WEIGHT_NS};
+use crate::export::atomic_file;
 use crate::store::{FrameId, Store, EMPTY_STACK};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
@@ -230,7 +230,7 @@ pub fn write(
     Ok(samples)
 }
 
-/// Write whole or not at all (see [`crate::atomic_file`]).
+/// Write whole or not at all (see [`crate::export::atomic_file`]).
 fn write_batches(
     path: &Path,
     schema: &SchemaRef,
