@@ -12,7 +12,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -90,8 +90,7 @@ class ProfiledTest:
     thread_id: int = 0
     #: Judged by screening and warm rounds (``regression`` says how), not on the first call alone.
     confirmed: bool = False
-    #: (start, end, rounds) of the warm rounds, in CLOCK_MONOTONIC ns.
-    warm_window: Optional[Tuple[int, int, int]] = None
+    warm_window: Optional[WarmWindow] = None
     _profile: Any = field(default=None, repr=False)
     #: Who allocated in the test (a memory profile), kept when a memory budget is broken.
     _allocations: Any = field(default=None, repr=False)
@@ -123,6 +122,25 @@ def _opt(config: Any, name: str, ini: str) -> Any:
     if value is None:
         value = config.getini(ini)
     return value
+
+
+class _Opened(NamedTuple):
+    """Where a test's measurement started: clocks, counters and the live heap."""
+
+    monotonic_ns: int
+    wall_ns: int
+    cpu_ns: int
+    queued_ns: int
+    samples: int
+    heap: Optional[Tuple[int, int]]
+
+
+class WarmWindow(NamedTuple):
+    """The warm rounds of a test: when they ran (CLOCK_MONOTONIC ns) and how many passed."""
+
+    t0: int
+    t1: int
+    rounds: int
 
 
 def _queued_ns() -> int:
@@ -269,7 +287,7 @@ class SpprofPlugin:
         self.names = _session.ModuleNames(str(config.rootpath))
         self.memprof: Any = None
         self.needs_memory = False
-        self._open: Dict[str, Tuple[int, int, int, int, int, Optional[Tuple[int, int]]]] = {}
+        self._open: Dict[str, _Opened] = {}
         self._problems = 0
         #: Warn-only messages that could not be warned (warnings are errors in this run).
         self._unraised: List[str] = []
@@ -360,8 +378,8 @@ class SpprofPlugin:
         budget = item.stash.get(budget_key, None)
         if self.memprof is not None and budget is not None and budget.watches_memory():
             mem0 = self._heap(start=True)
-        self._open[item.nodeid] = (time.monotonic_ns(), time.perf_counter_ns(), self._test_cpu_ns(),
-                                   _queued_ns(), self.sampler.collected(), mem0)
+        self._open[item.nodeid] = _Opened(time.monotonic_ns(), time.perf_counter_ns(), self._test_cpu_ns(),
+                                          _queued_ns(), self.sampler.collected(), mem0)
 
     def _heap(self, start: bool) -> Optional[Tuple[int, int]]:
         """The estimated live heap and its high-water mark since the test started (``start``:
@@ -462,10 +480,10 @@ class SpprofPlugin:
             speeds.append(min(before, after))
             before = after
         if result.warm_window is not None:  # more rounds of the same test: one window
-            m0, done = result.warm_window[0], result.warm_window[2]
+            m0, done = result.warm_window.t0, result.warm_window.rounds
         else:
             done = 0
-        result.warm_window = (m0, time.monotonic_ns(), done + len(times))
+        result.warm_window = WarmWindow(m0, time.monotonic_ns(), done + len(times))
         return times, speeds
 
     def _run_again(self, item: pytest.Item) -> bool:
