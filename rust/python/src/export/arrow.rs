@@ -9,10 +9,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyTuple};
 use pyo3::IntoPyObjectExt;
 use spprof_engine::export::arrow::arrow_array::cast::AsArray;
-use spprof_engine::export::arrow::arrow_array::types::{Float64Type, Int64Type, UInt32Type};
-use spprof_engine::export::arrow::arrow_array::Array;
 use spprof_engine::export::arrow::arrow_array::ffi::FFI_ArrowSchema;
 use spprof_engine::export::arrow::arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use spprof_engine::export::arrow::arrow_array::types::{Float64Type, Int64Type, UInt32Type};
+use spprof_engine::export::arrow::arrow_array::Array;
 use spprof_engine::export::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
 use spprof_engine::export::arrow::arrow_schema::{ArrowError, DataType, SchemaRef};
 use spprof_engine::export::arrow::{self, Kind, Table, KINDS};
@@ -44,9 +44,18 @@ fn cell<'py>(py: Python<'py>, column: &dyn Array, i: usize) -> PyResult<Bound<'p
         return Ok(py.None().into_bound(py));
     }
     match column.data_type() {
-        DataType::Int64 => column.as_primitive::<Int64Type>().value(i).into_bound_py_any(py),
-        DataType::UInt32 => column.as_primitive::<UInt32Type>().value(i).into_bound_py_any(py),
-        DataType::Float64 => column.as_primitive::<Float64Type>().value(i).into_bound_py_any(py),
+        DataType::Int64 => column
+            .as_primitive::<Int64Type>()
+            .value(i)
+            .into_bound_py_any(py),
+        DataType::UInt32 => column
+            .as_primitive::<UInt32Type>()
+            .value(i)
+            .into_bound_py_any(py),
+        DataType::Float64 => column
+            .as_primitive::<Float64Type>()
+            .value(i)
+            .into_bound_py_any(py),
         DataType::Boolean => column.as_boolean().value(i).into_bound_py_any(py),
         DataType::Utf8 => column.as_string::<i32>().value(i).into_bound_py_any(py),
         other => Err(PyValueError::new_err(format!(

@@ -6,9 +6,9 @@ use crate::cpython::thread_state;
 use crate::signal::slots::{clock_ns, gettid};
 use crate::signal::walker::Walker;
 use pyo3::ffi;
+use spprof_engine::capture::raw;
 use spprof_engine::memory::alloc_sampler::unbiased_weight;
 use spprof_engine::memory::heapmap::HeapMap;
-use spprof_engine::capture::raw;
 use std::sync::atomic::Ordering;
 
 /// The calling thread's thread state if it holds the GIL, else 0. Both calls read the thread's

@@ -4,9 +4,9 @@
 use super::*;
 use crate::signal::walker::Walker;
 use pyo3::ffi::PyMemAllocatorEx;
+use spprof_engine::capture::ring::Ring;
 use spprof_engine::memory::alloc_sampler::PoissonSampler;
 use spprof_engine::memory::heapmap::{Filter, HeapMap};
-use spprof_engine::capture::ring::Ring;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
