@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from spprof._api import MAX_INTERVAL_MS, check_interval_ms
 from spprof._paths import check_writable
 from spprof._units import fmt_bytes, fmt_ns
 
-from . import _baseline, _journal, _session, _verdict
+from . import _baseline, _journal, _session, _verdict, _xdist
 from ._units import Budget, BudgetError, parse_percent, parse_time_ns
 
 #: The least growth of a test's warm rounds that is a regression (an effect-size floor on top of
@@ -266,8 +267,6 @@ class SpprofPlugin:
         self.recording = 1
         #: memprof was started for a memory budget (it is started once, at the first one).
         self._memprof_started = False
-        #: Where xdist workers leave their parts (the controller's, made on first use).
-        self._parts: Optional[Path] = None
         if self.save_baseline is not None:  # fail now, not after the run, on a damaged file
             try:
                 before = _baseline.environment(_baseline.load(self.save_baseline, False)).get("tests", {})
@@ -903,40 +902,22 @@ class SpprofPlugin:
             self.sampler.checkpoint()
         return _session.window_profile(self.sampler, t0, t1)
 
-    # -- the end of the run ----------------------------------------------------------------------------
-    #
-    # Without xdist one process does everything. Under xdist each worker finishes its own tests
-    # (profile files, hottest functions, baseline entries) and leaves a part (JSON, and its run
-    # file) in a directory the controller named; the controller merges the parts into the usual
-    # outputs once every worker is done.
+    # -- the end of the run (who does what: see _xdist) -------------------------------------------------
 
-    def _role(self) -> str:
-        if hasattr(self.config, "workerinput"):
-            return "worker"
-        return "controller" if self.config.pluginmanager.has_plugin("dsession") else "single"
+    @functools.cached_property
+    def role(self) -> _xdist.Role:
+        """Known once xdist has configured itself (its controller plugin is registered then)."""
+        return _xdist.role_of(self.config, self._make_dir)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:  # xdist, controller: tell workers where parts go
-        node.workerinput["spprof_parts"] = str(self._parts_dir())
-
-    def _parts_dir(self) -> Path:
-        given = getattr(self.config, "workerinput", {}).get("spprof_parts")
-        if given:
-            return Path(given)
-        if self._parts is None:
-            import tempfile
-
-            self._parts = Path(tempfile.mkdtemp(prefix=".xdist-parts-", dir=self._make_dir()))
-        return self._parts
+        assert isinstance(self.role, _xdist.Controller)
+        node.workerinput["spprof_parts"] = str(self.role.parts)
 
     @property
     def _results_journal(self) -> _journal.Journal:
         if self._results is None:
-            if self._role() == "worker":  # beside the part the worker writes at its end
-                path = self._parts_dir() / f"{self.config.workerinput['workerid']}.results.jsonl"
-            else:
-                path = self._make_dir() / "results.jsonl"
-            self._results = _journal.Journal(path)
+            self._results = _journal.Journal(self.role.results_journal())
         return self._results
 
     @property
@@ -948,7 +929,7 @@ class SpprofPlugin:
 
     def pytest_sessionstart(self, session: Any) -> None:
         self._catch_sigterm()
-        if self._role() == "worker":
+        if isinstance(self.role, _xdist.Worker):
             return
         self._results_journal.remove()  # a killed earlier run's: this run's results replace it
         profiles = self.dir / "profiles"
@@ -981,13 +962,13 @@ class SpprofPlugin:
             except Exception as exc:  # the figures are taken; only say that stopping failed
                 warnings.warn(f"spprof: stopping the memory profiler failed: {exc}", SpprofBudgetWarning,
                               stacklevel=1)
-        role = self._role()
-        if role == "controller":
-            self._merge_parts()
+        if isinstance(self.role, _xdist.Controller):
+            self._merge_parts(self.role)
             return
         self._finish_tests()
-        if role == "worker":
-            if self._output("this worker's results", lambda: self._write_part(self.baseline_tests)):
+        if isinstance(self.role, _xdist.Worker):
+            worker = self.role
+            if self._output("this worker's results", lambda: self._write_part(worker, self.baseline_tests)):
                 self._results_journal.remove()
         elif self.results:
             run = self._write_run() if self.arrow else None
@@ -1016,26 +997,22 @@ class SpprofPlugin:
     def _write_run(self) -> Optional[Path]:
         from ._run import write_run
 
-        if self._role() == "worker":  # a part, merged by the controller
-            folder, name = self._parts_dir(), f"{self.config.workerinput['workerid']}.arrow"
-        else:
-            folder, name = self._make_dir(), "run.arrow"
-        path = folder / name
+        path = self.role.run_file()
         return path if self._output(str(path), lambda: write_run(path, self.sampler.chunks,
                                                                   self.results.values())) else None
 
-    def _write_part(self, baseline_tests: Dict[str, Any]) -> None:
+    def _write_part(self, worker: _xdist.Worker, baseline_tests: Dict[str, Any]) -> None:
         run = self._write_run() if self.arrow and self.results else None
         part = {"tests": [r.record() for r in self.results.values()], "dropped": self.sampler.dropped,
                 "baseline": baseline_tests, "run": str(run) if run else None}
-        path = self._parts_dir() / f"{self.config.workerinput['workerid']}.json"
+        path = worker.part()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(part), encoding="utf-8")
 
-    def _merge_parts(self) -> None:
+    def _merge_parts(self, controller: _xdist.Controller) -> None:
         import shutil
 
-        folder = self._parts_dir()
+        folder = controller.parts
         dropped, baseline_tests, runs = 0, {}, []
         records = []
         for path in sorted(folder.glob("*.json")):
