@@ -39,7 +39,7 @@ seeded_hypothesis_key = pytest.StashKey[bool]()
 PLUGIN_NAME = "spprof-session"
 
 
-def pytest_addoption(parser: Any) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("spprof", "spprof: profile every test, budgets and baselines")
     add = group.addoption
     add("--spprof", action="store_true", default=None,
@@ -91,7 +91,7 @@ def pytest_addoption(parser: Any) -> None:
     parser.addini("spprof_arrow", "spprof: write the whole-run Arrow file run.arrow", type="bool", default=True)
 
 
-def pytest_addhooks(pluginmanager: Any) -> None:
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
@@ -102,7 +102,7 @@ HYPOTHESIS_SEED = 0
 
 
 @pytest.hookimpl(tryfirst=True)  # before Hypothesis' plugin reads its seed option
-def pytest_configure(config: Any) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "spprof(cpu=None, wall=None, memory=None, peak_memory=None, share=None): performance budget "
         "of the test under pytest --spprof, e.g. cpu=\"50ms\", peak_memory=\"64MB\", share={\"pkg.mod.func\": \"20%\"}")

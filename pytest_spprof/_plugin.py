@@ -13,7 +13,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -350,7 +350,8 @@ class SpprofPlugin:
         return budget
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, session: Any, config: Any, items: List[Any]) -> None:
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: List[pytest.Item]) -> None:
         from . import budget_key
 
         for item in items:
@@ -437,13 +438,13 @@ class SpprofPlugin:
                 item.user_properties.append((name, str(value)))
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item: Any) -> Any:
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         if self.phases == "all":
             self._begin(item)
         yield
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
-    def pytest_runtest_call(self, item: Any) -> Any:
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, None]:
         if self.phases != "call":
             yield
             return
@@ -594,7 +595,8 @@ class SpprofPlugin:
                 result.samples = self.sampler.collected() - s0
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
-    def pytest_runtest_teardown(self, item: Any, nextitem: Any) -> Any:
+    def pytest_runtest_teardown(self, item: pytest.Item,
+                                nextitem: Optional[pytest.Item]) -> Generator[None, None, None]:
         yield
         if self.phases == "all":
             result = self._end(item)
@@ -634,7 +636,7 @@ class SpprofPlugin:
         self._reporting_ns += time.thread_time_ns() - t0
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_makereport(self, item: Any, call: Any) -> Any:
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
         t0 = time.thread_time_ns()
         try:
             yield from self._made_report(item, call)
@@ -927,7 +929,7 @@ class SpprofPlugin:
             self._baseline_file = _journal.baseline_journal(self.save_baseline)
         return self._baseline_file
 
-    def pytest_sessionstart(self, session: Any) -> None:
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
         self._catch_sigterm()
         if isinstance(self.role, _xdist.Worker):
             return
@@ -954,7 +956,7 @@ class SpprofPlugin:
         self._sigterm_handler = on_sigterm
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: Any) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.sampler.finish()
         if self.memprof is not None and self._memprof_started:
             try:
@@ -1072,7 +1074,7 @@ class SpprofPlugin:
         return [(fn, _short(file), round(100.0 * ns / total, 1)) for (fn, file), ns in
                 sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]] if total else []
 
-    def pytest_report_header(self, config: Any) -> Optional[str]:
+    def pytest_report_header(self, config: pytest.Config) -> Optional[str]:
         from . import HYPOTHESIS_SEED, seeded_hypothesis_key
 
         if config.stash.get(seeded_hypothesis_key, False):
@@ -1080,7 +1082,7 @@ class SpprofPlugin:
                     "and run tests the same examples (pass your own seed to change it)")
         return None
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         tr = terminalreporter
         if not self.results:
             return
@@ -1170,7 +1172,7 @@ class SpprofPlugin:
             out.append(f"| `{r.nodeid}` | {fmt_ns(r.cpu_ns)} | {fmt_ns(r.wall_ns)} | {r.samples} | {base} | {hot} |")
         return "\n".join(out) + "\n"
 
-    def pytest_unconfigure(self, config: Any) -> None:
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.sampler.finish()  # an interrupted run must not leave the sampler running
         for journal in (self._results, self._baseline_file):
             # Saving the baseline compacted its journal by path; the file object is still open.
