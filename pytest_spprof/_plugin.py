@@ -154,6 +154,12 @@ def _queued_ns() -> int:
         return 0
 
 
+def _waited_ns(wall_ns: int, cpu_ns: int, queued_since_ns: int) -> int:
+    """Of ``wall_ns``, the time off CPU by the thread's own doing: not running, not queued
+    (queueing counted from ``queued_since_ns``, a ``_queued_ns()`` reading)."""
+    return max(0, wall_ns - cpu_ns - (_queued_ns() - queued_since_ns))
+
+
 def _workers(config: pytest.Config) -> int:
     """The processes running this run's tests: pytest-xdist's workers, else 1."""
     workerinput = getattr(config, "workerinput", None)
@@ -405,7 +411,7 @@ class SpprofPlugin:
         m0, w0, c0, q0, s0, mem0 = opened
         cpu = self._test_cpu_ns() - c0
         wall = time.perf_counter_ns() - w0
-        waited = max(0, wall - cpu - (_queued_ns() - q0))
+        waited = _waited_ns(wall, cpu, q0)
         t1 = time.monotonic_ns()
         stopped = self.sampler.lost()
         result = ProfiledTest(item.nodeid, cpu_ns=cpu, wall_ns=wall, waited_ns=waited,
@@ -590,7 +596,7 @@ class SpprofPlugin:
             result.rounds += 1
             if cpu < result.cpu_ns:
                 result.cpu_ns, result.wall_ns = cpu, wall
-                result.waited_ns = max(0, wall - cpu - (_queued_ns() - q0))
+                result.waited_ns = _waited_ns(wall, cpu, q0)
                 result.t0, result.t1 = m0, time.monotonic_ns()
                 result.samples = self.sampler.collected() - s0
 
@@ -992,8 +998,7 @@ class SpprofPlugin:
         self_ns, incl = _verdict.function_times(_stacks_by_name(rounds))
         functions = [[name, self_ns.get(name, 0), ns] for name, ns in sorted(incl.items(), key=lambda kv: -kv[1])]
         return {"cpu_ns": r.cpu_ns, "wall_ns": r.wall_ns, "waited_ns": r.waited_ns, "samples": r.samples,
-                "warm_ns": r.warm_ns,
-                "warm_speed_ns": r.warm_speed_ns, "speed_ns": r.speed_ns, "functions": functions,
+                "warm_ns": r.warm_ns, "warm_speed_ns": r.warm_speed_ns, "speed_ns": r.speed_ns, "functions": functions,
                 "stacks": _session.stacks_of(rounds, limit=BASELINE_STACKS)}
 
     def _write_run(self) -> Optional[Path]:
