@@ -150,7 +150,8 @@ def test_sleeping_thread_has_no_cpu_samples_but_wall_samples():
     burn_cpu(0.3)
     t.join()
     cpu_profile = spprof.stop()
-    assert len(samples_by_tid(cpu_profile)[ids["tid"]]) <= 1
+    sleeping = samples_by_tid(cpu_profile)[ids["tid"]]
+    assert len(sleeping) <= 1, [(s.timestamp_ns, s.weight_ns, s.frames[-1]) for s in sleeping]
 
     burnt = threading.Event()
 
