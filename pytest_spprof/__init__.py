@@ -136,7 +136,8 @@ def spprof_profiler(request: Any) -> Any:
     """
     from ._block import BlockProfiler
 
-    return BlockProfiler(request.config.pluginmanager.get_plugin(PLUGIN_NAME))
+    plugin = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
+    return BlockProfiler(plugin.measure.sampler if plugin is not None else None)
 
 
 def load_run(path: Any) -> Any:

@@ -283,18 +283,6 @@ def fold(stacks: Sequence[Stack], prefixes: set) -> List[Stack]:
     return list(out.items())
 
 
-def function_times(stacks: Sequence[Stack]) -> Tuple[Dict[str, int], Dict[str, int]]:
-    """Self and total time per function name, of stacks (names root first, weight)."""
-    own: Dict[str, int] = defaultdict(int)
-    total: Dict[str, int] = defaultdict(int)
-    for names, weight in stacks:
-        if names:
-            own[names[-1]] += weight
-        for name in set(names):
-            total[name] += weight
-    return dict(own), dict(total)
-
-
 def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], own_growth: Dict[str, int],
                share: float = 0.8) -> Tuple[Tuple[str, ...], int]:
     """Where a test's extra time went: the call path (root first) down which the growth runs,

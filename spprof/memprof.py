@@ -167,25 +167,20 @@ class HeapSnapshot:
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"n must be at least 0, got {n}")
-        sites: Dict[Any, Dict[str, Any]] = {}
-        by_stack: Dict[Any, Dict[tuple, int]] = {}
+        # The sites and their bytes are the engine's (a site is a line: its self weight).
+        sites = [{"function": fn, "filename": file, "lineno": line, "estimated_bytes": own, "count": count,
+                  "percent": pct} for fn, file, line, own, _, pct, _, count in self._profile.top(n, group="line").rows()
+                 if own]
+        heaviest: Dict[Any, Dict[tuple, int]] = {}
         for s in self.samples:
-            leaf = s.stack[-1] if s.stack else None
-            key = (leaf.function_name, leaf.filename, leaf.lineno) if leaf else ("<no stack>", "", 0)
-            site = sites.setdefault(key, {"function": key[0], "filename": key[1], "lineno": key[2],
-                                          "estimated_bytes": 0, "count": 0})
-            site["estimated_bytes"] += s.estimated_bytes
-            site["count"] += 1
-            stacks = by_stack.setdefault(key, {})
-            stack = tuple(s.stack)
-            stacks[stack] = stacks.get(stack, 0) + s.estimated_bytes
-        total = self.estimated_heap_bytes or 1
-        out = sorted(sites.values(), key=lambda d: (-d["estimated_bytes"], d["function"]))[:n]
-        for d in out:
-            stacks = by_stack[(d["function"], d["filename"], d["lineno"])]
+            if s.stack:
+                leaf = s.stack[-1]
+                stacks = heaviest.setdefault((leaf.function_name, leaf.filename, leaf.lineno), {})
+                stacks[tuple(s.stack)] = stacks.get(tuple(s.stack), 0) + s.estimated_bytes
+        for d in sites:
+            stacks = heaviest[(d["function"], d["filename"], d["lineno"])]
             d["stack"] = list(max(stacks.items(), key=lambda kv: kv[1])[0])
-            d["percent"] = 100.0 * d["estimated_bytes"] / total
-        return out
+        return sites
 
     def to_profile(self) -> Profile:
         """The live samples as a ``Profile`` (weights in estimated bytes): every CPU-profile

@@ -1,10 +1,13 @@
-"""Parsing of budget and tolerance strings: "50ms", "0.2s", "24MB", "20%"."""
+"""A test's budget (marker over ini defaults), and parsing of budget and tolerance strings:
+"50ms", "0.2s", "24MB", "20%"."""
 
 from __future__ import annotations
 
 import math
 import re
 from typing import Any, Dict, Optional
+
+import pytest
 
 TIME_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
               "min": 60_000_000_000}
@@ -13,6 +16,10 @@ MEMORY_UNITS = {"b": 1, "kb": 1 << 10, "kib": 1 << 10, "k": 1 << 10, "mb": 1 << 
                 "m": 1 << 20, "gb": 1 << 30, "gib": 1 << 30, "g": 1 << 30}
 
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ%]*)\s*$")
+
+
+class SpprofBudgetWarning(pytest.PytestWarning):
+    """A test broke an spprof budget or regressed, under ``--spprof-warn-only``."""
 
 
 class BudgetError(ValueError):
@@ -127,3 +134,19 @@ class Budget:
         else:
             raise BudgetError(f"unknown budget {key!r}; the spprof marker takes "
                               f"{', '.join(BUDGET_KEYS)}")
+
+
+def budget_of(item: Any, defaults: Budget) -> Budget:
+    """The budget of a collected test: the ini defaults, overridden by its spprof markers (the
+    closest marker wins)."""
+    budget = Budget()
+    budget.cpu_ns, budget.wall_ns = defaults.cpu_ns, defaults.wall_ns
+    budget.memory_bytes, budget.peak_memory_bytes = defaults.memory_bytes, defaults.peak_memory_bytes
+    budget.source = dict(defaults.source)
+    for mark in reversed(list(item.iter_markers(name="spprof"))):
+        if mark.args:
+            raise BudgetError(f"the spprof marker of {item.nodeid} takes keyword arguments only "
+                              "(cpu=, wall=, memory=, peak_memory=, share=)")
+        for key, value in mark.kwargs.items():
+            budget.set(key, value, f"the spprof marker of {item.nodeid}")
+    return budget
