@@ -69,7 +69,7 @@ def main():
     shared = sum(table.column(c).nbytes for c in SHARED)
     derived = table.nbytes - shared
     assert table.column("timestamp_ns").chunks[0].buffers()[1].address == \
-        _native._column_address(data, "timestamp_ns")
+        _native._testing._column_address(data, "timestamp_ns")
     print(f"samples table: {table.nbytes / 2**20:.1f} MiB of buffers = {shared / 2**20:.1f} MiB shared with "
           f"the store ({', '.join(SHARED)}) + {derived / 2**20:.1f} MiB derived columns; "
           f"RSS grew {grown / 2**20:.1f} MiB")

@@ -10,7 +10,7 @@ This module is imported by every pytest run (the ``pytest11`` entry point), so i
 nothing of spprof: the working part, ``pytest_spprof._plugin``, is imported only when the plugin
 is enabled.
 
-For other plugins: ``item.stash[pytest_spprof.result_key]`` is the ``SpprofResult`` of a test
+For other plugins: ``item.stash[pytest_spprof.result_key]`` is the ``ProfiledTest`` of a test
 (cpu_ns, wall_ns, samples, outcome, problems, baseline_cpu_ns, files; ``.profile`` once cut), and
 ``config.stash[pytest_spprof.results_key]`` maps node ids to them. The hook
 ``pytest_spprof_result(item, result)`` is called when a test's figures are final.
@@ -27,9 +27,9 @@ from typing import Any, Dict
 
 import pytest
 
-#: ``item.stash[result_key]``: the test's SpprofResult (when --spprof is on).
+#: ``item.stash[result_key]``: the test's ProfiledTest (when --spprof is on).
 result_key = pytest.StashKey[Any]()
-#: ``config.stash[results_key]``: {node id: SpprofResult} for the run.
+#: ``config.stash[results_key]``: {node id: ProfiledTest} for the run.
 results_key = pytest.StashKey[Dict[str, Any]]()
 #: ``item.stash[budget_key]``: the test's parsed budget.
 budget_key = pytest.StashKey[Any]()
@@ -39,7 +39,7 @@ seeded_hypothesis_key = pytest.StashKey[bool]()
 PLUGIN_NAME = "spprof-session"
 
 
-def pytest_addoption(parser: Any) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("spprof", "spprof: profile every test, budgets and baselines")
     add = group.addoption
     add("--spprof", action="store_true", default=None,
@@ -91,7 +91,7 @@ def pytest_addoption(parser: Any) -> None:
     parser.addini("spprof_arrow", "spprof: write the whole-run Arrow file run.arrow", type="bool", default=True)
 
 
-def pytest_addhooks(pluginmanager: Any) -> None:
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
@@ -102,7 +102,7 @@ HYPOTHESIS_SEED = 0
 
 
 @pytest.hookimpl(tryfirst=True)  # before Hypothesis' plugin reads its seed option
-def pytest_configure(config: Any) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "spprof(cpu=None, wall=None, memory=None, peak_memory=None, share=None): performance budget "
         "of the test under pytest --spprof, e.g. cpu=\"50ms\", peak_memory=\"64MB\", share={\"pkg.mod.func\": \"20%\"}")
@@ -136,7 +136,8 @@ def spprof_profiler(request: Any) -> Any:
     """
     from ._block import BlockProfiler
 
-    return BlockProfiler(request.config.pluginmanager.get_plugin(PLUGIN_NAME))
+    plugin = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
+    return BlockProfiler(plugin.measure.sampler if plugin is not None else None)
 
 
 def load_run(path: Any) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, List, Optional
 
+from ._session import SessionSampler, window_profile
+
 
 class Block:
     """One profiled block: ``cpu_ns`` (this thread's CPU, exact), ``wall_ns``, ``profile``."""
@@ -18,8 +20,8 @@ class Block:
         self._own = False
 
     def __enter__(self) -> Block:
-        plugin = self._owner.plugin
-        if plugin is None or not plugin.sampler.active:
+        sampler = self._owner.sampler
+        if sampler is None or not sampler.active:
             import spprof
 
             spprof.start(interval_ms=self._interval_ms, memory_limit_mb=16)
@@ -36,20 +38,20 @@ class Block:
 
             self.profile = spprof.stop()
         else:
-            from . import _session
-
-            sampler = self._owner.plugin.sampler
+            sampler = self._owner.sampler
+            assert sampler is not None
             t1 = time.monotonic_ns()
             sampler.checkpoint()
-            self.profile = _session.window_profile(sampler, self._m0, t1)
+            self.profile = window_profile(sampler, self._m0, t1)
         self._owner.blocks.append(self)
 
 
 class BlockProfiler:
     """The fixture's value: call it to get a context manager (``with spprof_profiler() as b:``)."""
 
-    def __init__(self, plugin: Optional[Any]) -> None:
-        self.plugin = plugin
+    def __init__(self, sampler: Optional[SessionSampler]) -> None:
+        #: The session's sampler under pytest --spprof (a block is a window of it), else None.
+        self.sampler = sampler
         self.blocks: List[Block] = []
 
     def __call__(self, interval_ms: float = 1) -> Block:

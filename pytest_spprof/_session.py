@@ -224,25 +224,6 @@ def cut_harness(frames: Tuple[Any, ...]) -> Tuple[Any, ...]:
     return frames
 
 
-def function_times(profile: Any) -> Tuple[Dict[Tuple[str, str], int], Dict[Tuple[str, str], int], int]:
-    """Self and total time per (function, file), and the profile's total, computed per distinct
-    stack (total: once per sample, so recursion counts once)."""
-    by_stack: Dict[Any, int] = defaultdict(int)
-    total_ns = 0
-    for s in profile.samples:
-        by_stack[tuple(s.frames)] += s.weight_ns
-        total_ns += s.weight_ns
-    self_ns: Dict[Tuple[str, str], int] = defaultdict(int)
-    incl_ns: Dict[Tuple[str, str], int] = defaultdict(int)
-    for frames, w in by_stack.items():
-        if not frames:
-            continue
-        self_ns[(frames[-1].function_name, frames[-1].filename)] += w
-        for key in {(f.function_name, f.filename) for f in frames}:
-            incl_ns[key] += w
-    return dict(self_ns), dict(incl_ns), total_ns
-
-
 def stacks_of(profile: Any, limit: int) -> Dict[str, Any]:
     """The profile's stacks by function and file (lines left out: blame and the differential
     graph do not use them), the heaviest ``limit`` kept and the others folded into their longest

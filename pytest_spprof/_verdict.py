@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ._units import fmt_ns
+from spprof._units import fmt_ns
 
 #: One-sided significance level of the confirmation test. With 4 baseline rounds and 5 current
 #: ones, complete separation gives p = 1/126 and one baseline round above one current round 2/126
@@ -281,18 +281,6 @@ def fold(stacks: Sequence[Stack], prefixes: set) -> List[Stack]:
             depth -= 1
         out[names[:depth]] += weight
     return list(out.items())
-
-
-def function_times(stacks: Sequence[Stack]) -> Tuple[Dict[str, int], Dict[str, int]]:
-    """Self and total time per function name, of stacks (names root first, weight)."""
-    own: Dict[str, int] = defaultdict(int)
-    total: Dict[str, int] = defaultdict(int)
-    for names, weight in stacks:
-        if names:
-            own[names[-1]] += weight
-        for name in set(names):
-            total[name] += weight
-    return dict(own), dict(total)
 
 
 def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], own_growth: Dict[str, int],

@@ -18,7 +18,6 @@ if _installed is not None:
     __path__[:] = [_installed]
 del _installed, _installed_copy
 
-from ._aggregate import AggregatedProfile, AggregatedStack
 from ._api import (
     Profiler,
     ThreadProfiler,
@@ -34,12 +33,31 @@ from ._api import (
     stop,
     unregister_thread,
 )
-from ._api import _native as _native_module
-from ._model import Frame, NativeFrame, Profile, ProfilerStats, Sample
+from ._ext import native as _native_module
 
 #: Whether the native extension loaded (without it nothing can be profiled).
 _HAS_NATIVE = _native_module is not None
 del _native_module
+
+# The data model is imported on first use: `import spprof` before start() stays cheap.
+_LAZY = {"Frame": "_model", "NativeFrame": "_model", "Profile": "_model", "ProfilerStats": "_model",
+         "Sample": "_model", "AggregatedProfile": "_aggregate", "AggregatedStack": "_aggregate"}
+
+
+def __getattr__(name: str):  # PEP 562
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spprof' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -68,11 +68,9 @@ class AggregatedProfile:
 
 
 def aggregate(profile: Profile) -> AggregatedProfile:
-    from ._model import SampleSequence
-
     samples = profile.samples
     groups: Dict[Tuple[Any, ...], List[Any]] = {}
-    if isinstance(samples, SampleSequence) and samples is profile._data_samples:
+    if profile._data is not None and samples is profile._data_samples:
         # Group the native rows by (thread, stack id): no Sample object per sample.
         data = profile._data
         for start in range(0, len(samples), 65536):

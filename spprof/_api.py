@@ -8,53 +8,37 @@ import contextlib
 import functools
 import numbers
 import os
-import platform
 import signal as _signal
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, List, Optional, TypeVar, Union
 
-from ._model import NativeFrame, PathLike, Profile, ProfilerStats
-from ._paths import check_writable
+from . import _ext
+from ._ext import native as _native
 
-try:
-    from . import _native
-except ImportError as exc:  # pragma: no cover - only without a built extension
-    _native = None
-    _NATIVE_ERROR: Optional[ImportError] = exc
-else:
-    _NATIVE_ERROR = None
+# Annotations only: `import spprof` stays cheap (typing, dataclasses and the model's imports
+# cost most of it); the model is imported when a profile is made.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator, List, Optional, TypeVar, Union
 
-F = TypeVar("F", bound=Callable[..., Any])
+    from ._model import NativeFrame, PathLike, Profile, ProfilerStats
+
+    F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
 class _Run:
-    start_time: datetime
-    interval_ms: float
-    output_path: Optional[PathLike]
+    """What stop() needs of the start() call."""
+
+    def __init__(self, start_time: datetime, interval_ms: float, output_path: Optional[PathLike]) -> None:
+        self.start_time, self.interval_ms, self.output_path = start_time, interval_ms, output_path
 
 
 _run: Optional[_Run] = None
 # start() and stop() run one at a time, so that concurrent calls from several threads each
 # either succeed or raise the documented RuntimeError (and _run always matches the session).
 _lifecycle = threading.Lock()
-
-
-def _require_native() -> Any:
-    if _native is None:
-        from ._source_tree import has_extension
-
-        here = os.path.dirname(os.path.abspath(__file__))
-        problem = (f"spprof's compiled extension in {here} cannot be loaded ({_NATIVE_ERROR})" if has_extension(here)
-                   else f"spprof's compiled extension is not in {here}, and no installed spprof has one")
-        raise RuntimeError(
-            f"{problem}: run `pip install .` with this Python ({sys.executable}) in the folder that holds "
-            f"pyproject.toml ({os.path.dirname(here)} if this is a checkout); it needs Rust and a C compiler")
-    return _native
 
 
 #: Bounds of start()'s numbers: a tick at least every hour, a store of at most 1 TiB.
@@ -80,6 +64,8 @@ def _check_output_path(output_path: Any) -> None:
         raise TypeError(
             f"output_path must be a str or os.PathLike, not {type(output_path).__name__}")
     if output_path is not None:
+        from ._paths import check_writable
+
         check_writable(output_path, "output_path")
 
 
@@ -174,7 +160,7 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     limit = _check_number("memory_limit_mb", memory_limit_mb, 0.25, MAX_MEMORY_LIMIT_MB, "MB")
     _check_output_path(output_path)
     _check_mode_and_signal(mode, signum)
-    native = _require_native()
+    native = _ext.require()
     with _lifecycle:
         if native.is_active():
             raise RuntimeError("Profiler already running: profiling is already active; call spprof.stop() "
@@ -194,19 +180,21 @@ def stop() -> Profile:
 
     A Ctrl-C while it runs is held until the profile is saved, then raised."""
     global _run
-    native = _require_native()
+    native = _ext.require()
     with _ctrl_c_after(), _lifecycle:
         if not native.is_active():
             raise RuntimeError("Profiler not running: profiling is not active; call spprof.start() first")
         data = native.stop()
         run, _run = _run, None
+        from ._model import Profile
+
         profile = Profile._from_native(
             data,
             start_time=run.start_time,
             end_time=datetime.now().astimezone(),
             interval_ms=run.interval_ms,
-            python_version=platform.python_version(),
-            platform=f"{platform.system()}-{platform.machine()}",
+            python_version=".".join(map(str, sys.version_info[:3])),
+            platform=f"{os.uname().sysname}-{os.uname().machine}",
         )
         if run.output_path is not None:
             profile.save(run.output_path)
@@ -245,6 +233,8 @@ def stats() -> Optional[ProfilerStats]:
     if raw is None:
         return None
     duration_ns = max(raw["duration_ns"], 1)
+    from ._model import ProfilerStats
+
     return ProfilerStats(
         collected_samples=raw["collected_samples"],
         dropped_samples=raw["dropped_samples"],
@@ -354,7 +344,7 @@ def native_unwinding_available() -> bool:
     """Whether samples can carry native (C, C++, Rust) frames merged with the Python frames:
     Linux on x86-64, with the native extension loaded."""
     return (_native is not None and hasattr(_native, "capture_native_stack")
-            and sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"))
+            and sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "AMD64"))
 
 
 def set_native_unwinding(enabled: bool) -> None:
@@ -381,6 +371,8 @@ def capture_native_stack() -> List[NativeFrame]:
     spprof's own frames are left out."""
     if not native_unwinding_available():
         raise RuntimeError("native stack unwinding is not available here (it needs Linux on x86-64)")
+    from ._model import NativeFrame
+
     frames = [NativeFrame(*row) for row in _native.capture_native_stack()]
     own = os.path.realpath(_native.__file__)
     while frames and os.path.realpath(frames[0].filename) == own:

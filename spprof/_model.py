@@ -8,15 +8,30 @@ Python object per sample; the writers and the analysis work on the columnar form
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
-PathLike = Union[str, "os.PathLike[str]"]
+from . import _ext
+
+# Annotations only (see _api): json, pathlib and typing are imported where they are used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
+
+    PathLike = Union[str, "os.PathLike[str]"]
+
+#: What the analysis groups by, and orders by.
+GROUPS = ("function", "line", "file")
+ORDERS = ("self", "total")
+
+
+def _check_group(group: Any) -> None:
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(map(repr, GROUPS))}, not {group!r}")
+
 
 #: Output formats by name, and the file extensions that select them.
 FORMATS: Dict[str, Tuple[str, ...]] = {
@@ -73,9 +88,7 @@ class SampleSequence(SequenceABC):
         stack = self._stacks.get(stack_id)
         if stack is None:
             if self._frames is None:
-                from . import _native
-
-                self._frames = [Frame(*f) for f in _native.frames_of(self._data)]
+                self._frames = [Frame(*f) for f in _ext.require().frames_of(self._data)]
             frames = self._frames
             stack = self._stacks[stack_id] = tuple(frames[i] for i in self._data.stack(stack_id))
         return stack
@@ -87,11 +100,12 @@ class SampleSequence(SequenceABC):
         return [Sample(ts, threads[t][0], threads[t][1], self._stack(sid), weight, on_cpu)
                 for ts, t, weight, sid, on_cpu in self._data.sample_rows(start, stop)]
 
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
+    if TYPE_CHECKING:
+        @overload
+        def __getitem__(self, index: int) -> Sample: ...
 
-    @overload
-    def __getitem__(self, index: slice) -> List[Sample]: ...
+        @overload
+        def __getitem__(self, index: slice) -> List[Sample]: ...
 
     def __getitem__(self, index: Any) -> Any:
         n = len(self)
@@ -199,9 +213,7 @@ class Profile:
         if self._data is not None and self.samples is self._data_samples \
                 and len(self.samples) == len(self._data):
             return self._data
-        from . import _native
-
-        return _native.ProfileData.from_samples(
+        return _ext.require().ProfileData.from_samples(
             (s.timestamp_ns, s.thread_id, s.thread_name or f"Thread-{s.thread_id}", s.weight_ns, s.on_cpu,
              [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames])
             for s in self.samples
@@ -244,38 +256,54 @@ class Profile:
     def _unit(self) -> str:
         return "ns"
 
-    # -- analysis (see spprof.analysis) ---------------------------------------------------------
+    # -- analysis (spprof.analysis is the same as functions) --------------------------------------
 
     def top(self, n: Optional[int] = 20, by: str = "self", group: str = "function") -> Any:
         """Arrow table of the heaviest functions (or lines, files); see ``spprof.analysis.top``."""
-        from . import analysis
-
-        return analysis.top(self, n, by, group)
+        if by not in ORDERS:
+            raise ValueError(f"by must be 'self' or 'total', not {by!r}")
+        _check_group(group)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"n must be a non-negative int or None, not {n!r}")
+        return _ext.require().analysis_top(self._native(), n, by == "total", group, self._unit)
 
     def threads(self) -> Any:
         """Arrow table of the time per thread; see ``spprof.analysis.threads``."""
-        from . import analysis
-
-        return analysis.threads(self)
+        return _ext.require().analysis_threads(self._native(), self._unit)
 
     def diff(self, baseline: Profile, group: str = "function") -> Any:
         """Arrow table of what changed from ``baseline`` to this profile; see ``spprof.analysis.diff``."""
-        from . import analysis
-
-        return analysis.diff(baseline, self, group)
+        if not isinstance(baseline, Profile):
+            raise TypeError(f"baseline must be a spprof.Profile (as spprof.stop() returns), "
+                            f"not {type(baseline).__name__}")
+        _check_group(group)
+        if baseline._unit != self._unit:
+            raise ValueError("cannot diff a CPU/wall profile with a memory profile")
+        return _ext.require().analysis_diff(baseline._native(), self._native(), group, self._unit)
 
     def between(self, start_ns: int, end_ns: int) -> Profile:
         """The profile of the samples taken in ``[start_ns, end_ns)`` (ns since profiling started)."""
-        from . import analysis
-
-        return self._derived(analysis.select_window(self, start_ns, end_ns))
+        for name, value in (("start_ns", start_ns), ("end_ns", end_ns)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int (nanoseconds since profiling started), not {value!r}")
+        if end_ns < start_ns:
+            raise ValueError(f"end_ns ({end_ns}) is before start_ns ({start_ns})")
+        # Times before the start or past 2**63 ns (292 years) hold no samples: clamp, do not overflow.
+        start_ns, end_ns = (min(max(t, 0), 2**63 - 1) for t in (start_ns, end_ns))
+        return self._derived(_ext.require().select_window(self._native(), start_ns, end_ns))
 
     def filter(self, function: Optional[str] = None, file: Optional[str] = None) -> Profile:
         """The profile of the samples whose stack has a frame matching the ``fnmatch`` patterns
         (on the qualified function name and the file name), e.g. ``filter(file="*/myapp/*")``."""
-        from . import analysis
+        import fnmatch
 
-        return self._derived(analysis.select_matching(self, function, file))
+        if function is None and file is None:
+            raise ValueError("give a function pattern, a file pattern, or both")
+        data = self._native()
+        ids = [i for i, (fn, fname, _, _) in enumerate(_ext.require().frames_of(data))
+               if (function is None or fnmatch.fnmatchcase(fn, function))
+               and (file is None or fnmatch.fnmatchcase(fname, file))]
+        return self._derived(_ext.require().select_frames(data, ids))
 
     def _derived(self, data: Any) -> Profile:
         return Profile._from_native(data, start_time=self.start_time, end_time=self.end_time,
@@ -286,6 +314,8 @@ class Profile:
 
     def to_speedscope(self) -> Dict[str, Any]:
         """The profile as a speedscope document (a dict ready for ``json.dump``)."""
+        import json
+
         return json.loads(self._speedscope_text())
 
     #: The speedscope unit of the weights.
@@ -304,22 +334,20 @@ class Profile:
     def to_flamegraph_svg(self, title: Optional[str] = None) -> str:
         """An interactive SVG flame graph (click to zoom, Ctrl-F to search in a browser). Frame
         widths are the samples' summed weights: time, or bytes for memory profiles."""
-        from ._api import _require_native
-
-        return _require_native().flamegraph_svg(self._native(), title or self._title(), self._unit)
+        return _ext.require().flamegraph_svg(self._native(), title or self._title(), self._unit)
 
     def to_html(self, title: Optional[str] = None) -> str:
         """One self-contained HTML page (no network access needed): the flame graph of
         ``to_flamegraph_svg`` and the 30 functions with the most self time, with their total time."""
-        from ._api import _require_native
-
-        return _require_native().flamegraph_html(self._native(), title or self._title(), self._unit)
+        return _ext.require().flamegraph_html(self._native(), title or self._title(), self._unit)
 
     def save(self, path: PathLike, format: Optional[str] = None) -> Path:
         """Write the profile to ``path``; the format comes from ``format`` or the file extension:
         ``"speedscope"`` (.json), ``"collapsed"`` (.collapsed, .folded, .txt), ``"svg"`` (.svg, an
         interactive flame graph) or ``"html"`` (.html, .htm: the flame graph and a top-functions
         table in one self-contained page). See ``FORMATS``."""
+        from pathlib import Path
+
         path = Path(os.fspath(path))
         fmt = resolve_format(path, format)
         if fmt == "speedscope":  # one entry per sample: streamed to the file
@@ -338,9 +366,7 @@ class Profile:
         row per frame of every sample, root first). The result implements the Arrow PyCapsule
         interface (``__arrow_c_stream__``), so pyarrow, polars, pandas and duckdb read it without a
         copy; the weight column is ``weight_<unit>`` (``weight_ns`` here). Schema: docs/arrow.md."""
-        from . import _native
-
-        return _native.to_arrow(self._native(), kind, f"weight_{self._unit}")
+        return _ext.require().to_arrow(self._native(), kind, f"weight_{self._unit}")
 
     def to_pyarrow(self, kind: str = "samples") -> Any:
         """``to_arrow(kind)`` as a ``pyarrow.Table`` (needs pyarrow)."""

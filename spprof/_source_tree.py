@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 
 def has_extension(folder: str) -> bool:
@@ -25,7 +24,7 @@ def has_extension(folder: str) -> bool:
         return False
 
 
-def installed_copy(here: str) -> Optional[str]:
+def installed_copy(here: str) -> str | None:
     """The folder of an installed spprof to use in place of the source folder ``here``: None when
     ``here`` has its extension (an editable install, a build) or nothing else is installed."""
     if has_extension(here):

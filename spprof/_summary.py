@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
+from . import analysis
 from ._model import Profile
 
 Key = Tuple[str, str]  # (function, file)
 
 
 def hottest(profile: Profile, n: int = 10) -> List[Tuple[Key, int, int]]:
-    """The ``n`` functions with the most self time: ``((function, file), self_ns, total_ns)``."""
-    self_ns: Dict[Key, int] = defaultdict(int)
-    total_ns: Dict[Key, int] = defaultdict(int)
-    for s in profile.samples:
-        if not s.frames:
-            continue
-        leaf = s.frames[-1]
-        self_ns[(leaf.function_name, leaf.filename)] += s.weight_ns
-        for key in {(f.function_name, f.filename) for f in s.frames}:
-            total_ns[key] += s.weight_ns
-    top = sorted(self_ns.items(), key=lambda kv: -kv[1])[:n]
-    return [(key, ns, total_ns[key]) for key, ns in top]
-
-
+    """The ``n`` functions with the most self time: ``((function, file), self_ns, total_ns)``,
+    as ``spprof.analysis.top`` computes them."""
+    return [((function, file), self_ns, total_ns)
+            for function, file, self_ns, total_ns, *_ in analysis.top(profile, n).rows()]
 def render(profile: Profile, n: int = 10) -> str:
     total = profile.total_weight_ns
     lines = [

@@ -18,59 +18,44 @@ Column names carry the unit: ``_ns`` for CPU and wall-clock profiles.
 
 from __future__ import annotations
 
-import fnmatch
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from ._api import _require_native
-
-if TYPE_CHECKING:
-    from ._model import Profile
-
-GROUPS = ("function", "line", "file")
-ORDERS = ("self", "total")
+from ._model import GROUPS, ORDERS, Profile  # noqa: F401  (GROUPS, ORDERS: what the functions take)
 
 
 def _check_profiles(**profiles: Any) -> None:
-    from ._model import Profile  # _model imports this module
-
     for name, value in profiles.items():
         if not isinstance(value, Profile):
             raise TypeError(f"{name} must be a spprof.Profile (as spprof.stop() returns), "
                             f"not {type(value).__name__}")
 
 
-def _check_group(group: Any) -> None:
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {', '.join(map(repr, GROUPS))}, not {group!r}")
-
-
 def top(profile: Profile, n: Optional[int] = 20, by: str = "self", group: str = "function") -> Any:
     """The ``n`` heaviest functions (``group="line"``: lines, ``"file"``: files) by ``by`` time
     (``"self"`` or ``"total"``). Columns: function, filename, [lineno], self_ns, total_ns,
     self_pct, total_pct, samples. ``n=None`` returns every row."""
-    if by not in ORDERS:
-        raise ValueError(f"by must be 'self' or 'total', not {by!r}")
-    _check_group(group)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-        raise ValueError(f"n must be a non-negative int or None, not {n!r}")
-    return _require_native().analysis_top(profile._native(), n, by == "total", group, profile._unit)
+    _check_profiles(profile=profile)
+    return profile.top(n, by, group)
 
 
 def threads(profile: Profile) -> Any:
     """Time per thread, heaviest first. Columns: thread_id, thread_name, samples, weight_ns,
     on_cpu_ns (the part sampled while the thread ran), share_pct."""
-    return _require_native().analysis_threads(profile._native(), profile._unit)
+    _check_profiles(profile=profile)
+    return profile.threads()
 
 
 def between(profile: Profile, start_ns: int, end_ns: int) -> Any:
     """The samples table (see ``Profile.to_arrow``) of the samples taken in
     ``[start_ns, end_ns)``, in nanoseconds since profiling started."""
+    _check_profiles(profile=profile)
     return profile.between(start_ns, end_ns).to_arrow("samples")
 
 
 def matching(profile: Profile, function: Optional[str] = None, file: Optional[str] = None) -> Any:
     """The samples table of the samples whose stack has a frame matching the patterns
     (``fnmatch`` globs on the qualified function name and on the file name)."""
+    _check_profiles(profile=profile)
     return profile.filter(function=function, file=file).to_arrow("samples")
 
 
@@ -79,32 +64,4 @@ def diff(baseline: Profile, current: Profile, group: str = "function") -> Any:
     (``delta_*``) and the change of their share of each profile (``*_pct``, percentage points),
     sorted by the largest growth of self time."""
     _check_profiles(baseline=baseline, current=current)
-    _check_group(group)
-    if baseline._unit != current._unit:
-        raise ValueError("cannot diff a CPU/wall profile with a memory profile")
-    return _require_native().analysis_diff(baseline._native(), current._native(), group, current._unit)
-
-
-# -- used by Profile ---------------------------------------------------------------------------
-
-
-def select_window(profile: Profile, start_ns: int, end_ns: int) -> Any:
-    for name, value in (("start_ns", start_ns), ("end_ns", end_ns)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int (nanoseconds since profiling started), not {value!r}")
-    if end_ns < start_ns:
-        raise ValueError(f"end_ns ({end_ns}) is before start_ns ({start_ns})")
-    # Times before the start or past 2**63 ns (292 years) hold no samples: clamp, do not overflow.
-    start_ns, end_ns = (min(max(t, 0), 2**63 - 1) for t in (start_ns, end_ns))
-    return _require_native().select_window(profile._native(), start_ns, end_ns)
-
-
-def select_matching(profile: Profile, function: Optional[str], file: Optional[str]) -> Any:
-    if function is None and file is None:
-        raise ValueError("give a function pattern, a file pattern, or both")
-    data = profile._native()
-    frames = _require_native().frames_of(data)
-    ids = [i for i, (fn, fname, _, _) in enumerate(frames)
-           if (function is None or fnmatch.fnmatchcase(fn, function))
-           and (file is None or fnmatch.fnmatchcase(fname, file))]
-    return _require_native().select_frames(data, ids)
+    return current.diff(baseline, group)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import _api
+from . import _api, _ext
 from ._model import FORMATS, Profile, resolve_format
 from ._paths import check_writable
 from ._summary import render
@@ -139,7 +139,7 @@ def _without_launcher(profile: Profile, script: str) -> Profile:
                              "<frozen importlib._bootstrap_external>")
                 or real in ours or os.path.dirname(real) == here)
 
-    native = _api._require_native()
+    native = _ext.require()
     data = profile._native()
     frames = native.frames_of(data)
     ids = [i for i, (_, filename, _, _) in enumerate(frames) if launcher(filename)]

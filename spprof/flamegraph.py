@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ._api import _require_native
+from . import _ext
 
 if TYPE_CHECKING:
     from ._model import PathLike, Profile
@@ -32,7 +32,7 @@ def diff_svg(baseline: Profile, current: Profile, path: Optional[PathLike] = Non
         raise ValueError(f"cannot compare a profile in {baseline._unit} with one in {current._unit}")
     if title is None:
         title = f"Differential flame graph: {current._title()} vs. baseline {baseline._title()}"
-    svg = _require_native().diff_flamegraph_svg(baseline._native(), current._native(), title,
+    svg = _ext.require().diff_flamegraph_svg(baseline._native(), current._native(), title,
                                                 current._unit, normalize)
     if path is not None:
         Path(os.fspath(path)).write_text(svg, encoding="utf-8")

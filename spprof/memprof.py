@@ -34,10 +34,13 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ._api import _require_native
-from ._model import Frame, PathLike, Profile
+from . import _ext
+from ._model import Frame, Profile
+
+if TYPE_CHECKING:
+    from ._model import PathLike
 
 __all__ = [
     "AllocationSample",
@@ -164,25 +167,20 @@ class HeapSnapshot:
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"n must be at least 0, got {n}")
-        sites: Dict[Any, Dict[str, Any]] = {}
-        by_stack: Dict[Any, Dict[tuple, int]] = {}
+        # The sites and their bytes are the engine's (a site is a line: its self weight).
+        sites = [{"function": fn, "filename": file, "lineno": line, "estimated_bytes": own, "count": count,
+                  "percent": pct} for fn, file, line, own, _, pct, _, count in self._profile.top(n, group="line").rows()
+                 if own]
+        heaviest: Dict[Any, Dict[tuple, int]] = {}
         for s in self.samples:
-            leaf = s.stack[-1] if s.stack else None
-            key = (leaf.function_name, leaf.filename, leaf.lineno) if leaf else ("<no stack>", "", 0)
-            site = sites.setdefault(key, {"function": key[0], "filename": key[1], "lineno": key[2],
-                                          "estimated_bytes": 0, "count": 0})
-            site["estimated_bytes"] += s.estimated_bytes
-            site["count"] += 1
-            stacks = by_stack.setdefault(key, {})
-            stack = tuple(s.stack)
-            stacks[stack] = stacks.get(stack, 0) + s.estimated_bytes
-        total = self.estimated_heap_bytes or 1
-        out = sorted(sites.values(), key=lambda d: (-d["estimated_bytes"], d["function"]))[:n]
-        for d in out:
-            stacks = by_stack[(d["function"], d["filename"], d["lineno"])]
+            if s.stack:
+                leaf = s.stack[-1]
+                stacks = heaviest.setdefault((leaf.function_name, leaf.filename, leaf.lineno), {})
+                stacks[tuple(s.stack)] = stacks.get(tuple(s.stack), 0) + s.estimated_bytes
+        for d in sites:
+            stacks = heaviest[(d["function"], d["filename"], d["lineno"])]
             d["stack"] = list(max(stacks.items(), key=lambda kv: kv[1])[0])
-            d["percent"] = 100.0 * d["estimated_bytes"] / total
-        return out
+        return sites
 
     def to_profile(self) -> Profile:
         """The live samples as a ``Profile`` (weights in estimated bytes): every CPU-profile
@@ -242,7 +240,7 @@ def start(sampling_rate_kb: float = 512) -> None:
     if sampling_rate_kb > 1 << 30:
         raise ValueError(f"sampling_rate_kb is too large: {sampling_rate_kb!r} (at most {1 << 30})")
     with _lock:
-        _require_native().memprof_start(int(sampling_rate_kb * 1024))
+        _ext.require().memprof_start(int(sampling_rate_kb * 1024))
         _started_at = datetime.now()
 
 
@@ -251,11 +249,11 @@ def stop() -> None:
     ``shutdown()``, so memory freed later does not show as a leak. Raises ``RuntimeError`` when
     memory profiling is not running."""
     with _lock:
-        _require_native().memprof_stop()
+        _ext.require().memprof_stop()
 
 
 def is_running() -> bool:
-    return _require_native().memprof_state() == "running"
+    return _ext.require().memprof_state() == "running"
 
 
 def _thread_names() -> Dict[int, str]:
@@ -269,7 +267,7 @@ def _thread_names() -> Dict[int, str]:
 def get_snapshot() -> HeapSnapshot:
     """The live sampled allocations, while running or after ``stop()``. Raises ``RuntimeError``
     before the first ``start()`` and after ``shutdown()``."""
-    data, addresses, total = _require_native().memprof_snapshot(_thread_names())
+    data, addresses, total = _ext.require().memprof_snapshot(_thread_names())
     stats = get_stats()
     python_domains = [d for d in stats.unhooked_domains if not d.endswith("RAW")]
     if python_domains:
@@ -313,20 +311,20 @@ def get_traced_memory() -> Tuple[int, int]:
     """``(current, peak)``: the estimated live heap in bytes, and its high-water mark since
     ``start()`` or the last ``reset_peak()``, as ``tracemalloc.get_traced_memory()`` gives them.
     Cheap (no snapshot is built). Raises ``RuntimeError`` as ``get_snapshot()`` does."""
-    return _require_native().memprof_traced_memory()
+    return _ext.require().memprof_traced_memory()
 
 
 def reset_peak() -> None:
     """Start the high-water mark of ``get_traced_memory()`` again from the live heap now, and the
     tally of ``allocations_since_reset_peak()``, as ``tracemalloc.reset_peak()`` does."""
-    _require_native().memprof_reset_peak()
+    _ext.require().memprof_reset_peak()
 
 
 def allocations_since_reset_peak() -> Profile:
     """The bytes allocated since ``start()`` or ``reset_peak()``, freed since or not, by thread
     and stack (estimated from the samples): who allocated, where a snapshot shows who still
     holds. Weights are bytes, so ``save()`` and the flame graph show bytes."""
-    return _memory_profile(_require_native().memprof_allocated_since_reset(_thread_names()))
+    return _memory_profile(_ext.require().memprof_allocated_since_reset(_thread_names()))
 
 
 def _memory_profile(data: Any) -> _MemoryProfile:
@@ -349,7 +347,7 @@ def _recommendation(live: int) -> str:
 
 def get_stats() -> MemProfStats:
     """Counters of the memory profiler (zeros before ``start()``)."""
-    raw = _require_native().memprof_stats()
+    raw = _ext.require().memprof_stats()
     names = MemProfStats.__dataclass_fields__
     return MemProfStats(**{k: v for k, v in raw.items() if k in names})
 
@@ -358,7 +356,7 @@ def shutdown() -> None:
     """Stop memory profiling for good: no sampling, no free tracking, allocator hooks removed
     (where no other tool wrapped them since). One-way: ``start()`` raises afterwards."""
     with _lock:
-        _require_native().memprof_shutdown()
+        _ext.require().memprof_shutdown()
 
 
 class MemoryProfiler:
@@ -383,14 +381,14 @@ class MemoryProfiler:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    native = _require_native()
+    native = _ext.require()
     if native.memprof_state() != "never":
         native.memprof_after_fork_in_child()
 
 
 def _shutdown_at_exit() -> None:
     try:
-        native = _require_native()
+        native = _ext.require()
     except RuntimeError:
         return
     if native.memprof_state() not in ("never", "shutdown"):

@@ -11,7 +11,7 @@
     _spprof.to_pandas("frames")   # the samples as data (Arrow tables underneath)
 
 ``%%spprof?`` lists the options. The magic's value (also bound to ``_spprof``) is a
-:class:`SpprofResult`.
+:class:`CellProfile`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from ._magic import (
     make_async_cell_transformer,
 )
 from ._magic import run_async_cell as _run_async_cell
-from ._result import SpprofResult
+from ._result import CellProfile
 
-__all__ = ["DEFAULT_INTERVAL_MS", "DEFAULT_MEMORY_RATE_KB", "SpprofMagics", "SpprofResult",
+__all__ = ["DEFAULT_INTERVAL_MS", "DEFAULT_MEMORY_RATE_KB", "SpprofMagics", "CellProfile",
            "load_ipython_extension", "unload_ipython_extension", "_run_async_cell"]
 
 

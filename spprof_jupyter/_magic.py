@@ -21,7 +21,7 @@ from spprof._api import MAX_INTERVAL_MS, check_interval_ms
 from spprof._model import resolve_format
 from spprof._paths import check_writable
 
-from ._result import DEFAULT_TOP, SpprofResult
+from ._result import DEFAULT_TOP, CellProfile
 
 #: Sampling interval of a cell (ms): cells are short, so sample as often as the profiler allows.
 DEFAULT_INTERVAL_MS = 1.0
@@ -148,7 +148,7 @@ class _Run:
         cm.__exit__(None, None, None)
         return getattr(cm, "snapshot", None)
 
-    def stop(self, value: Any, failed: bool) -> Optional[SpprofResult]:
+    def stop(self, value: Any, failed: bool) -> Optional[CellProfile]:
         """Stop profiling (always: also on errors and KeyboardInterrupt), bind the result to
         ``_spprof``, save it with ``-o``, display the cell's value; the magic's return value."""
         raw = None
@@ -158,7 +158,7 @@ class _Run:
         finally:
             memory = self._stop_memory()
         profile = self._trim(raw) if raw is not None else None
-        result = SpprofResult(profile, memory, raw_profile=raw, value=value,
+        result = CellProfile(profile, memory, raw_profile=raw, value=value,
                               top_n=DEFAULT_TOP if self.args.top is None else self.args.top,
                               interval_ms=self.interval if self.cpu else None,
                               memory_rate_kb=self.args.memory)
@@ -200,7 +200,7 @@ class _Run:
     def _namespaces(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         return self.shell.user_global_ns, self.shell.user_ns
 
-    def run(self) -> Optional[SpprofResult]:
+    def run(self) -> Optional[CellProfile]:
         __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
         if self.is_async:
             try:
@@ -223,7 +223,7 @@ class _Run:
             result = self.stop(value, failed)
         return result
 
-    async def run_async(self) -> Optional[SpprofResult]:
+    async def run_async(self) -> Optional[CellProfile]:
         __tracebackhide__ = True  # noqa: F841
         g, ns = self._namespaces()
         self.start()
@@ -264,7 +264,7 @@ class SpprofMagics(Magics):
               help=f"rows of the top-functions table (default {DEFAULT_TOP})")
     @argument("statement", nargs="*", help="(line magic) the statement to profile")
     @line_cell_magic
-    def spprof(self, line: str, cell: Optional[str] = None) -> Optional[SpprofResult]:
+    def spprof(self, line: str, cell: Optional[str] = None) -> Optional[CellProfile]:
         """Profile a cell (``%%spprof``) or one statement (``%spprof stmt``) with spprof.
 
         The code runs in the notebook's namespace as it would without the magic: the variables it
@@ -304,7 +304,7 @@ class SpprofMagics(Magics):
         return _Run(self.shell, args, source, is_cell).run()
 
 
-async def run_async_cell(shell: Any, line: str, cell: str) -> Optional[SpprofResult]:
+async def run_async_cell(shell: Any, line: str, cell: str) -> Optional[CellProfile]:
     """What a ``%%spprof`` cell with top-level ``await`` becomes (see ``async_cell_transformer``):
     awaited by IPython in its event loop, like any async cell."""
     __tracebackhide__ = True  # noqa: F841

@@ -4,52 +4,21 @@ from __future__ import annotations
 
 import html
 import re
-from collections import defaultdict
 from typing import Any, Dict, List, Optional, Tuple
 
-from spprof import Profile
+from spprof import Profile, analysis
+from spprof._units import fmt_bytes, fmt_ns
 
 #: Rows of the top-functions table shown by default (``--top N`` changes it).
 DEFAULT_TOP = 10
 
-Row = Tuple[str, str, int, int]  # function, file, self weight, total weight
+#: function, file, self weight, total weight, self %, total %, samples (``analysis.top``'s columns)
+Row = Tuple[str, str, int, int, float, float, int]
 
 
-def _format_ns(ns: float) -> str:
-    if ns >= 1e9:
-        return f"{ns / 1e9:.2f} s"
-    if ns >= 1e6:
-        return f"{ns / 1e6:.1f} ms"
-    if ns >= 1e3:
-        return f"{ns / 1e3:.0f} µs"
-    return f"{ns:.0f} ns"
-
-
-def _format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _top_rows(profile: Profile, n: Optional[int]) -> Tuple[List[Row], int]:
-    """Per (function, file): self weight (leaf) and total weight (once per sample), heaviest self
-    first, as ``spprof.analysis.top`` and the HTML page group them; and the profile's total."""
-    self_w: Dict[Tuple[str, str], int] = defaultdict(int)
-    total_w: Dict[Tuple[str, str], int] = defaultdict(int)
-    total = 0
-    for s in profile.samples:
-        total += s.weight_ns
-        if not s.frames:
-            continue
-        leaf = s.frames[-1]
-        self_w[(leaf.function_name, leaf.filename)] += s.weight_ns
-        for key in {(f.function_name, f.filename) for f in s.frames}:
-            total_w[key] += s.weight_ns
-    keys = sorted(total_w, key=lambda k: (-self_w.get(k, 0), -total_w[k], k))
-    if n is not None:
-        keys = keys[:n]
-    return [(k[0], k[1], self_w.get(k, 0), total_w[k]) for k in keys], total
+def _top_rows(profile: Profile, n: Optional[int]) -> List[Row]:
+    """The ``n`` functions with the most self weight, as ``spprof.analysis.top`` computes them."""
+    return analysis.top(profile, n).rows()
 
 
 def _svg_document(svg: str, title: str) -> str:
@@ -82,7 +51,7 @@ def _graph_iframe(svg: str, title: str) -> str:
             f'style="width:100%;height:{height}px;border:1px solid #ddd" frameborder="0"></iframe>')
 
 
-class SpprofResult:
+class CellProfile:
     """What ``%%spprof`` / ``%spprof`` return (and bind to ``_spprof``).
 
     - ``profile``: the CPU (or wall-clock) :class:`spprof.Profile` of the cell, its stacks starting at
@@ -171,7 +140,7 @@ class SpprofResult:
     def diff(self, other: Any, group: str = "function") -> Any:
         """What changed from ``other`` (the baseline: another result, or a ``Profile``) to this
         result: ``Profile.diff``, the functions that got slower first."""
-        baseline = other._profile() if isinstance(other, SpprofResult) else other
+        baseline = other._profile() if isinstance(other, CellProfile) else other
         return self._profile().diff(baseline, group)
 
     def save(self, path: Any, format: Optional[str] = None) -> Any:
@@ -187,14 +156,14 @@ class SpprofResult:
         if p is not None:
             what = "wall-clock time" if p.mode == "wall" else "CPU"
             interval = f", every {self.interval_ms:g} ms" if self.interval_ms is not None else ""
-            parts.append(f"{len(p.samples)} samples{interval}, {_format_ns(p.total_weight_ns)} of {what} "
+            parts.append(f"{len(p.samples)} samples{interval}, {fmt_ns(p.total_weight_ns)} of {what} "
                          f"in {p.duration_s:.3f} s" + (f", {p.dropped_count} dropped" if p.dropped_count else ""))
         m = self.memory
         if m is not None:
             heap = getattr(m, "estimated_heap_bytes", None)
             live = getattr(m, "live_samples", None)
             rate = f", sampling every {self.memory_rate_kb} KiB" if self.memory_rate_kb else ""
-            parts.append("memory: " + (f"{_format_bytes(heap)} live heap estimated" if heap is not None else "")
+            parts.append("memory: " + (f"{fmt_bytes(heap)} live heap estimated" if heap is not None else "")
                          + (f" from {live} live samples" if live is not None else "") + rate)
         return "spprof: " + "; ".join(parts)
 
@@ -212,24 +181,22 @@ class SpprofResult:
             if hint:
                 lines.append("  " + hint)
             else:
-                rows, total = _top_rows(p, self.top_n)
                 lines.append(f"  {'self %':>7} {'self':>9} {'total %':>8}  function (file)")
-                for function, file, self_w, total_w in rows:
-                    lines.append(f"  {100 * self_w / total:6.1f}% {_format_ns(self_w):>9} "
-                                 f"{100 * total_w / total:7.1f}%  {function} ({file})")
+                for function, file, self_w, _, self_pct, total_pct, _ in _top_rows(p, self.top_n):
+                    lines.append(f"  {self_pct:6.1f}% {fmt_ns(self_w):>9} "
+                                 f"{total_pct:7.1f}%  {function} ({file})")
         return "\n".join(lines)
 
     def _top_table_html(self, p: Profile) -> str:
-        rows, total = _top_rows(p, self.top_n)
         cells = []
-        for i, (function, file, self_w, total_w) in enumerate(rows, 1):
+        for i, (function, file, self_w, total_w, self_pct, total_pct, _) in enumerate(_top_rows(p, self.top_n), 1):
             cells.append(
                 f"<tr><td>{i}</td><td><code>{html.escape(function)}</code></td>"
                 f"<td><code>{html.escape(file)}</code></td>"
-                f"<td style=\"text-align:right\">{_format_ns(self_w)}</td>"
-                f"<td style=\"text-align:right\">{100 * self_w / total:.1f}%</td>"
-                f"<td style=\"text-align:right\">{_format_ns(total_w)}</td>"
-                f"<td style=\"text-align:right\">{100 * total_w / total:.1f}%</td></tr>")
+                f"<td style=\"text-align:right\">{fmt_ns(self_w)}</td>"
+                f"<td style=\"text-align:right\">{self_pct:.1f}%</td>"
+                f"<td style=\"text-align:right\">{fmt_ns(total_w)}</td>"
+                f"<td style=\"text-align:right\">{total_pct:.1f}%</td></tr>")
         return ("<table class=\"spprof-top\"><thead><tr><th>#</th><th>Function</th><th>File</th>"
                 "<th>Self</th><th>Self %</th><th>Total</th><th>Total %</th></tr></thead>"
                 f"<tbody>{''.join(cells)}</tbody></table>")

@@ -8,6 +8,7 @@ import math
 import random
 import subprocess
 import sys
+from collections import defaultdict
 from math import comb
 
 import pytest
@@ -197,10 +198,12 @@ def test_waiting_is_the_test_own_not_a_busy_machine_queue(pytester):
     (env,) = json.loads((pytester.path / "base.json").read_text())["environments"].values()
     burns, sleeps = env["tests"]["test_waiting_is_the_test_own_not_a_busy_machine_queue.py::test_burns"], \
         env["tests"]["test_waiting_is_the_test_own_not_a_busy_machine_queue.py::test_sleeps"]
-    assert burns["waited_ns"] < 0.25 * burns["cpu_ns"], burns  # page faults, the timer's signal
+    # Page faults, and the GIL held by the resolver thread while the hogs keep it off a CPU, are
+    # waits of the test's own; counting queueing too had made a test's wait 2.3x its CPU time.
+    assert burns["waited_ns"] < 0.5 * burns["cpu_ns"], burns
     assert sleeps["waited_ns"] >= 90_000_000, sleeps
     entry = _baseline.entries({"t": burns})["t"]
-    assert entry.waits() < 1.25 and _baseline.entries({"t": sleeps})["t"].waits() > 3
+    assert entry.waits() < 1.5 and _baseline.entries({"t": sleeps})["t"].waits() > 3
     # A baseline saved before the figure existed judges by wall time, as then.
     older = {k: v for k, v in burns.items() if k != "waited_ns"}
     assert _baseline.entries({"t": older})["t"].waits() == max(1.0, burns["wall_ns"] / burns["cpu_ns"])
@@ -208,7 +211,13 @@ def test_waiting_is_the_test_own_not_a_busy_machine_queue(pytester):
 
 def own_growth(before, now):
     """Each function's self-time growth, from the leaves of ``before`` and ``now``."""
-    then, current = _verdict.function_times(before)[0], _verdict.function_times(now)[0]
+    def leaves(stacks):
+        own = defaultdict(int)
+        for names, weight in stacks:
+            own[names[-1]] += weight
+        return own
+
+    then, current = leaves(before), leaves(now)
     return {name: current.get(name, 0) - then.get(name, 0) for name in set(then) | set(current)}
 
 

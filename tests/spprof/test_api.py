@@ -86,18 +86,18 @@ def test_errors_are_the_documented_exceptions_with_guidance():
 
 
 def test_unsupported_interpreter_is_one_clear_error():
-    _native._pretend_minor_version(99)
+    _native._testing._pretend_minor_version(99)
     try:
         with pytest.raises(RuntimeError, match=r"cannot profile Python 3\.99.*3\.9 to 3\.15"):
             spprof.start()
     finally:
-        _native._pretend_minor_version(None)
+        _native._testing._pretend_minor_version(None)
     assert not spprof.is_active()
 
 
 def test_walker_sees_what_sys_getframe_sees():
     def inner():
-        walked = _native.walk_current_thread()
+        walked = _native._testing.walk_current_thread()
         f, expected = sys._getframe(), []
         while f is not None:
             expected.append(id(f.f_code))

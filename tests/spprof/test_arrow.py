@@ -168,13 +168,13 @@ def test_frame_values(handmade):
 def test_zero_copy_by_buffer_address(handmade):
     pa = optional("pyarrow")
     data = handmade._native()
-    address = _native._column_address(data, "timestamp_ns")
+    address = _native._testing._column_address(data, "timestamp_ns")
     first, second = pa.table(handmade.to_arrow()), pa.table(handmade.to_arrow())
     for table in (first, second):
         (chunk,) = table.column("timestamp_ns").chunks
         assert chunk.buffers()[1].address == address
         (chunk,) = table.column("weight_ns").chunks
-        assert chunk.buffers()[1].address == _native._column_address(data, "weight")
+        assert chunk.buffers()[1].address == _native._testing._column_address(data, "weight")
     # The Arrow buffers keep the profile's memory alive after the profile is gone.
     del handmade, data
     gc.collect()
@@ -260,7 +260,7 @@ def test_pandas(handmade, recorded):
     assert str(df["on_cpu"].dtype) == "bool"
     assert df["function"].isna().tolist() == [False, False, True, False]
     # Integer columns are views of the profile's memory.
-    address = _native._column_address(handmade._native(), "timestamp_ns")
+    address = _native._testing._column_address(handmade._native(), "timestamp_ns")
     assert df["timestamp_ns"].to_numpy().ctypes.data == address
     fr = recorded.to_pandas("frames")
     self_time = fr[fr["is_leaf"]].groupby("function", observed=True)["weight_ns"].sum()

@@ -120,9 +120,9 @@ def check(drawn: dict, min_width: float) -> None:
 
 
 def test_notebook_display_fills_its_output_and_draws_every_frame(tmp_path):
-    from spprof_jupyter._result import SpprofResult
+    from spprof_jupyter._result import CellProfile
 
-    output = SpprofResult(profile(WEIGHTS))._repr_html_()
+    output = CellProfile(profile(WEIGHTS))._repr_html_()
     # The measuring script goes into the iframe's document, after the graph.
     m = re.search(r'srcdoc="([^"]*)"', output)
     doc = html.unescape(m.group(1)).replace("</body>", MEASURE + "</body>")

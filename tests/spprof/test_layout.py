@@ -27,16 +27,16 @@ CHILD = textwrap.dedent(
             pass
 
     delta = int(sys.argv[1])
-    for field in _native._OFFSET_FIELDS:
+    for field in _native._testing._OFFSET_FIELDS:
         print(json.dumps({"field": field}), flush=True)  # the last line names a crash's field
-        _native._shift_offset(field, delta)
+        _native._testing._shift_offset(field, delta)
         try:
             spprof.start(interval_ms=1)
         except RuntimeError as e:
             print(json.dumps({"field": field, "refused": str(e)}), flush=True)
             continue
         finally:
-            _native._shift_offset(None)
+            _native._testing._shift_offset(None)
         target()
         profile = spprof.stop()
         stacks = [[f.function_name for f in s.frames] for s in profile.samples]
@@ -52,7 +52,7 @@ def test_a_shifted_table_is_refused_or_profiles_correctly(delta, tmp_path):
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 0, f"crashed while shifting {lines[-1]['field'] if lines else '?'}: {proc.stderr}"
     outcomes = {line["field"]: line for line in lines if len(line) > 1}
-    assert set(outcomes) == set(_native._OFFSET_FIELDS)
+    assert set(outcomes) == set(_native._testing._OFFSET_FIELDS)
     refused = 0
     for field, outcome in outcomes.items():
         if "refused" in outcome:
@@ -70,16 +70,16 @@ def test_a_shifted_table_is_refused_or_profiles_correctly(delta, tmp_path):
 
 def test_the_real_table_passes_verification():
     # Shifting by zero changes nothing: start succeeds.
-    _native._shift_offset("frame_back", 0)
+    _native._testing._shift_offset("frame_back", 0)
     try:
-        assert _native.walk_current_thread()
+        assert _native._testing.walk_current_thread()
     finally:
-        _native._shift_offset(None)
+        _native._testing._shift_offset(None)
 
 
 def test_unknown_offset_field_is_a_value_error():
     with pytest.raises(ValueError, match="no offset field named .nope."):
-        _native._shift_offset("nope", 8)
+        _native._testing._shift_offset("nope", 8)
 
 
 def test_free_threaded_builds_are_refused_with_the_reason(monkeypatch):

@@ -155,10 +155,10 @@ def test_walker_reads_survive_unmapped_memory():
     prot_rw, private_anonymous = 0x1 | 0x2, 0x02 | 0x20
     addr = libc.mmap(None, 4096, prot_rw, private_anonymous, -1, 0)
     ctypes.c_uint64.from_address(addr).value = 0x1122334455667788
-    assert _native._safe_load(addr) == 0x1122334455667788
+    assert _native._testing._safe_load(addr) == 0x1122334455667788
     assert libc.munmap(addr, 4096) == 0
-    assert _native._safe_load(addr) is None  # unmapped now
-    assert _native._safe_load(8) is None
+    assert _native._testing._safe_load(addr) is None  # unmapped now
+    assert _native._testing._safe_load(8) is None
 
 
 def test_other_faults_still_reach_faulthandler():
@@ -174,7 +174,7 @@ def test_other_faults_still_reach_faulthandler():
         spprof.start()          # installs the fault handler in front of faulthandler's
         spprof.stop()
         from spprof import _native
-        assert _native._safe_load(8) is None   # recovered, no report
+        assert _native._testing._safe_load(8) is None   # recovered, no report
         ctypes.string_at(8)     # a real fault: faulthandler reports it, the process dies
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

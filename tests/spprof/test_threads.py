@@ -150,8 +150,11 @@ def test_sleeping_thread_has_no_cpu_samples_but_wall_samples():
     burn_cpu(0.3)
     t.join()
     cpu_profile = spprof.stop()
-    sleeping = samples_by_tid(cpu_profile)[ids["tid"]]
-    assert len(sleeping) <= 1, [(s.timestamp_ns, s.weight_ns, s.frames[-1]) for s in sleeping]
+    # While it sleeps, a thread uses no CPU and gets no CPU sample. Its start and exit run code
+    # (CI's 3.9 once gave 4 samples in `_bootstrap`, after `sleeper` had returned): not judged here.
+    in_sleeper = [s for s in samples_by_tid(cpu_profile)[ids["tid"]]
+                  if any(f.function_name == "sleeper" for f in s.frames)]
+    assert len(in_sleeper) <= 1, [(s.timestamp_ns, s.weight_ns, s.frames[-1]) for s in in_sleeper]
 
     burnt = threading.Event()
 
@@ -189,7 +192,7 @@ def test_sleeping_thread_has_no_cpu_samples_but_wall_samples():
 
 
 def test_falls_back_to_wall_mode_when_cpu_timers_are_refused():
-    spprof._api._native._refuse_cpu_timers(True)
+    spprof._api._native._testing._refuse_cpu_timers(True)
     try:
         with pytest.warns(RuntimeWarning, match="refused.*wall-clock"):
             spprof.start(interval_ms=2)
@@ -198,7 +201,7 @@ def test_falls_back_to_wall_mode_when_cpu_timers_are_refused():
         burn_cpu(0.1)
         profile = spprof.stop()
     finally:
-        spprof._api._native._refuse_cpu_timers(False)
+        spprof._api._native._testing._refuse_cpu_timers(False)
     assert profile.mode == "wall"
     assert_sampled(profile, 0.1)
 

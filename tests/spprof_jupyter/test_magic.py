@@ -14,7 +14,7 @@ from IPython.testing.globalipapp import start_ipython  # noqa: E402
 
 import spprof.memprof as memprof  # noqa: E402
 import spprof_jupyter  # noqa: E402
-from spprof_jupyter import SpprofResult  # noqa: E402
+from spprof_jupyter import CellProfile  # noqa: E402
 from spprof_jupyter._magic import split_options  # noqa: E402
 
 WORK = """
@@ -59,7 +59,7 @@ def leaf_functions(profile):
 
 def test_cell_profiles_hot_function_and_binds_result(ip):
     r = ok(ip, "%%spprof\na = hot()\nb = cold()\n")
-    assert isinstance(r, SpprofResult)
+    assert isinstance(r, CellProfile)
     assert ip.user_ns["_spprof"] is r
     assert ip.user_ns["a"] == sum(i * i for i in range(1_500_000))  # variables stay
     assert "b" in ip.user_ns
@@ -101,13 +101,13 @@ def test_quiet_returns_none_but_binds(ip, capsys):
     ip.user_ns.pop("_spprof", None)
     r = ok(ip, "%%spprof -q\nhot(100_000)\n")
     assert r is None
-    assert isinstance(ip.user_ns["_spprof"], SpprofResult)
+    assert isinstance(ip.user_ns["_spprof"], CellProfile)
     assert "spprof:" not in capsys.readouterr().out
 
 
 def test_line_magic(ip):
     r = ok(ip, "%spprof c = hot()")
-    assert isinstance(r, SpprofResult) and ip.user_ns["_spprof"] is r
+    assert isinstance(r, CellProfile) and ip.user_ns["_spprof"] is r
     assert ip.user_ns["c"] == ip.user_ns["hot"]()  # not another test's variable: under xdist it may run elsewhere
     r = ok(ip, "%spprof -i 5 hot(-1)")  # the options end where the statement starts
     assert r.profile.interval_ms == 5 and r.value == 0
@@ -140,7 +140,7 @@ def test_exception_propagates_after_profile_stopped(ip, capsys):
     out = capsys.readouterr().out
     assert "ZeroDivisionError" in out and "1 / 0" in out  # the traceback shows the cell's line
     partial = ip.user_ns["_spprof"]
-    assert isinstance(partial, SpprofResult) and partial.profile is not None
+    assert isinstance(partial, CellProfile) and partial.profile is not None
 
 
 def test_keyboard_interrupt_stops_profiling(ip):
@@ -151,7 +151,7 @@ def test_keyboard_interrupt_stops_profiling(ip):
 
 def test_top_level_await(ip):
     r = ok(ip, "%%spprof\nimport asyncio\nawait asyncio.sleep(0.01)\nawaited = hot()\nawait asyncio.sleep(0)\n")
-    assert isinstance(r, SpprofResult) and ip.user_ns["_spprof"] is r
+    assert isinstance(r, CellProfile) and ip.user_ns["_spprof"] is r
     assert ip.user_ns["awaited"] == ip.user_ns["hot"]()
     assert "hot" in leaf_functions(r.profile)
     assert not spprof.is_active()
@@ -160,7 +160,7 @@ def test_top_level_await(ip):
     assert ip.user_ns["_spprof"].value == 7
     # the line form, outside a running event loop
     r = ok(ip, "%spprof await asyncio.sleep(0)")
-    assert isinstance(r, SpprofResult)
+    assert isinstance(r, CellProfile)
 
 
 def test_async_exception_propagates(ip):

@@ -1,5 +1,6 @@
-//! Resolve-before-free: learn about every code object deallocation so the ring can be drained
-//! while the object is still intact (see [`crate::resolver`]).
+//! Resolve-before-free: learn about every code object deallocation so that each consumer of
+//! raw records (the CPU session, the memory profiler) drains its ring while the object is still
+//! intact (see [`crate::resolve::resolver`]). Consumers pass their callback in.
 //!
 //! - 3.12+: the official code watcher API (`PyCode_AddWatcher`, `PY_CODE_EVENT_DESTROY`).
 //! - 3.9–3.11: no watcher API exists, so `PyCode_Type.tp_dealloc` is wrapped: the wrapper tells
@@ -8,12 +9,33 @@
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Install the hook (GIL held). Idempotent.
-pub fn install(_py: Python<'_>) -> PyResult<()> {
+/// Told (GIL held) that the code object at the address is about to be freed.
+pub type Consumer = fn(Python<'_>, usize);
+
+/// The consumers, as function addresses (0: free place); one each for CPU and memory.
+static CONSUMERS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Install the hook (GIL held) and add `consumer` to those it tells. Idempotent.
+pub fn install(_py: Python<'_>, consumer: Consumer) -> PyResult<()> {
+    let address = consumer as usize;
+    if !CONSUMERS
+        .iter()
+        .any(|c| c.load(Ordering::Acquire) == address)
+    {
+        let free = CONSUMERS.iter().find(|c| {
+            c.compare_exchange(0, address, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if free.is_none() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "spprof's code watcher has no room for another consumer",
+            ));
+        }
+    }
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return Ok(());
     }
@@ -23,7 +45,14 @@ pub fn install(_py: Python<'_>) -> PyResult<()> {
 fn notify(code: *mut ffi::PyObject) {
     // SAFETY: deallocation and code watchers run with the GIL held.
     let py = unsafe { Python::assume_attached() };
-    crate::session::on_code_destroyed(py, code as usize);
+    for c in &CONSUMERS {
+        let address = c.load(Ordering::Acquire);
+        if address != 0 {
+            // SAFETY: only `install` stores here, and only addresses of `Consumer` functions.
+            let consumer = unsafe { std::mem::transmute::<usize, Consumer>(address) };
+            consumer(py, code as usize);
+        }
+    }
 }
 
 #[cfg(Py_3_12)]
@@ -57,7 +86,6 @@ mod imp {
 #[cfg(not(Py_3_12))]
 mod imp {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
     static ORIGINAL: AtomicUsize = AtomicUsize::new(0);
 

@@ -8,8 +8,9 @@
 //! object's `.eh_frame_hdr` search table) is remembered.
 
 use super::thread_state;
-use crate::native_stack::{self, ModuleList};
-use crate::walker::Walker;
+use crate::resolve::eh_frame;
+use crate::signal::unwind::{self, ModuleList};
+use crate::signal::walker::Walker;
 use pyo3::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +32,7 @@ pub enum NativeRole {
 }
 
 impl NativeRole {
-    /// The role of the native function called `symbol` (as [`native_stack::symbolize`] names it).
+    /// The role of the native function called `symbol` (as [`crate::resolve::symbols::symbolize`] names it).
     pub fn of(symbol: &str) -> NativeRole {
         if symbol == NAME {
             NativeRole::EvalLoop
@@ -64,11 +65,11 @@ pub fn locate(py: Python<'_>, walker: &Walker, list: &ModuleList) {
     let Some(shim) = (unsafe { walker.innermost_shim(thread_state::current(py)) }) else {
         return;
     };
-    let frames = native_stack::capture(list);
+    let frames = unwind::capture(list);
     let owner = frames
         .windows(2)
         .find(|w| (w[0].1..w[1].1).contains(&(shim as u64)));
-    if let Some(range) = owner.and_then(|w| native_stack::function_range(w[0].0)) {
+    if let Some(range) = owner.and_then(|w| eh_frame::function_range(w[0].0)) {
         CODE.lock().unwrap_or_else(|e| e.into_inner()).push(range);
     }
 }

@@ -4,8 +4,8 @@
 
 use super::offsets::{self, FrameLayout, Offsets, FRAME_OWNED_BY_THREAD};
 use super::{debug_offsets, thread_state};
-use crate::safe_read;
-use crate::walker::Walker;
+use crate::signal::safe_read;
+use crate::signal::walker::Walker;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;

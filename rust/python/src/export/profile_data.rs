@@ -1,0 +1,190 @@
+//! `ProfileData`: a finished profile in columnar form, and the writers over it.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use spprof_engine::export::atomic_file;
+use spprof_engine::export::collapsed;
+use spprof_engine::export::speedscope;
+use spprof_engine::store::{Store, EMPTY_STACK};
+use std::sync::Arc;
+
+/// A finished profile. Immutable: the store is shared (`Arc`) with whatever is built on it
+/// without copying (e.g. Arrow buffers that point into its columns).
+#[pyclass(module = "spprof._native", frozen)]
+pub struct ProfileData {
+    store: Arc<Store>,
+    #[pyo3(get)]
+    interval_ns: u64,
+    /// Time spent in the signal handler, summed over all samples.
+    #[pyo3(get)]
+    handler_ns: u64,
+    /// Wall-clock samples (weights are elapsed time) rather than CPU-time samples.
+    #[pyo3(get)]
+    wall: bool,
+}
+
+impl ProfileData {
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
+
+    pub fn handler_ns(&self) -> u64 {
+        self.handler_ns
+    }
+
+    pub fn is_wall(&self) -> bool {
+        self.wall
+    }
+
+    pub fn new(store: Store, interval_ns: u64, handler_ns: u64, wall: bool) -> ProfileData {
+        ProfileData {
+            store: Arc::new(store),
+            interval_ns,
+            handler_ns,
+            wall,
+        }
+    }
+}
+
+/// One sample as Python hands it to `from_samples`.
+type SampleIn = (
+    i64,
+    u64,
+    String,
+    i64,
+    bool,
+    Vec<(String, String, u32, bool)>,
+);
+
+#[pymethods]
+impl ProfileData {
+    /// Build from plain values (a profile assembled or edited in Python), an iterable of
+    /// `(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf])`.
+    /// It is consumed one sample at a time: a generator costs no list of every sample.
+    #[staticmethod]
+    #[pyo3(signature = (samples, interval_ns = 0))]
+    fn from_samples(samples: &Bound<'_, PyAny>, interval_ns: u64) -> PyResult<ProfileData> {
+        let mut store = Store::new(usize::MAX);
+        for sample in samples.try_iter()? {
+            let (ts, tid, name, weight, on_cpu, frames): SampleIn = sample?.extract()?;
+            let thread = store.add_thread(tid, &name);
+            let ids = frames
+                .iter()
+                .map(|(f, file, line, native)| store.intern_frame(f, file, *line, *native))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| PyValueError::new_err("profile too large"))?;
+            let stack = store
+                .intern_stack(ids)
+                .ok_or_else(|| PyValueError::new_err("profile too large"))?;
+            store.add_sample(ts, weight, thread, stack, on_cpu);
+        }
+        Ok(ProfileData::new(store, interval_ns, 0, false))
+    }
+
+    fn __len__(&self) -> usize {
+        self.store.len()
+    }
+
+    #[getter]
+    fn dropped(&self) -> u64 {
+        self.store.dropped()
+    }
+
+    #[getter]
+    fn bytes_used(&self) -> usize {
+        self.store.bytes_used()
+    }
+
+    /// Samples `start..stop` as `(timestamp_ns, thread index, weight, stack id, on_cpu)`: the
+    /// rows `Profile.samples` builds its `Sample` objects from, a batch at a time.
+    fn sample_rows(&self, start: usize, stop: usize) -> Vec<(i64, u32, i64, u32, bool)> {
+        let s = &self.store;
+        (start..stop.min(s.len()))
+            .map(|i| {
+                (
+                    s.timestamps_ns[i],
+                    s.thread_ids[i],
+                    s.weights[i],
+                    s.stacks[i],
+                    s.on_cpu[i],
+                )
+            })
+            .collect()
+    }
+
+    /// The frame ids of stack `stack`, root first (none for the empty stack).
+    fn stack(&self, stack: u32) -> Vec<u32> {
+        if stack == EMPTY_STACK {
+            Vec::new()
+        } else {
+            self.store.stack_frames(stack)
+        }
+    }
+
+    /// The thread table `[(tid, name)]` (sample rows hold indices into it).
+    fn threads(&self) -> Vec<(u64, String)> {
+        self.store
+            .threads()
+            .iter()
+            .map(|t| (t.tid, t.name.clone()))
+            .collect()
+    }
+
+    /// The sum of the samples' weights.
+    fn total_weight(&self) -> i64 {
+        self.store.weights.iter().sum()
+    }
+
+    /// Write speedscope JSON to `path`, streamed from the store (a profile of millions of samples
+    /// is never one string), through a temporary file that is removed if writing fails.
+    #[pyo3(signature = (path, name, unit = "nanoseconds"))]
+    fn save_speedscope(
+        &self,
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        name: &str,
+        unit: &str,
+    ) -> PyResult<()> {
+        let opts = speedscope::Options {
+            name,
+            unit,
+            exporter: concat!("spprof ", env!("CARGO_PKG_VERSION")),
+        };
+        py.detach(|| atomic_file::write(&path, |out| speedscope::write(&self.store, &opts, out)))?;
+        Ok(())
+    }
+
+    /// Speedscope JSON text.
+    #[pyo3(signature = (name, unit = "nanoseconds"))]
+    fn speedscope(&self, py: Python<'_>, name: &str, unit: &str) -> PyResult<String> {
+        let opts = speedscope::Options {
+            name,
+            unit,
+            exporter: concat!("spprof ", env!("CARGO_PKG_VERSION")),
+        };
+        py.detach(|| {
+            let mut out = Vec::new();
+            speedscope::write(&self.store, &opts, &mut out).expect("writing to memory");
+            String::from_utf8(out).map_err(|e| PyValueError::new_err(e.to_string()))
+        })
+    }
+
+    /// Collapsed stacks; `value` is "count" (samples per stack) or "weight" (summed weights).
+    #[pyo3(signature = (value = "count"))]
+    fn collapsed(&self, py: Python<'_>, value: &str) -> PyResult<String> {
+        let value = match value {
+            "count" => collapsed::Value::Count,
+            "weight" => collapsed::Value::Weight,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "value must be 'count' or 'weight', not {other:?}"
+                )))
+            }
+        };
+        Ok(py.detach(|| collapsed::write(&self.store, value)))
+    }
+}
