@@ -370,32 +370,16 @@ class Profile:
 
     def to_pyarrow(self, kind: str = "samples") -> Any:
         """``to_arrow(kind)`` as a ``pyarrow.Table`` (needs pyarrow)."""
-        pa = _import_optional("pyarrow", "to_pyarrow")
-        return pa.table(self.to_arrow(kind))
+        return self.to_arrow(kind).to_pyarrow()
 
     def to_pandas(self, kind: str = "samples") -> Any:
         """``to_arrow(kind)`` as a ``pandas.DataFrame`` (needs pandas and pyarrow); string columns
         become categoricals, integer columns without nulls are views of the profile's memory."""
-        _import_optional("pandas", "to_pandas")
-        # pandas converts Arrow data through pyarrow, even pandas 3's DataFrame.from_arrow. That one
-        # consolidates the columns into 2-D blocks (a copy); split_blocks keeps them views.
-        pa = _import_optional("pyarrow", "to_pandas")
-        return pa.table(self.to_arrow(kind)).to_pandas(split_blocks=True)
+        return self.to_arrow(kind).to_pandas()
 
     def to_polars(self, kind: str = "samples") -> Any:
         """``to_arrow(kind)`` as a ``polars.DataFrame`` (needs polars)."""
-        pl = _import_optional("polars", "to_polars")
-        return pl.DataFrame(self.to_arrow(kind))
-
-
-def _import_optional(module: str, method: str) -> Any:
-    """Import an optional dependency, or say which package to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{method}() needs {module}: pip install {module}") from None
+        return self.to_arrow(kind).to_polars()
 
 
 def resolve_format(path: Path, format: Optional[str]) -> str:

@@ -1,8 +1,9 @@
 """The first questions to ask of a profile, answered as Arrow tables.
 
-Every function returns an object that implements the Arrow PyCapsule interface, so
-``pyarrow.table(t)``, ``polars.DataFrame(t)`` and ``duckdb`` read it without a copy
-(``Profile.to_pandas``-style conversion: ``pyarrow.table(t).to_pandas()``).
+Every function returns a table that implements the Arrow PyCapsule interface, so
+``pyarrow.table(t)``, ``polars.DataFrame(t)`` and ``duckdb`` read it without a copy; it prints
+its first rows, shows them in a notebook, and converts itself (``t.to_pandas()``,
+``t.to_polars()``, ``t.to_pyarrow()``, ``t.rows()``).
 
 - :func:`top` — functions (or lines, or files) by self or total time;
 - :func:`threads` — time per thread;

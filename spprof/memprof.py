@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from . import _ext
 from ._model import Frame, Profile
+from ._units import fmt_bytes
 
 if TYPE_CHECKING:
     from ._model import PathLike
@@ -181,6 +182,36 @@ class HeapSnapshot:
             stacks = heaviest[(d["function"], d["filename"], d["lineno"])]
             d["stack"] = list(max(stacks.items(), key=lambda kv: kv[1])[0])
         return sites
+
+    #: Allocation sites a snapshot's display lists (the data itself is in ``samples``).
+    _SHOWN_SITES = 10
+
+    def _headline(self) -> str:
+        return (f"HeapSnapshot: {fmt_bytes(self.estimated_heap_bytes)} live heap estimated from "
+                f"{self.live_samples} live samples")
+
+    def __repr__(self) -> str:
+        """A summary a person can read: the estimate and the top allocation sites."""
+        lines = [self._headline()]
+        for site in self.top_allocators(self._SHOWN_SITES):
+            lines.append(f"  {site['percent']:5.1f}% {fmt_bytes(site['estimated_bytes']):>9}  {site['function']}  "
+                         f"({site['filename']}:{site['lineno']})")
+        if len(self.samples) > 0:
+            lines.append("  (all of it: .samples, .to_pandas(), .save(path))")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td style=\"text-align:right\">{site['percent']:.1f}%</td>"
+            f"<td style=\"text-align:right\">{fmt_bytes(site['estimated_bytes'])}</td>"
+            f"<td><code>{html.escape(site['function'])}</code></td>"
+            f"<td><code>{html.escape(site['filename'])}:{site['lineno']}</code></td></tr>"
+            for site in self.top_allocators(self._SHOWN_SITES))
+        return (f"<p><b>{html.escape(self._headline())}</b></p><table class=\"spprof-heap\"><thead><tr>"
+                "<th>Share</th><th>Live bytes</th><th>Function</th><th>Site</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>")
 
     def to_profile(self) -> Profile:
         """The live samples as a ``Profile`` (weights in estimated bytes): every CPU-profile

@@ -84,7 +84,7 @@ def test_table_conveniences(handmade):
     assert len(t) == t.num_rows == 4 and t.num_batches == 1
     assert t.column_names == ["timestamp_ns", "thread_id", "thread_name", "weight_ns", "stack_id",
                               "depth", "function", "filename", "lineno", "on_cpu"]
-    assert "4 rows" in repr(t)
+    assert "[4 rows x 10 columns]" in repr(t)
     f = handmade.to_arrow("frames")
     assert len(f) == 4 + 2 + 1 + 3  # one row per frame; one for the sample without frames
     assert f.column_names == ["sample_id", "depth", "function", "filename", "lineno", "is_native",
@@ -95,6 +95,44 @@ def test_table_conveniences(handmade):
         t.__arrow_c_stream__()
         t.__arrow_c_schema__()
     gc.collect()
+
+
+def test_tables_show_their_first_rows(handmade, recorded):
+    top = handmade.top(None)
+    shown = repr(top).splitlines()
+    assert shown[0].split() == top.column_names
+    # Rows as the engine computed them, strings left and numbers right.
+    for line, row in zip(shown[1:], top.rows()):
+        assert line.split()[0] == row[0] and line.split()[2] == str(row[2])
+    assert shown[-1] == f"[{len(top)} rows x {len(top.column_names)} columns]"
+    assert top.rows(limit=2) == top.rows()[:2] and top.rows(limit=0) == []
+    # Dictionary strings and 32-bit integers read back too (the samples table).
+    assert handmade.to_arrow().rows(limit=1)[0][2] == "MainThread"
+    # A long table shows 10 rows in the terminal and 20 in a notebook; never all of it.
+    big = recorded.to_arrow("frames")
+    assert len(big) > 100
+    text = repr(big).splitlines()
+    assert len(text) == 1 + 10 + 2 and text[-2] == f"… {len(big) - 10} more rows"
+    page = big._repr_html_()
+    assert page.count("<tr>") == 1 + 20 and f"first 20 of {len(big)} rows" in page
+    odd = made([Sample(1, 1, "T", [Frame("<module>", "/src/a&b.py", 1)], 5, True)]).top(None)._repr_html_()
+    assert "<td>&lt;module&gt;</td><td>/src/a&amp;b.py</td>" in odd
+
+
+def test_tables_convert_themselves(recorded, monkeypatch):
+    top = recorded.top(5)
+    pa = optional("pyarrow")
+    as_arrow = top.to_pyarrow()
+    assert isinstance(as_arrow, pa.Table) and as_arrow.to_pylist()[0]["function"] == top.rows()[0][0]
+    df = top.to_pandas()
+    assert list(df.columns) == top.column_names and df["self_ns"].tolist() == [r[2] for r in top.rows()]
+    pl = optional("polars")
+    assert top.to_polars().shape == (len(top), len(top.column_names))
+    assert recorded.threads().to_pandas()["weight_ns"].sum() == recorded.total_weight_ns
+    monkeypatch.setitem(sys.modules, "polars", None)
+    with pytest.raises(ImportError, match=r"to_polars\(\) needs polars: pip install polars"):
+        top.to_polars()
+    del pl
 
 
 # -- pyarrow --------------------------------------------------------------------------------------

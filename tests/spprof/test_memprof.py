@@ -106,6 +106,11 @@ def test_live_heap_estimate_and_split_match_the_truth():
         assert sites[name]["count"] > 0
     # The churn was freed: it is not live.
     assert "churn" not in sites or sites["churn"]["estimated_bytes"] < 0.02 * total_truth
+    # Shown, the snapshot is a summary of the top sites, not its hundreds of samples.
+    shown = repr(snap)
+    assert len(shown.splitlines()) <= 12 and len(shown) < 2_000 and len(snap.samples) >= 200
+    assert shown.splitlines()[1].split()[-2] == snap.top_allocators(1)[0]["function"]
+    assert snap._repr_html_().count("<tr>") == 1 + min(10, len(snap.top_allocators(10)))
     stats = memprof.get_stats()
     assert stats.freed_samples > stats.live_samples
     assert stats.total_samples >= stats.live_samples + stats.freed_samples

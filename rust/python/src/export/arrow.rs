@@ -4,14 +4,16 @@
 //! dependency of spprof.
 
 use super::profile_data::ProfileData;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyImportError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyTuple};
 use pyo3::IntoPyObjectExt;
 use spprof_engine::export::arrow::arrow_array::cast::AsArray;
 use spprof_engine::export::arrow::arrow_array::ffi::FFI_ArrowSchema;
 use spprof_engine::export::arrow::arrow_array::ffi_stream::FFI_ArrowArrayStream;
-use spprof_engine::export::arrow::arrow_array::types::{Float64Type, Int64Type, UInt32Type};
+use spprof_engine::export::arrow::arrow_array::types::{
+    Float64Type, Int32Type, Int64Type, UInt32Type,
+};
 use spprof_engine::export::arrow::arrow_array::Array;
 use spprof_engine::export::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
 use spprof_engine::export::arrow::arrow_schema::{ArrowError, DataType, SchemaRef};
@@ -38,30 +40,93 @@ impl ArrowTable {
     }
 }
 
+/// One cell of the tables spprof builds (numbers, booleans, plain or dictionary strings).
+enum Value<'a> {
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(&'a str),
+}
+
+/// Row `i` of `column`, or the column's type when it is none of those.
+fn value(column: &dyn Array, i: usize) -> Result<Value<'_>, DataType> {
+    if column.is_null(i) {
+        return Ok(Value::Null);
+    }
+    Ok(match column.data_type() {
+        DataType::Int64 => Value::Int(column.as_primitive::<Int64Type>().value(i)),
+        DataType::Int32 => Value::Int(column.as_primitive::<Int32Type>().value(i).into()),
+        DataType::UInt32 => Value::Int(column.as_primitive::<UInt32Type>().value(i).into()),
+        DataType::Float64 => Value::Float(column.as_primitive::<Float64Type>().value(i)),
+        DataType::Boolean => Value::Bool(column.as_boolean().value(i)),
+        DataType::Utf8 => Value::Str(column.as_string::<i32>().value(i)),
+        DataType::Dictionary(key, _) if **key == DataType::Int32 => {
+            let dict = column.as_dictionary::<Int32Type>();
+            return value(dict.values().as_ref(), dict.keys().value(i) as usize);
+        }
+        other => return Err(other.clone()),
+    })
+}
+
 /// Row `i` of `column` as a Python value.
 fn cell<'py>(py: Python<'py>, column: &dyn Array, i: usize) -> PyResult<Bound<'py, PyAny>> {
-    if column.is_null(i) {
-        return Ok(py.None().into_bound(py));
-    }
-    match column.data_type() {
-        DataType::Int64 => column
-            .as_primitive::<Int64Type>()
-            .value(i)
-            .into_bound_py_any(py),
-        DataType::UInt32 => column
-            .as_primitive::<UInt32Type>()
-            .value(i)
-            .into_bound_py_any(py),
-        DataType::Float64 => column
-            .as_primitive::<Float64Type>()
-            .value(i)
-            .into_bound_py_any(py),
-        DataType::Boolean => column.as_boolean().value(i).into_bound_py_any(py),
-        DataType::Utf8 => column.as_string::<i32>().value(i).into_bound_py_any(py),
-        other => Err(PyValueError::new_err(format!(
+    match value(column, i) {
+        Ok(Value::Null) => Ok(py.None().into_bound(py)),
+        Ok(Value::Int(v)) => v.into_bound_py_any(py),
+        Ok(Value::Float(v)) => v.into_bound_py_any(py),
+        Ok(Value::Bool(v)) => v.into_bound_py_any(py),
+        Ok(Value::Str(v)) => v.into_bound_py_any(py),
+        Err(other) => Err(PyValueError::new_err(format!(
             "rows() reads numbers and strings, not {other}: read this table with pyarrow or polars"
         ))),
     }
+}
+
+/// A cell as a table shows it, and whether it is a number (aligned right).
+fn text(column: &dyn Array, i: usize) -> (String, bool) {
+    match value(column, i) {
+        Ok(Value::Null) => ("None".into(), false),
+        Ok(Value::Int(v)) => (v.to_string(), true),
+        Ok(Value::Float(v)) => (format!("{v:.2}"), true),
+        Ok(Value::Bool(v)) => ((if v { "True" } else { "False" }).into(), false),
+        Ok(Value::Str(v)) => (shorten(v), false),
+        Err(other) => (format!("<{other}>"), false),
+    }
+}
+
+/// Widest text a cell shows: a longer one keeps its end (a path's file name, a method's name).
+const CELL_CHARS: usize = 48;
+
+fn shorten(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= CELL_CHARS {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (CELL_CHARS - 1)).collect();
+    format!("…{tail}")
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Rows `repr()` shows, and rows a notebook shows.
+const REPR_ROWS: usize = 10;
+const HTML_ROWS: usize = 20;
+
+/// Import an optional package for `method`, or say which to install.
+fn import_for<'py>(py: Python<'py>, module: &str, method: &str) -> PyResult<Bound<'py, PyModule>> {
+    py.import(module).map_err(|e| {
+        if e.is_instance_of::<PyImportError>(py) {
+            PyImportError::new_err(format!("{method}() needs {module}: pip install {module}"))
+        } else {
+            e
+        }
+    })
 }
 
 fn arrow_error(e: ArrowError) -> PyErr {
@@ -112,21 +177,47 @@ impl ArrowTable {
         self.batches.len()
     }
 
-    /// The rows as tuples of Python values, for the tables whose columns are numbers and plain
-    /// strings (the analysis tables); the samples and frames tables go through an Arrow reader.
-    fn rows<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let mut out = Vec::with_capacity(self.num_rows());
-        for batch in &self.batches {
-            let columns = batch.columns();
-            for i in 0..batch.num_rows() {
-                let values = columns
-                    .iter()
-                    .map(|c| cell(py, c.as_ref(), i))
-                    .collect::<PyResult<Vec<_>>>()?;
-                out.push(PyTuple::new(py, values)?);
-            }
+    /// The first `limit` rows (all when None) as tuples of Python values.
+    #[pyo3(signature = (limit = None))]
+    fn rows<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<usize>,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let n = limit.map_or(self.num_rows(), |l| l.min(self.num_rows()));
+        let mut out = Vec::with_capacity(n);
+        for (batch, i) in self.row_positions().take(n) {
+            let values = batch
+                .columns()
+                .iter()
+                .map(|c| cell(py, c.as_ref(), i))
+                .collect::<PyResult<Vec<_>>>()?;
+            out.push(PyTuple::new(py, values)?);
         }
         Ok(out)
+    }
+
+    /// The table as a `pyarrow.Table` (needs pyarrow).
+    fn to_pyarrow<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        import_for(slf.py(), "pyarrow", "to_pyarrow")?.call_method1("table", (slf,))
+    }
+
+    /// The table as a `pandas.DataFrame` (needs pandas and pyarrow): string columns become
+    /// categoricals, and integer columns without nulls are views of the profile's memory.
+    fn to_pandas<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        import_for(py, "pandas", "to_pandas")?;
+        // pandas converts Arrow data through pyarrow (pandas 3's DataFrame.from_arrow too), which
+        // consolidates columns into 2-D blocks (a copy) unless split_blocks keeps them views.
+        let table = import_for(py, "pyarrow", "to_pandas")?.call_method1("table", (slf,))?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("split_blocks", true)?;
+        table.call_method("to_pandas", (), Some(&kwargs))
+    }
+
+    /// The table as a `polars.DataFrame` (needs polars).
+    fn to_polars<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        import_for(slf.py(), "polars", "to_polars")?.call_method1("DataFrame", (slf,))
     }
 
     #[getter]
@@ -142,19 +233,100 @@ impl ArrowTable {
         self.num_rows()
     }
 
+    /// The first rows, aligned as a terminal shows a data frame.
     fn __repr__(&self) -> String {
-        let columns: Vec<String> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        let names = self.column_names();
+        let rows = self.texts(REPR_ROWS);
+        let mut widths: Vec<usize> = names.iter().map(|n| n.chars().count()).collect();
+        for row in &rows {
+            for (w, (t, _)) in widths.iter_mut().zip(row) {
+                *w = (*w).max(t.chars().count());
+            }
+        }
+        let pad = |t: &str, w: usize, right: bool| {
+            let fill = " ".repeat(w - t.chars().count());
+            if right {
+                format!("{fill}{t}")
+            } else {
+                format!("{t}{fill}")
+            }
+        };
+        let numeric: Vec<bool> = (0..names.len())
+            .map(|c| rows.first().is_some_and(|r| r[c].1))
             .collect();
-        format!(
-            "<spprof ArrowTable: {} rows in {} batches; {}>",
-            self.num_rows(),
-            self.batches.len(),
-            columns.join(", ")
-        )
+        let mut lines = vec![names
+            .iter()
+            .zip(&widths)
+            .zip(&numeric)
+            .map(|((n, &w), &right)| pad(n, w, right))
+            .collect::<Vec<_>>()
+            .join("  ")];
+        for row in &rows {
+            lines.push(
+                row.iter()
+                    .zip(&widths)
+                    .map(|((t, right), &w)| pad(t, w, *right))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
+        }
+        let total = self.num_rows();
+        if total > rows.len() {
+            lines.push(format!("… {} more rows", total - rows.len()));
+        }
+        lines.push(format!("[{total} rows x {} columns]", names.len()));
+        lines.join("\n")
+    }
+
+    /// The first rows as an HTML table, for notebooks.
+    fn _repr_html_(&self) -> String {
+        let names = self.column_names();
+        let rows = self.texts(HTML_ROWS);
+        let mut html = String::from("<table class=\"spprof-table\"><thead><tr>");
+        for n in &names {
+            html.push_str(&format!("<th>{}</th>", escape_html(n)));
+        }
+        html.push_str("</tr></thead><tbody>");
+        for row in &rows {
+            html.push_str("<tr>");
+            for (t, right) in row {
+                let align = if *right {
+                    " style=\"text-align:right\""
+                } else {
+                    ""
+                };
+                html.push_str(&format!("<td{align}>{}</td>", escape_html(t)));
+            }
+            html.push_str("</tr>");
+        }
+        let total = self.num_rows();
+        let shown = if total > rows.len() {
+            format!("first {} of ", rows.len())
+        } else {
+            String::new()
+        };
+        html.push_str(&format!(
+            "</tbody></table><p>{shown}{total} rows × {} columns</p>",
+            names.len()
+        ));
+        html
+    }
+}
+
+impl ArrowTable {
+    /// (batch, row in it) of every row, in order.
+    fn row_positions(&self) -> impl Iterator<Item = (&RecordBatch, usize)> {
+        self.batches
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(move |i| (b, i)))
+    }
+
+    /// The first `n` rows as text.
+    fn texts(&self, n: usize) -> Vec<Vec<(String, bool)>> {
+        self.row_positions()
+            .take(n)
+            .map(|(b, i)| b.columns().iter().map(|c| text(c.as_ref(), i)).collect())
+            .collect()
     }
 }
 
