@@ -304,7 +304,10 @@ def test_arrow_tables(ip):
     frames = pa.table(r.frames)
     assert "hot" in frames.column("function").to_pylist()
     assert pa.table(r.top(5)).column("function").to_pylist()[0] == "hot"
+    # What a notebook (and a terminal) shows for a table: its rows, with the function's name.
+    assert "<td>hot</td>" in r.top(5)._repr_html_() and repr(r.top(5)).splitlines()[1].startswith("hot")
     pytest.importorskip("pandas")
+    assert r.threads().to_pandas()["weight_ns"].sum() == r.profile.total_weight_ns
     df = r.to_pandas("frames")
     assert df[df.is_leaf].groupby("function", observed=True).weight_ns.sum().idxmax() == "hot"
 
