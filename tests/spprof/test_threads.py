@@ -382,7 +382,9 @@ def test_300_threads_at_once_and_2000_short_lived_threads_leave_nothing_behind()
     time.sleep(0.05)
     st = spprof.stats()
     profile = spprof.stop()
-    assert peak == 300 + threads, peak
+    # The crowd and this thread, and at most the threads there before (one of an earlier test may
+    # end meanwhile: CI's loaded 3.13 run counted 301 of 302).
+    assert 300 + 1 <= peak <= 300 + threads, (peak, threads)
     assert st.threads_sampled <= 2 + threads, st  # ended threads took their timers with them
     assert st.threads_seen >= 2300
     assert posix_timers() == baseline
