@@ -44,10 +44,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from spprof._units import fmt_ns
 
-#: One-sided significance level of the confirmation test. With 4 baseline rounds and 5 current
-#: ones, complete separation gives p = 1/126 and one baseline round above one current round 2/126
-#: (0.016): one baseline round caught by a collection or a busy moment kept 6 of 23 slowed attrs
-#: tests, +44 % to +119 %, from failing at 0.01. The between-process floor guards the rest.
+#: One-sided significance level of the confirmation test: it lets one of 4 baseline rounds sit
+#: above one of 5 current rounds (p = 2/126), as a collection or a busy moment makes one (the
+#: measurements: docs/design.md). The between-process floor guards the rest.
 ALPHA = 0.02
 #: Warm rounds run to confirm a suspected regression, and recorded per test in a baseline.
 ROUNDS = 5
@@ -231,10 +230,8 @@ def judge(current: Sequence[int], baseline: Sequence[int], speed_ratio: float, t
 
 
 #: The gates a suspect of the screening passes before it gets all its ROUNDS: after this many
-#: warm rounds, their median must be past this share of the growth a regression needs. Most
-#: suspects are first-call noise, which one warm round clears (a re-run attrs Hypothesis test
-#: costs a second per round); half the growth leaves a slowed test's single round room for its
-#: round-to-round noise (10 %), and two rounds past all of it make the five worth running.
+#: warm rounds, their median must be past this share of the growth a regression needs (most
+#: suspects are first-call noise, which one round clears; docs/design.md has the figures).
 GATES = ((1, 0.5), (2, 1.0))
 
 
@@ -307,10 +304,9 @@ def blame_path(baseline: Sequence[Stack], current: Sequence[Stack], own_growth: 
         if total <= 0 or grown[best] < share * total:
             break
         path, total = best, grown[best]
-    # The growth may be one function's own code reached by several calls (a helper that three
-    # callers use): the function whose self time grew by ``share`` of it, or by half of it and
-    # 3x any other function's (the rest is then spread thin: sampling noise, a little extra time
-    # in the callers).
+    # The growth may be one function's own code reached by several calls (a helper three callers
+    # use): the function whose self time grew by ``share`` of it, or by half of it and 3x any
+    # other's (the rest is then spread thin: sampling noise, a little time in the callers).
     if own_growth and total > 0:
         (name, ns), *rest = sorted(own_growth.items(), key=lambda kv: -kv[1])
         second = rest[0][1] if rest else 0

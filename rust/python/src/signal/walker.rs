@@ -118,17 +118,15 @@ impl Walker {
                 .flatten();
             // SAFETY: frame is a plausible pointer taken from the live chain.
             let next = unsafe { read_usize(frame, off.frame_back) }.unwrap_or(0);
-            // An executing generator's frame always has a caller; one without is a stale pointer:
-            // 3.11/3.12 publish the eval loop's new CFrame before setting its current frame, so a
-            // tick in between reads stack garbage, which can be a generator frame that has
-            // yielded (a one-frame stack, seen under load). Nothing is known of this stack.
+            // An executing generator's frame always has a caller; one without is stale (3.11/3.12
+            // publish the new CFrame before its current frame, and a tick in between reads stack
+            // garbage, seen under load as one-frame stacks). Nothing is known of this stack.
             if visited == 0 && next == 0 && owner == Some(FRAME_OWNED_BY_GENERATOR) {
                 break;
             }
-            // A thread-owned frame outside the live data stack is not visited: either a frame
-            // being returned from (popped just before the current-frame pointer moves to its
-            // caller, which is live) or a stale pointer (the eval loop's prologue), whose code
-            // may be gone. Its callers are checked in turn.
+            // A thread-owned frame outside the live data stack is not visited: a frame being
+            // returned from (its caller is live) or a stale pointer of the eval loop's prologue,
+            // whose code may be gone. Its callers are checked in turn.
             if let Some(ds) = &stack {
                 // SAFETY: as above.
                 if owner == Some(FRAME_OWNED_BY_THREAD) && !unsafe { self.in_data_stack(ds, frame) }
