@@ -65,6 +65,13 @@ class Chunk:
         return [samples[i] for i in self.order[lo:hi]]
 
 
+def _native_stats() -> Optional[Dict[str, Any]]:
+    """The running profile's raw counters (a dict), or None when none runs."""
+    from spprof._ext import native
+
+    return native.stats() if native is not None else None
+
+
 class SessionSampler:
     def __init__(self, interval_ms: float, memory_limit_mb: float) -> None:
         self.interval_ms = interval_ms
@@ -83,12 +90,12 @@ class SessionSampler:
         import spprof
 
         spprof.start(interval_ms=self.interval_ms, memory_limit_mb=self.memory_limit_mb)
-        # Sample timestamps count from the session's CLOCK_MONOTONIC start; stats() tells how long
-        # ago that was, so the origin is known to a few microseconds.
+        # Sample timestamps count from the session's CLOCK_MONOTONIC start; the native counters
+        # tell how long ago that was (not spprof.stats(), whose first call imports the model).
         m0 = time.monotonic_ns()
-        st = spprof.stats()
+        raw = _native_stats()
         m1 = time.monotonic_ns()
-        self.origin_ns = (m0 + m1) // 2 - int((st.duration_ms if st else 0.0) * 1e6)
+        self.origin_ns = (m0 + m1) // 2 - (raw["duration_ns"] if raw else 0)
         self.active = True
 
     def lost(self) -> bool:
@@ -106,10 +113,10 @@ class SessionSampler:
 
         if self.lost():
             return
-        st = spprof.stats()
+        raw = _native_stats()
         profile = spprof.stop()
         self.active = False
-        self._collected_before += st.collected_samples if st else len(profile.samples)
+        self._collected_before += raw["collected_samples"] if raw else len(profile.samples)
         self.dropped += profile.dropped_count
         self.chunks.append(Chunk.of(profile, self.origin_ns))
 
@@ -136,10 +143,8 @@ class SessionSampler:
         """Samples collected since the session started (all threads)."""
         if not self.active:
             return self._collected_before
-        import spprof
-
-        st = spprof.stats()
-        return self._collected_before + (st.collected_samples if st else 0)
+        raw = _native_stats()
+        return self._collected_before + (raw["collected_samples"] if raw else 0)
 
     def samples_between(self, t0: int, t1: int) -> List[Tuple[Chunk, Any]]:
         out = []

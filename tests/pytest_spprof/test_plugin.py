@@ -118,6 +118,23 @@ def test_run_file_loads_back(pytester):
     assert pl.read_ipc(path).height == table.num_rows
 
 
+def test_the_sessions_timestamp_origin_is_exact_in_a_fresh_process():
+    # Test windows are cut by sample timestamps + this origin. In a fresh process the first
+    # stats() imports the data model (20 ms or more), which must not move the origin: it had
+    # moved by half of it, shifting the end of one test's samples into the next test.
+    code = """if True:
+        import time
+        from spprof._ext import native
+        from pytest_spprof._session import SessionSampler
+        sampler = SessionSampler(1, 16)
+        sampler.start()
+        m0 = time.monotonic_ns(); ran = native.stats()["duration_ns"]; m1 = time.monotonic_ns()
+        print((m0 + m1) // 2 - ran - sampler.origin_ns)
+        """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert abs(int(out.stdout)) < 1_000_000, out.stdout  # ns
+
+
 def test_a_tests_cpu_leaves_out_the_reports_of_its_subtests(pytester):
     # pytest-xdist sends every subtest's report to the controller: a cost of the harness, which
     # a conftest stands in for here (5 ms a report).
