@@ -49,7 +49,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--spprof-dir", default=None, metavar="DIR",
         help="where profiles and summaries go (default .spprof/; ini: spprof_dir)")
     add("--spprof-save", choices=("all", "failed", "none"), default=None,
-        help="which tests get a speedscope profile file (default: failed; ini: spprof_save)")
+        help="which tests get a profile file (default: failed; ini: spprof_save)")
+    add("--spprof-profile-format", choices=("speedscope", "pprof"), default=None,
+        help="the format of those files: speedscope JSON (default) or pprof .pb.gz, whose samples "
+             "carry the test id (ini: spprof_profile_format)")
     add("--spprof-top", default=None, metavar="N",
         help="tests listed in the summary, slowest by CPU first (default 10; ini: spprof_top)")
     add("--spprof-interval", "--spprof-interval-ms", dest="spprof_interval", default=None, metavar="MS",
@@ -75,6 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("spprof", "profile every test with spprof", type="bool", default=False)
     for name, help_ in (("spprof_phases", "call or all"), ("spprof_dir", "output directory"),
                         ("spprof_save", "all, failed or none"), ("spprof_top", "tests in the summary"),
+                        ("spprof_profile_format", "speedscope or pprof"),
                         ("spprof_interval", "sampling interval in ms"),
                         ("spprof_interval_ms", "sampling interval in ms (the older name of spprof_interval)"),
                         ("spprof_cpu_budget", "default CPU budget of every test, e.g. 500ms"),

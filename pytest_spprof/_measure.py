@@ -68,7 +68,7 @@ class ProfiledTest:
     speed_ns: Optional[int] = None
     #: The speed of the machine around each warm round (see _verdict.round_speed_ns).
     warm_speed_ns: List[int] = field(default_factory=list)
-    #: Files written for this test (speedscope profile, differential flame graph).
+    #: Files written for this test ("speedscope" or "pprof" profile, "diff_svg" flame graph).
     files: Dict[str, str] = field(default_factory=dict)
     #: The test's hottest functions by self time: (function, file, percent of its samples).
     hottest: List[Tuple[str, str, float]] = field(default_factory=list)

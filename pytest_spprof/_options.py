@@ -28,8 +28,10 @@ class Options:
     phases: str
     #: Where profiles and summaries go.
     dir: Path
-    #: Which tests get a speedscope file: "all", "failed" or "none".
+    #: Which tests get a profile file: "all", "failed" or "none"; and its format, "speedscope"
+    #: or "pprof".
     save: str
+    profile_format: str
     #: Tests listed in the summary.
     top: int
     #: Rounds of a test that looks over budget or regressed (the fastest counts).
@@ -81,6 +83,9 @@ class Options:
         save = opt("spprof_save") or "failed"
         if save not in ("all", "failed", "none"):
             raise usage(f"--spprof-save must be all, failed or none, not {save!r}")
+        profile_format = opt("spprof_profile_format") or "speedscope"
+        if profile_format not in ("speedscope", "pprof"):
+            raise usage(f"--spprof-profile-format must be speedscope or pprof, not {profile_format!r}")
         interval = (config.getoption("spprof_interval") or config.getini("spprof_interval")
                     or config.getini("spprof_interval_ms") or "1")
         try:
@@ -101,7 +106,7 @@ class Options:
         default_baseline = config.getini("spprof_baseline") or str(out / "baseline.json")
         save_baseline, compare = config.getoption("spprof_save_baseline"), config.getoption("spprof_compare")
         options = cls(
-            phases=phases, dir=out, save=save, top=integer("spprof_top", 10),
+            phases=phases, dir=out, save=save, profile_format=profile_format, top=integer("spprof_top", 10),
             rounds=integer("spprof_rounds", 1, minimum=1), interval_ms=interval_ms,
             warn_only=bool(config.getoption("spprof_warn_only")) or config.getini("spprof_warn_only"),
             markdown=path(opt("spprof_markdown") or None), defaults=defaults, tolerance_pct=tolerance_pct,

@@ -23,6 +23,8 @@ from ._options import Options, usage
 from ._report import RunReport, failure_message, hottest, record_properties, safe_name
 
 _call_outcome_key = pytest.StashKey[str]()
+#: The file name ending of a test's profile, by --spprof-profile-format.
+PROFILE_SUFFIXES = {"speedscope": ".speedscope.json", "pprof": ".pb.gz"}
 
 
 class SpprofPlugin:
@@ -207,14 +209,22 @@ class SpprofPlugin:
         if keep or entry:
             self.measure.sampler.checkpoint()
         if keep:
-            path = self.options.make_dir("profiles") / (safe_name(r.nodeid) + ".speedscope.json")
-            if self._output(f"the profile of {r.nodeid}", lambda: self.measure.profile_of(r).save(path)):
-                r.files["speedscope"] = str(path)
+            fmt = self.options.profile_format
+            path = self.options.make_dir("profiles") / (safe_name(r.nodeid) + PROFILE_SUFFIXES[fmt])
+            if self._output(f"the profile of {r.nodeid}", lambda: self._save_profile(r, path)):
+                r.files[fmt] = str(path)
         if entry:
             self.baseline_tests[r.nodeid] = self.judge.baseline_entry(r)
             self._output("the baseline journal", lambda: self._baseline_journal.append(
                 _baseline.journal_entry(r.nodeid, self.baseline_tests[r.nodeid])))
         self._output("the results journal", lambda: self._results_journal.append(r.record()))
+
+    def _save_profile(self, r: ProfiledTest, path: Path) -> None:
+        profile = self.measure.profile_of(r)
+        if self.options.profile_format == "pprof":  # for a profiling backend: say which test
+            path.write_bytes(profile.to_pprof(labels={"test_id": r.nodeid}))
+        else:
+            profile.save(path)
 
     def _output(self, what: str, write: Callable[[], Any]) -> bool:
         """Run one writer; a failure (a full disk, a folder removed meanwhile) is reported at the
@@ -258,8 +268,9 @@ class SpprofPlugin:
         self._results_journal.remove()  # a killed earlier run's: this run's results replace it
         profiles = self.options.dir / "profiles"
         if profiles.is_dir():  # profiles of an earlier run would mislead
-            for old in list(profiles.glob("*.speedscope.json")) + list(profiles.glob("*.diff.svg")):
-                old.unlink()
+            for ending in (*PROFILE_SUFFIXES.values(), ".diff.svg"):
+                for old in list(profiles.glob("*" + ending)):
+                    old.unlink()
 
     def _catch_sigterm(self) -> None:
         """SIGTERM (a CI job's timeout, ``kill``) ends the run as Ctrl-C does: the test in flight

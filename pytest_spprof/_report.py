@@ -171,8 +171,8 @@ class RunReport:
             tr.write_line(f"spprof {error}", red=True)
         if self.dropped:
             tr.write_line(f"spprof dropped {self.dropped} samples (memory limit)")
-        saved = sum(1 for r in self.results.values() if "speedscope" in r.files)
-        tr.write_line(f"profiles: {saved} speedscope file(s) under {self.dir / 'profiles'}; "
+        saved = sum(1 for r in self.results.values() if {"speedscope", "pprof"} & set(r.files))
+        tr.write_line(f"profiles: {saved} profile file(s) under {self.dir / 'profiles'}; "
                       f"summary {self.dir / 'results.json'}"
                       + (f"; whole run {self.run_file}" if self.run_file else ""))
 

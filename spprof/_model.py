@@ -39,6 +39,7 @@ FORMATS: Dict[str, Tuple[str, ...]] = {
     "collapsed": (".collapsed", ".folded", ".txt"),
     "svg": (".svg",),
     "html": (".html", ".htm"),
+    "pprof": (".pb.gz", ".pprof"),
 }
 
 
@@ -344,8 +345,9 @@ class Profile:
     def save(self, path: PathLike, format: Optional[str] = None) -> Path:
         """Write the profile to ``path``; the format comes from ``format`` or the file extension:
         ``"speedscope"`` (.json), ``"collapsed"`` (.collapsed, .folded, .txt), ``"svg"`` (.svg, an
-        interactive flame graph) or ``"html"`` (.html, .htm: the flame graph and a top-functions
-        table in one self-contained page). See ``FORMATS``."""
+        interactive flame graph), ``"html"`` (.html, .htm: the flame graph and a top-functions
+        table in one self-contained page) or ``"pprof"`` (.pb.gz, .pprof: see ``to_pprof``). See
+        ``FORMATS``."""
         from pathlib import Path
 
         path = Path(os.fspath(path))
@@ -353,11 +355,34 @@ class Profile:
         if fmt == "speedscope":  # one entry per sample: streamed to the file
             self._native().save_speedscope(path, self._title(), self._speedscope_unit)
             return path
+        if fmt == "pprof":
+            path.write_bytes(self.to_pprof())
+            return path
         writers = {"collapsed": self.to_collapsed,
                    "svg": self.to_flamegraph_svg, "html": self.to_html}
         text = writers[fmt]()
         path.write_text(text, encoding="utf-8")
         return path
+
+    def to_pprof(self, labels: Optional[Dict[str, str]] = None) -> bytes:
+        """The profile as pprof: gzip'd ``profile.proto``, as ``go tool pprof``, Pyroscope, Parca
+        and Grafana read it. Each sample carries the labels ``thread_name`` and ``thread_id``,
+        and ``labels`` (e.g. ``{"test_id": ...}``)."""
+        return self._pprof(labels, None)
+
+    def _pprof(self, labels: Optional[Dict[str, str]], objects: Optional[List[float]]) -> bytes:
+        if labels is not None and not (isinstance(labels, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+            raise TypeError(f"labels must be a dict of str to str, not {labels!r}")
+        measure, period = self._pprof_measure()
+        start_ns = int(self.start_time.timestamp() * 1e9)
+        duration_ns = int((self.end_time - self.start_time).total_seconds() * 1e9)
+        return self._native().pprof(measure, period, start_ns, duration_ns, objects,
+                                    list((labels or {}).items()))
+
+    def _pprof_measure(self) -> Tuple[str, int]:
+        """What the weights measure, as pprof names it, and the sampling period."""
+        return ("wall" if self.mode == "wall" else "cpu"), int(self.interval_ms * 1e6)
 
     # -- Arrow tables -----------------------------------------------------------------------------
 
@@ -390,7 +415,7 @@ def resolve_format(path: Path, format: Optional[str]) -> str:
         return format
     suffix = path.suffix.lower()
     for name, suffixes in FORMATS.items():
-        if suffix in suffixes:
+        if any(path.name.lower().endswith(s) for s in suffixes):
             return name
     known = ", ".join(f"{s} ({name})" for name, sufs in FORMATS.items() for s in sufs)
     raise ValueError(

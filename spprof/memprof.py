@@ -139,6 +139,9 @@ class _MemoryProfile(Profile):
 
     _speedscope_unit = "bytes"
 
+    def _pprof_measure(self) -> Tuple[str, int]:
+        return "inuse_space", 0
+
     def to_collapsed(self) -> str:
         """Collapsed stacks weighted by estimated live bytes."""
         return self._native().collapsed("weight")
@@ -221,8 +224,22 @@ class HeapSnapshot:
     def save(self, path: PathLike, format: Optional[str] = None) -> Path:
         """Write the snapshot weighted by estimated live bytes: ``"speedscope"`` (.json, unit
         bytes), ``"collapsed"`` (.collapsed/.folded/.txt, bytes per stack), ``"svg"`` or
-        ``"html"`` (flame graphs in bytes). The format comes from ``format`` or the extension."""
-        return self._profile.save(path, format)
+        ``"html"`` (flame graphs in bytes) or ``"pprof"`` (.pb.gz: see ``to_pprof``). The format
+        comes from ``format`` or the extension."""
+        from ._model import resolve_format
+
+        target = Path(os.fspath(path))
+        if resolve_format(target, format) == "pprof":
+            target.write_bytes(self.to_pprof())
+            return target
+        return self._profile.save(target, format)
+
+    def to_pprof(self, labels: Optional[Dict[str, str]] = None) -> bytes:
+        """The live heap as pprof, as Go's heap profiles name it: ``inuse_space`` (estimated
+        bytes) and ``inuse_objects`` (the allocations each sample stands for: its estimated bytes
+        over its size); labels as ``Profile.to_pprof``."""
+        objects = [s.estimated_bytes / s.size if s.size else 1.0 for s in self.samples]
+        return self._profile._pprof(labels, objects)
 
     def to_speedscope(self) -> Dict[str, Any]:
         return self._profile.to_speedscope()

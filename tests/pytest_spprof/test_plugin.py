@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +90,24 @@ def test_speedscope_files_match_schema(pytester):
     jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
     names = {f["name"] for f in doc["shared"]["frames"]}
     assert "burn" in names
+
+
+def test_pprof_files_carry_the_test_id(pytester):
+    go = shutil.which("go") or next(iter(sorted(glob.glob("/usr/lib/go-*/bin/go"))), None)
+    pytester.makepyfile(BURN + "def test_a():\n    burn(100)\n\ndef test_b():\n    burn(50)\n")
+    result = run(pytester, "--spprof", "--spprof-save=all", "--spprof-profile-format=pprof")
+    result.assert_outcomes(passed=2)
+    assert "profiles: 2 profile file(s)" in result.stdout.str()
+    paths = sorted((pytester.path / ".spprof" / "profiles").glob("*.pb.gz"))
+    results = json.loads((pytester.path / ".spprof" / "results.json").read_text())["tests"]
+    assert sorted(r["files"]["pprof"] for r in results.values()) == [str(p) for p in paths]
+    if go is None:
+        pytest.skip("needs Go's pprof (Debian's golang-go, which CI installs)")
+    for test_id, figures in results.items():
+        traces = subprocess.run([go, "tool", "pprof", "-traces", figures["files"]["pprof"]], capture_output=True,
+                                text=True, check=True).stdout
+        assert traces.count(f"test_id:  {test_id}\n") == traces.count("thread_name:") > 0
+        assert "burn" in traces
 
 
 def test_run_file_loads_back(pytester):

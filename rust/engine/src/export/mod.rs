@@ -1,9 +1,10 @@
 //! A finished profile in the formats people read: Arrow record batches and the pytest plugin's
-//! run file, speedscope, collapsed stacks, flame graphs; files written whole or not at all.
+//! run file, speedscope, pprof, collapsed stacks, flame graphs; files written whole or not at all.
 
 pub mod arrow;
 pub mod atomic_file;
 pub mod collapsed;
 pub mod flamegraph;
+pub mod pprof;
 pub mod run_file;
 pub mod speedscope;

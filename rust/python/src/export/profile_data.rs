@@ -2,8 +2,10 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use spprof_engine::export::atomic_file;
 use spprof_engine::export::collapsed;
+use spprof_engine::export::pprof;
 use spprof_engine::export::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
 use std::sync::Arc;
@@ -171,6 +173,48 @@ impl ProfileData {
             speedscope::write(&self.store, &opts, &mut out).expect("writing to memory");
             String::from_utf8(out).map_err(|e| PyValueError::new_err(e.to_string()))
         })
+    }
+
+    /// pprof (gzip'd profile.proto) of the profile: `measure` is "cpu", "wall" or "inuse_space";
+    /// `objects`, per sample, what a memory sample stands for; `labels` go on every sample.
+    #[pyo3(signature = (measure, period, time_nanos, duration_nanos, objects = None, labels = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn pprof<'py>(
+        &self,
+        py: Python<'py>,
+        measure: &str,
+        period: i64,
+        time_nanos: i64,
+        duration_nanos: i64,
+        objects: Option<Vec<f64>>,
+        labels: Vec<(String, String)>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let measure = match measure {
+            "cpu" => pprof::Measure::Cpu,
+            "wall" => pprof::Measure::Wall,
+            "inuse_space" => pprof::Measure::InuseSpace,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "measure must be 'cpu', 'wall' or 'inuse_space', not {other:?}"
+                )))
+            }
+        };
+        let opts = pprof::Options {
+            measure,
+            period,
+            time_nanos,
+            duration_nanos,
+            objects: objects.as_deref(),
+            labels: &labels,
+        };
+        let bytes = py.detach(|| {
+            let mut out = Vec::new();
+            pprof::write(&self.store, &opts, &mut out).map(|()| out)
+        });
+        Ok(PyBytes::new(
+            py,
+            &bytes.map_err(|e| PyValueError::new_err(e.to_string()))?,
+        ))
     }
 
     /// Collapsed stacks; `value` is "count" (samples per stack) or "weight" (summed weights).
