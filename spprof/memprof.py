@@ -178,9 +178,9 @@ class HeapSnapshot:
         heaviest: Dict[Any, Dict[tuple, int]] = {}
         for s in self.samples:
             if s.stack:
-                leaf = s.stack[-1]
+                leaf, stack = s.stack[-1], tuple(s.stack)
                 stacks = heaviest.setdefault((leaf.function_name, leaf.filename, leaf.lineno), {})
-                stacks[tuple(s.stack)] = stacks.get(tuple(s.stack), 0) + s.estimated_bytes
+                stacks[stack] = stacks.get(stack, 0) + s.estimated_bytes
         for d in sites:
             stacks = heaviest[(d["function"], d["filename"], d["lineno"])]
             d["stack"] = list(max(stacks.items(), key=lambda kv: kv[1])[0])

@@ -302,14 +302,21 @@ impl Store {
     /// The frames of a stack, root first.
     pub fn stack_frames(&self, stack: StackId) -> Vec<FrameId> {
         let mut out = Vec::new();
+        self.stack_leaf_first(stack, &mut out);
+        out.reverse();
+        out
+    }
+
+    /// The frames of a stack into `out` (cleared first), leaf first: the order the tree links
+    /// them, without an allocation per stack.
+    pub fn stack_leaf_first(&self, stack: StackId, out: &mut Vec<FrameId>) {
+        out.clear();
         let mut node = stack;
         while node != EMPTY_STACK {
             let (parent, frame) = self.stack_nodes[node as usize];
             out.push(frame);
             node = parent;
         }
-        out.reverse();
-        out
     }
 
     /// Number of stack-tree nodes (distinct stack prefixes).

@@ -427,13 +427,7 @@ pub fn frames(store: &Arc<Store>, weight_column: &str) -> Result<Table, ArrowErr
     let mut rows = FrameRows::with_capacity(batch_rows(0));
     let mut stack_frames: Vec<FrameId> = Vec::new();
     for i in 0..store.len() {
-        stack_frames.clear();
-        let mut node = store.stacks[i];
-        while node != EMPTY_STACK {
-            let (parent, frame) = store.stack_node(node);
-            stack_frames.push(frame);
-            node = parent;
-        }
+        store.stack_leaf_first(store.stacks[i], &mut stack_frames);
         let n = stack_frames.len();
         let (tid, ts, w) = (
             look.tid[store.thread_ids[i] as usize],

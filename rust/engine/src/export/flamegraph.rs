@@ -88,7 +88,8 @@ fn inferno_options(opts: &Options, differential: bool) -> fg::Options<'static> {
     o
 }
 
-fn xml_escape(s: &str) -> Cow<'_, str> {
+/// `s` as XML or HTML text: the flame graphs, and the Python tables' notebook display.
+pub fn xml_escape(s: &str) -> Cow<'_, str> {
     if !s.contains(['&', '<', '>', '"', '\'']) {
         return s.into();
     }

@@ -2,7 +2,7 @@
 //! A Location per distinct frame (with its line), a Function per (name, file), and a Sample per
 //! distinct (stack, thread) with its sample count and summed weight, labelled with its thread.
 
-use crate::store::{Store, EMPTY_STACK};
+use crate::store::Store;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use prost::Message;
@@ -250,20 +250,13 @@ fn build(store: &Store, opts: &Options) -> proto::Profile {
             num: 0,
         })
         .collect();
+    let mut frames = Vec::new();
     let samples = order
         .iter()
         .map(|&(stack, thread)| {
             let info = &store.threads()[thread as usize];
-            let mut location_id: Vec<u64> = if stack == EMPTY_STACK {
-                Vec::new()
-            } else {
-                store
-                    .stack_frames(stack)
-                    .iter()
-                    .map(|&f| u64::from(f) + 1)
-                    .collect()
-            };
-            location_id.reverse();
+            store.stack_leaf_first(stack, &mut frames);
+            let location_id = frames.iter().map(|&f| u64::from(f) + 1).collect();
             let mut label = vec![
                 proto::Label {
                     key: thread_name,
@@ -332,6 +325,7 @@ pub fn write(store: &Store, opts: &Options, out: &mut impl Write) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EMPTY_STACK;
     use flate2::read::GzDecoder;
     use std::io::Read;
 

@@ -15,7 +15,7 @@
 
 use crate::export::arrow::{dict_column, frames_schema, FrameRows, FRAMES_BATCH_ROWS, WEIGHT_NS};
 use crate::export::atomic_file;
-use crate::store::{FrameId, Store, EMPTY_STACK};
+use crate::store::{FrameId, Store};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{
@@ -165,13 +165,7 @@ pub fn write(
             let Some(w) = window_of(windows, t) else {
                 continue;
             };
-            stack.clear();
-            let mut node = store.stacks[i];
-            while node != EMPTY_STACK {
-                let (parent, frame) = store.stack_node(node);
-                stack.push(frame);
-                node = parent;
-            }
+            store.stack_leaf_first(store.stacks[i], &mut stack);
             let n = stack.len();
             let thread = store.thread_ids[i] as usize;
             let tid = store.threads()[thread].tid;

@@ -18,6 +18,7 @@ use spprof_engine::export::arrow::arrow_array::Array;
 use spprof_engine::export::arrow::arrow_array::{RecordBatch, RecordBatchIterator};
 use spprof_engine::export::arrow::arrow_schema::{ArrowError, DataType, SchemaRef};
 use spprof_engine::export::arrow::{self, Kind, Table, KINDS};
+use spprof_engine::export::flamegraph::xml_escape;
 use spprof_engine::export::run_file::{self, Chunk, Window};
 use spprof_engine::store::Store;
 use std::path::{Path, PathBuf};
@@ -105,13 +106,6 @@ fn shorten(s: &str) -> String {
     }
     let tail: String = s.chars().skip(n - (CELL_CHARS - 1)).collect();
     format!("…{tail}")
-}
-
-fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Rows `repr()` shows, and rows a notebook shows.
@@ -284,7 +278,7 @@ impl ArrowTable {
         let rows = self.texts(HTML_ROWS);
         let mut html = String::from("<table class=\"spprof-table\"><thead><tr>");
         for n in &names {
-            html.push_str(&format!("<th>{}</th>", escape_html(n)));
+            html.push_str(&format!("<th>{}</th>", xml_escape(n)));
         }
         html.push_str("</tr></thead><tbody>");
         for row in &rows {
@@ -295,7 +289,7 @@ impl ArrowTable {
                 } else {
                     ""
                 };
-                html.push_str(&format!("<td{align}>{}</td>", escape_html(t)));
+                html.push_str(&format!("<td{align}>{}</td>", xml_escape(t)));
             }
             html.push_str("</tr>");
         }
