@@ -9,9 +9,8 @@ of work (the work itself is not counted). The runs of the three are interleaved,
 ``import pathlib`` is the baseline measured the same way (a stdlib module of similar cost).
 Targets: ``import spprof`` at most 15 ms, import + start + stop at most 20 ms.
 
-The first profile imports ``dataclasses`` (which imports ``inspect``): the data model's classes
-are dataclasses, as the API promises. A fourth run imports it before the clock starts, to show
-what spprof itself costs on top of it.
+Nothing here may import ``dataclasses`` (which imports ``inspect``, about as costly as all of
+this): ``tests/spprof/test_model.py`` checks that it does not.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ from _timing import median_ci
 CHILD = textwrap.dedent("""
     import json as _json_for_output, sys, time
     what = sys.argv[1]
-    if what == "after-dataclasses":
-        import dataclasses
     t0 = time.process_time_ns()
     if what == "baseline":
         import pathlib
@@ -71,20 +68,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=31)
     args = ap.parse_args()
-    baseline, imports, totals, own = [], [], [], []
+    baseline, imports, totals = [], [], []
     run("spprof")
     for _ in range(args.runs):
         baseline.append(run("baseline")["import"])
         r = run("spprof")
         imports.append(r["import"])
         totals.append(r["import"] + r["start"] + r["stop"])
-        r = run("after-dataclasses")
-        own.append(r["import"] + r["start"] + r["stop"])
     print(f"Python {sys.version.split()[0]}")
     print(show("import pathlib (baseline)", baseline))
     print(show("import spprof", imports) + "   target <= 15 ms")
     print(show("import + start + stop", totals) + "   target <= 20 ms")
-    print(show("  the same, dataclasses loaded", own))
 
 
 if __name__ == "__main__":

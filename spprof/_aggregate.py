@@ -6,16 +6,17 @@ per thread with how many samples, and how much time, each stands for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+from ._record import field, record
 
 if TYPE_CHECKING:
     from ._model import Frame, PathLike, Profile
 
 
-@dataclass
+@record()
 class AggregatedStack:
     """One distinct stack of one thread: ``count`` samples, ``weight_ns`` of time in all."""
 
@@ -26,7 +27,7 @@ class AggregatedStack:
     weight_ns: int = 0
 
 
-@dataclass
+@record()
 class AggregatedProfile:
     """The distinct stacks of a profile, with counts. Its outputs are those of the profile it
     was made from (aggregation changes no total)."""

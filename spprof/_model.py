@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import _ext
+from ._record import field, record
 
 # Annotations only (see _api): json, pathlib and typing are imported where they are used.
 TYPE_CHECKING = False
@@ -43,7 +43,7 @@ FORMATS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Frame:
     """One frame of a call stack; ``lineno`` is the line being executed."""
 
@@ -53,7 +53,7 @@ class Frame:
     is_native: bool = False
 
 
-@dataclass
+@record()
 class Sample:
     """One sample of one thread. ``frames`` run root → leaf (``frames[-1]`` is innermost)."""
 
@@ -141,7 +141,7 @@ class SampleSequence(SequenceABC):
         return f"<{len(self)} samples>"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NativeFrame:
     """A native (C, C++, Rust) frame, as ``capture_native_stack()`` returns it."""
 
@@ -157,7 +157,7 @@ class NativeFrame:
     resolved: bool
 
 
-@dataclass
+@record()
 class ProfilerStats:
     """Live counters of a running profile (``spprof.stats()``)."""
 
@@ -182,7 +182,7 @@ class ProfilerStats:
     overhead_estimate_pct: float = 0.0
 
 
-@dataclass
+@record()
 class Profile:
     """The result of a profiling run."""
 
