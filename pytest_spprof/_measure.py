@@ -7,8 +7,10 @@ import dataclasses
 import threading
 import time
 import warnings
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -164,8 +166,14 @@ class Measurer:
         self._open: Dict[str, _Opened] = {}
         #: A test is being called again (see run_again).
         self.repeating = False
-        #: CPU time this thread spent in pytest's report hooks (see test_cpu_ns).
+        #: CPU and elapsed time this thread spent in pytest's report hooks (see test_cpu_ns), and
+        #: when it ran them while a test was open (CLOCK_MONOTONIC ns, sorted): their samples are
+        #: cut from the test's window as their time is cut from the test's.
         self.reporting_ns = 0
+        self.reporting_wall_ns = 0
+        self._reporting_depth = 0
+        self._report_starts, self._report_ends = array("q"), array("q")
+        self._test_thread = threading.get_native_id()
 
     def watch_memory(self) -> None:
         import spprof.memprof as memprof
@@ -178,11 +186,54 @@ class Measurer:
         sends each one to the controller."""
         return time.thread_time_ns() - self.reporting_ns
 
+    def test_wall_ns(self) -> int:
+        """The elapsed time (CLOCK_MONOTONIC), less the time spent in pytest's report hooks."""
+        return time.monotonic_ns() - self.reporting_wall_ns
+
+    def reporting_began(self) -> Tuple[int, int]:
+        self._reporting_depth += 1
+        return time.monotonic_ns(), time.thread_time_ns()
+
+    def reporting_ended(self, began: Tuple[int, int]) -> None:
+        self._reporting_depth -= 1
+        if self._reporting_depth == 0:  # a hook reporting inside another is counted once
+            self.reporting_ns += time.thread_time_ns() - began[1]
+            ended = time.monotonic_ns()
+            self.reporting_wall_ns += ended - began[0]
+            if self._open:
+                self._report_starts.append(began[0])
+                self._report_ends.append(ended)
+
+    def watch_subtest_reports(self, item: pytest.Item) -> Callable[[], None]:
+        """unittest reports a subtest from inside the test, by calling ``result.addSubTest``,
+        and pytest's (the item's) makes and sends a report there: count it as reporting, not
+        as the test. Returns what puts the item's own method back."""
+        report = getattr(item, "addSubTest", None)
+        if report is None:
+            return lambda: None
+
+        def reported(*args: Any, **kwargs: Any) -> Any:
+            began = self.reporting_began()
+            try:
+                return report(*args, **kwargs)
+            finally:
+                self.reporting_ended(began)
+
+        item.addSubTest = reported  # type: ignore[attr-defined]  # this item only, until restored
+        return lambda: vars(item).pop("addSubTest", None)
+
+    def _reporting(self, thread_id: int, at_ns: int) -> bool:
+        """Whether a sample of ``thread_id`` taken at ``at_ns`` was taken in a report hook."""
+        if thread_id != self._test_thread:
+            return False
+        i = bisect_right(self._report_starts, at_ns) - 1
+        return i >= 0 and at_ns < self._report_ends[i]
+
     def begin(self, nodeid: str, watches_memory: bool) -> None:
         if not self.sampler.active and self.sampler.error is None:
             self.sampler.start()
         heap = self._heap(start=True) if self.memprof is not None and watches_memory else None
-        self._open[nodeid] = _Opened(time.monotonic_ns(), time.perf_counter_ns(), self.test_cpu_ns(),
+        self._open[nodeid] = _Opened(time.monotonic_ns(), self.test_wall_ns(), self.test_cpu_ns(),
                                      queued_ns(), self.sampler.collected(), heap)
 
     def _heap(self, start: bool) -> Optional[Tuple[int, int]]:
@@ -208,7 +259,7 @@ class Measurer:
             return None
         m0, w0, c0, q0, s0, heap0 = opened
         cpu = self.test_cpu_ns() - c0
-        wall = time.perf_counter_ns() - w0
+        wall = self.test_wall_ns() - w0
         result = ProfiledTest(nodeid, cpu_ns=cpu, wall_ns=wall, waited_ns=waited_ns(wall, cpu, q0),
                               samples=max(0, self.sampler.collected() - s0), t0=m0, t1=time.monotonic_ns(),
                               thread_id=threading.get_native_id())
@@ -270,10 +321,10 @@ class Measurer:
         test's figures and its profile (its window of samples) are both that round's."""
         for _ in range(n):
             m0, s0 = time.monotonic_ns(), self.sampler.collected()
-            c0, w0, q0 = self.test_cpu_ns(), time.perf_counter_ns(), queued_ns()
+            c0, w0, q0 = self.test_cpu_ns(), self.test_wall_ns(), queued_ns()
             if not self.run_again(item):
                 break
-            cpu, wall = self.test_cpu_ns() - c0, time.perf_counter_ns() - w0
+            cpu, wall = self.test_cpu_ns() - c0, self.test_wall_ns() - w0
             result.rounds += 1
             if cpu < result.cpu_ns:
                 result.cpu_ns, result.wall_ns = cpu, wall
@@ -285,7 +336,7 @@ class Measurer:
         """The profile of [t0, t1); a window that reaches into the chunk being recorded cuts it first."""
         if self.sampler.active and (not self.sampler.chunks or t1 > self.sampler.origin_ns):
             self.sampler.checkpoint()
-        return _session.window_profile(self.sampler, t0, t1)
+        return _session.window_profile(self.sampler, t0, t1, self._reporting)
 
     def profile_of(self, r: ProfiledTest) -> Any:
         if r._profile is None:

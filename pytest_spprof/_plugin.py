@@ -9,7 +9,6 @@ import json
 import shutil
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
@@ -99,6 +98,13 @@ class SpprofPlugin:
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, None]:
+        restore = self.measure.watch_subtest_reports(item)
+        try:
+            yield from self._called(item)
+        finally:
+            restore()
+
+    def _called(self, item: pytest.Item) -> Generator[None, Any, None]:
         if self.options.phases != "call":
             yield
             return
@@ -135,19 +141,19 @@ class SpprofPlugin:
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, None, None]:
-        t0 = time.thread_time_ns()
+        began = self.measure.reporting_began()
         yield
-        self.measure.reporting_ns += time.thread_time_ns() - t0
+        self.measure.reporting_ended(began)
 
     # -- verdicts ------------------------------------------------------------------------------------
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-        t0 = time.thread_time_ns()
+        began = self.measure.reporting_began()
         try:
             yield from self._made_report(item, call)
         finally:
-            self.measure.reporting_ns += time.thread_time_ns() - t0
+            self.measure.reporting_ended(began)
 
     def _made_report(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
         outcome = yield

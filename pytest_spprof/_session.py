@@ -15,7 +15,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 @dataclass
@@ -153,9 +153,11 @@ class SessionSampler:
         return out
 
 
-def window_profile(sampler: SessionSampler, t0: int, t1: int) -> Any:
+def window_profile(sampler: SessionSampler, t0: int, t1: int,
+                   left_out: Optional[Callable[[int, int], bool]] = None) -> Any:
     """The spprof.Profile of the samples taken in [t0, t1) (CLOCK_MONOTONIC ns), timestamps
-    relative to t0, stacks starting at the test (the pytest harness cut from their root).
+    relative to t0, stacks starting at the test (the pytest harness cut from their root), less
+    the samples for which ``left_out(thread_id, CLOCK_MONOTONIC ns)`` is true.
 
     A sample's weight is the time its thread used since its previous sample, which for a
     thread's first sample in the window may reach back before the test started: that weight
@@ -167,6 +169,8 @@ def window_profile(sampler: SessionSampler, t0: int, t1: int) -> Any:
     samples, seen = [], set()
     for chunk, s in sampler.samples_between(t0, t1):
         at = s.timestamp_ns + chunk.origin_ns - t0
+        if left_out is not None and left_out(s.thread_id, at + t0):
+            continue
         weight = s.weight_ns
         if s.thread_id not in seen:
             seen.add(s.thread_id)
