@@ -173,7 +173,7 @@ class Measurer:
         self.reporting_wall_ns = 0
         self._reporting_depth = 0
         self._report_starts, self._report_ends = array("q"), array("q")
-        self._test_thread = threading.get_native_id()
+        self._reporting_thread = 0
 
     def watch_memory(self) -> None:
         import spprof.memprof as memprof
@@ -201,6 +201,7 @@ class Measurer:
             ended = time.monotonic_ns()
             self.reporting_wall_ns += ended - began[0]
             if self._open:
+                self._reporting_thread = threading.get_native_id()  # the thread running the tests
                 self._report_starts.append(began[0])
                 self._report_ends.append(ended)
 
@@ -222,9 +223,13 @@ class Measurer:
         item.addSubTest = reported  # type: ignore[attr-defined]  # this item only, until restored
         return lambda: vars(item).pop("addSubTest", None)
 
+    def report_spans(self) -> Tuple[List[Tuple[int, int]], int]:
+        """When the thread running the tests reported while a test was open, and that thread."""
+        return list(zip(self._report_starts, self._report_ends)), self._reporting_thread
+
     def _reporting(self, thread_id: int, at_ns: int) -> bool:
         """Whether a sample of ``thread_id`` taken at ``at_ns`` was taken in a report hook."""
-        if thread_id != self._test_thread:
+        if thread_id != self._reporting_thread:
             return False
         i = bisect_right(self._report_starts, at_ns) - 1
         return i >= 0 and at_ns < self._report_ends[i]

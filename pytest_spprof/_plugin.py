@@ -316,7 +316,8 @@ class SpprofPlugin:
 
         path = self.role.run_file()
         return path if self._output(str(path), lambda: write_run(path, self.measure.sampler.chunks,
-                                                                  self.results.values())) else None
+                                                                  self.results.values(),
+                                                                  self.measure.report_spans())) else None
 
     def _write_part(self, worker: _xdist.Worker) -> None:
         run = self._write_run() if self.options.arrow and self.results else None

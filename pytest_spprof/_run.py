@@ -4,7 +4,10 @@ An Arrow IPC *file* (``pyarrow.ipc.open_file``, ``polars.read_ipc``) holding the
 of ``spprof.Profile.to_arrow`` for every profiled test (a row per frame of every sample, root
 first), with two more columns: ``test_id`` (the pytest node id) and ``thread_name``; strings are
 dictionary-encoded. ``sample_id`` is unique in the file; ``timestamp_ns`` counts from the start of
-the test's window. The schema metadata has ``format = spprof-pytest-run``.
+the test's window. Stacks are cut as the tests' profiles are (``_session.cut_harness``): from the
+test function or fixture on, a sample in pytest's own code as one ``<pytest harness>`` frame, and
+no sample taken while pytest reported the test's subtests. The schema metadata has
+``format = spprof-pytest-run``.
 
 The file is written by the native module (``spprof_engine::run_file``), so writing it needs
 neither pyarrow nor its start-up time; reading it back here needs pyarrow.
@@ -12,21 +15,32 @@ neither pyarrow nor its start-up time; reading it back here needs pyarrow.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any, Iterable, List
+from typing import Any, Iterable, List, Tuple
 
 FORMAT = b"spprof-pytest-run"
 
 
-def write_run(path: Path, chunks: Iterable[Any], results: Iterable[Any]) -> Path:
-    """Write the samples of the tests' windows, taken from the session's chunks."""
+def write_run(path: Path, chunks: Iterable[Any], results: Iterable[Any],
+              reports: Tuple[List[Tuple[int, int]], int]) -> Path:
+    """Write the samples of the tests' windows, taken from the session's chunks, cut as the
+    tests' profiles are: from the test function or fixture on, less the samples of ``reports``
+    (when the thread running the tests was in pytest's report hooks, and that thread)."""
     from spprof import _native
+
+    from ._session import frame_role
+
+    role = functools.lru_cache(maxsize=None)(frame_role)  # a frame per line: names repeat
+
+    def roles_of(data: Any) -> bytes:
+        return bytes(role(function, file) for function, file, _, _ in _native.frames_of(data))
 
     results = list(results)
     windows = [(r.t0, r.t1, i) for i, r in enumerate(results)]
-    _native.write_run(os.fspath(path), [(c.skeleton._data, c.origin_ns) for c in chunks], windows,
-                      [r.nodeid for r in results])
+    _native.write_run(os.fspath(path), [(c.skeleton._data, c.origin_ns, roles_of(c.skeleton._data)) for c in chunks],
+                      windows, [r.nodeid for r in results], *reports)
     return path
 
 

@@ -209,9 +209,17 @@ _ENTRY_POINTS = {("/_pytest/python.py", "pytest_pyfunc_call"), ("/_pytest/fixtur
                  ("/unittest/case.py", "_callSetUp"), ("/unittest/case.py", "_callTearDown")}
 
 
-def _is_entry_point(frame: Any) -> bool:
-    name = frame.function_name.rsplit(".", 1)[-1]
-    return any(frame.filename.endswith(end) and name == fn for end, fn in _ENTRY_POINTS)
+def _is_entry_point(function_name: str, filename: str) -> bool:
+    name = function_name.rsplit(".", 1)[-1]
+    return any(filename.endswith(end) and name == fn for end, fn in _ENTRY_POINTS)
+
+
+def frame_role(function_name: str, filename: str) -> int:
+    """What a frame is to the harness cut, as the run file takes it (``run_file::FrameRole``):
+    2 where pytest calls a test or fixture, 1 pytest's own code, 0 any other."""
+    if _is_entry_point(function_name, filename):
+        return 2
+    return 1 if is_harness(filename) else 0
 
 
 #: The one frame of a sample taken in pytest's own code, outside any test or fixture.
@@ -224,7 +232,7 @@ def cut_harness(frames: Tuple[Any, ...]) -> Tuple[Any, ...]:
     taken in pytest's own code, outside any test or fixture (its hooks, this plugin), becomes one
     frame, ``<pytest harness>``: pluggy's functions are not the test's hottest."""
     for i in range(len(frames) - 1, -1, -1):
-        if _is_entry_point(frames[i]):
+        if _is_entry_point(frames[i].function_name, frames[i].filename):
             return frames[i + 1:] if i + 1 < len(frames) else frames[i:]
     if any(is_harness(f.filename) for f in frames):
         from spprof import Frame

@@ -125,6 +125,11 @@ def test_run_file_loads_back(pytester):
     assert isinstance(table, pa.Table)
     ids = set(table.column("test_id").cast(pa.string()).to_pylist())
     assert ids == {"test_run_file_loads_back.py::test_a", "test_run_file_loads_back.py::test_b"}
+    # Stacks as in the tests' profiles: from the test function on, pytest's own code as one frame.
+    roots = table.filter(pa.compute.equal(table.column("depth"), 0)).column("function").cast(pa.string())
+    assert set(roots.to_pylist()) <= {"test_a", "test_b", "<pytest harness>"}, set(roots.to_pylist())
+    files = set(table.column("filename").cast(pa.string()).to_pylist())
+    assert not [f for f in files if "/_pytest/" in f or "/pluggy/" in f], files
     profile = pytest_spprof.load_profile(path, "test_run_file_loads_back.py::test_a")
     assert 50e6 < profile.total_weight_ns < 300e6
     # the leaf is burn or its generator expression (named "<genexpr>" before 3.11)
@@ -201,7 +206,14 @@ def test_a_tests_figures_leave_out_the_reports_of_its_subtests(pytester):
     (path,) = (pytester.path / ".spprof" / "profiles").glob("*.speedscope.json")
     names = {f["name"] for f in json.loads(path.read_text())["shared"]["frames"]}
     assert {"T.test_many", "test_many"} & names  # qualified names from Python 3.11 on
-    assert not {"hook_of_the_harness", "addSubTest", "TestCaseFunction.addSubTest", "spin"} & names, names
+    harness = {"hook_of_the_harness", "addSubTest", "TestCaseFunction.addSubTest", "spin"}
+    assert not harness & names, names
+    pa = pytest.importorskip("pyarrow")
+    import pytest_spprof
+
+    table = pytest_spprof.load_run(pytester.path / ".spprof" / "run.arrow")
+    in_run_file = set(table.column("function").cast(pa.string()).to_pylist())
+    assert {"T.test_many", "test_many"} & in_run_file and not harness & in_run_file, in_run_file
 
 
 def test_ini_enables_and_sets_budget(pytester):

@@ -5,7 +5,9 @@
 //! windows into the `frames` table of [`crate::export::arrow`] (a row per frame of every sample, root
 //! first) with two more columns, `thread_name` and `test_id`; `timestamp_ns` counts from the start
 //! of the test's window and `sample_id` is unique in the file. Samples outside every window (between
-//! tests) are left out. [`merge`] joins the files of several processes (pytest-xdist workers).
+//! tests) are left out, and so is what the plugin's per-test profiles leave out: the pytest harness
+//! at the root of each stack ([`FrameRole`]) and the test thread's samples while pytest reported
+//! ([`Reports`]). [`merge`] joins the files of several processes (pytest-xdist workers).
 //!
 //! Writing it here rather than through pyarrow keeps the file cheap enough to write on every run
 //! (no pyarrow import, no compute-kernel start-up) and lets runs without pyarrow have it too.
@@ -38,6 +40,45 @@ const VERSION: &str = "1";
 pub struct Chunk<'a> {
     pub store: &'a Store,
     pub origin_ns: i64,
+    /// The [`FrameRole`] of each frame of the store, by frame id (empty: every frame is [`PLAIN`]).
+    pub roles: &'a [FrameRole],
+}
+
+/// What a frame is to the pytest harness cut (the plugin decides: `_session.frame_role`).
+pub type FrameRole = u8;
+/// The test's or the library's code.
+pub const PLAIN: FrameRole = 0;
+/// pytest's own code: a stack with harness frames and no entry is pytest at work between calls.
+pub const HARNESS: FrameRole = 1;
+/// Where pytest calls a test function or fixture: the stack is kept from below the innermost one.
+pub const ENTRY: FrameRole = 2;
+/// The one frame a sample taken in pytest's own code is written with.
+pub const HARNESS_FRAME: (&str, &str) = ("<pytest harness>", "<pytest>");
+
+/// When the thread running the tests was in pytest's report hooks (sorted, not overlapping,
+/// `[t0, t1)` monotonic ns): its samples then are the harness's, not the test's.
+#[derive(Default)]
+pub struct Reports<'a> {
+    pub spans: &'a [(i64, i64)],
+    pub thread: u64,
+}
+
+impl Reports<'_> {
+    fn covers(&self, tid: u64, t: i64) -> bool {
+        let i = self.spans.partition_point(|s| s.0 <= t);
+        tid == self.thread && i > 0 && t < self.spans[i - 1].1
+    }
+}
+
+/// The frames of a leaf-first `stack` a test's profile keeps, leaf first; `None`: pytest's own
+/// code, written as [`HARNESS_FRAME`].
+fn test_frames<'s>(stack: &'s [FrameId], roles: &[FrameRole]) -> Option<&'s [FrameId]> {
+    let role = |f: FrameId| roles.get(f as usize).copied().unwrap_or(PLAIN);
+    match stack.iter().position(|&f| role(f) == ENTRY) {
+        Some(entry) => Some(&stack[..entry.max(1)]), // an entry that is the leaf stays
+        None if stack.iter().any(|&f| role(f) == HARNESS) => None,
+        None => Some(stack),
+    }
 }
 
 /// The monotonic time `[t0, t1)` a test ran in; `test` indexes the run's test ids.
@@ -126,13 +167,15 @@ fn window_of(windows: &[Window], t: i64) -> Option<&Window> {
     windows[..i].last().filter(|w| t < w.t1)
 }
 
-/// Write the samples of `chunks` that fall in a test's window to `path`. Returns the number of
-/// samples written. `windows` must be sorted by `t0`; `test_ids[w.test]` names each window.
+/// Write the samples of `chunks` that fall in a test's window to `path`, less `reports`. Returns
+/// the number of samples written. `windows` must be sorted by `t0`; `test_ids[w.test]` names
+/// each window.
 pub fn write(
     path: &Path,
     chunks: &[Chunk],
     windows: &[Window],
     test_ids: &[String],
+    reports: &Reports,
 ) -> Result<u64, ArrowError> {
     let (mut function, mut file, mut thread_name) =
         (Strings::default(), Strings::default(), Strings::default());
@@ -142,6 +185,10 @@ pub fn write(
     // (test, thread) pairs whose first sample in the window was seen: a first sample's weight
     // (time since the thread's previous sample) is clipped to the time since the window opened.
     let mut seen: std::collections::HashSet<(i32, u64)> = std::collections::HashSet::new();
+    let harness = (
+        function.intern(HARNESS_FRAME.0),
+        file.intern(HARNESS_FRAME.1),
+    );
     for chunk in chunks {
         let store = chunk.store;
         // Per-store ids → file-wide keys, computed once per chunk.
@@ -165,10 +212,14 @@ pub fn write(
             let Some(w) = window_of(windows, t) else {
                 continue;
             };
-            store.stack_leaf_first(store.stacks[i], &mut stack);
-            let n = stack.len();
             let thread = store.thread_ids[i] as usize;
             let tid = store.threads()[thread].tid;
+            if reports.covers(tid, t) {
+                continue;
+            }
+            store.stack_leaf_first(store.stacks[i], &mut stack);
+            let kept = test_frames(&stack, chunk.roles);
+            let n = kept.map_or(1, <[FrameId]>::len);
             let mut weight = store.weights[i];
             if seen.insert((w.test, tid)) {
                 weight = weight.min((t - w.t0).max(0));
@@ -181,16 +232,21 @@ pub fn write(
                     batches.push(Rows::default());
                 }
                 let all = batches.last_mut().expect("never empty");
-                // `stack` runs leaf → root; rows go root first.
-                let frame = (n > 0).then(|| stack[n - 1 - d] as usize);
+                // `kept` runs leaf → root; rows go root first.
+                let frame = kept.and_then(|k| (n > 0).then(|| k[n - 1 - d] as usize));
                 let rows = &mut all.frames;
                 rows.sample_id.push(samples as i64);
                 rows.depth.push(d as i32);
-                rows.function.push(frame.map_or(0, |f| fn_key[f]));
-                rows.file.push(frame.map_or(0, |f| file_key[f]));
+                let (fn_id, file_id) = match (kept, frame) {
+                    (None, _) => harness,
+                    (Some(_), Some(f)) => (fn_key[f], file_key[f]),
+                    (Some(_), None) => (0, 0),
+                };
+                rows.function.push(fn_id);
+                rows.file.push(file_id);
                 rows.line
                     .push(frame.map_or(0, |f| store.frames()[f].line as i32));
-                rows.has_frame.push(frame.is_some());
+                rows.has_frame.push(kept.is_none() || frame.is_some());
                 rows.is_native
                     .push(frame.is_some_and(|f| store.frames()[f].is_native));
                 rows.is_leaf.push(d + 1 >= n);
@@ -203,11 +259,7 @@ pub fn write(
             samples += 1;
         }
     }
-    // Frame-less rows point at key 0, which must exist even in a run without any frame.
-    if function.values.is_empty() {
-        function.intern("");
-        file.intern("");
-    }
+    // Frame-less rows point at key 0, which exists: the harness frame's strings come first.
     let dicts = Dictionaries {
         function: function.array(),
         file: file.array(),
@@ -358,6 +410,7 @@ mod tests {
         let chunk = Chunk {
             store: &s,
             origin_ns: 1000,
+            roles: &[],
         };
         let windows = [
             Window {
@@ -373,7 +426,10 @@ mod tests {
         ];
         let ids = ["t::a".to_string(), "t::b".to_string()];
         let one = dir.join("one.arrow");
-        assert_eq!(write(&one, &[chunk], &windows, &ids).unwrap(), 2);
+        assert_eq!(
+            write(&one, &[chunk], &windows, &ids, &Reports::default()).unwrap(),
+            2
+        );
         let batches = read(&one);
         assert_eq!(
             column_strings(&batches, "function"),
@@ -401,9 +457,11 @@ mod tests {
             &[Chunk {
                 store: &other,
                 origin_ns: 0,
+                roles: &[],
             }],
             &w,
             &["t::c".to_string()],
+            &Reports::default(),
         )
         .unwrap();
         let merged = dir.join("merged.arrow");
@@ -423,5 +481,54 @@ mod tests {
             .collect();
         assert_eq!(ids, [0, 0, 1, 1, 2]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_harness_and_the_reports_are_cut_as_in_a_tests_profile() {
+        let dir = std::env::temp_dir().join(format!("spprof-run-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Frame ids in first-seen order: main 0, call 1, test 2, work 3, hook 4, thread 5.
+        let s = store(&[
+            (1, &["main", "call", "test", "work"]),
+            (2, &["main", "hook"]),
+            (3, &["thread"]),
+            (4, &["main", "call"]),
+            (5, &["main", "call", "test", "work"]), // while reporting: left out
+        ]);
+        let roles = [HARNESS, ENTRY, PLAIN, PLAIN, HARNESS, PLAIN];
+        let chunk = Chunk {
+            store: &s,
+            origin_ns: 0,
+            roles: &roles,
+        };
+        let w = [Window {
+            t0: 0,
+            t1: 10,
+            test: 0,
+        }];
+        let reports = Reports {
+            spans: &[(5, 6)],
+            thread: 7,
+        };
+        let path = dir.join("cut.arrow");
+        let written = write(&path, &[chunk], &w, &["t::a".to_string()], &reports).unwrap();
+        assert_eq!(written, 4);
+        assert_eq!(
+            column_strings(&read(&path), "function"),
+            ["test", "work", "<pytest harness>", "thread", "call"]
+        );
+        let other_thread = Reports {
+            spans: &[(5, 6)],
+            thread: 8,
+        };
+        let chunk = Chunk {
+            store: &s,
+            origin_ns: 0,
+            roles: &roles,
+        };
+        assert_eq!(
+            write(&path, &[chunk], &w, &["t::a".to_string()], &other_thread).unwrap(),
+            5
+        );
     }
 }

@@ -19,7 +19,7 @@ use spprof_engine::export::arrow::arrow_array::{RecordBatch, RecordBatchIterator
 use spprof_engine::export::arrow::arrow_schema::{ArrowError, DataType, SchemaRef};
 use spprof_engine::export::arrow::{self, Kind, Table, KINDS};
 use spprof_engine::export::flamegraph::xml_escape;
-use spprof_engine::export::run_file::{self, Chunk, Window};
+use spprof_engine::export::run_file::{self, Chunk, Reports, Window};
 use spprof_engine::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -362,17 +362,23 @@ fn run_file_error(path: &Path, e: ArrowError) -> PyErr {
 }
 
 /// Write the pytest plugin's whole-run Arrow IPC file (see `spprof_engine::export::run_file`): the
-/// samples of `chunks` (profile, CLOCK_MONOTONIC origin of its timestamps) that fall inside one
-/// of `windows` (t0, t1, index into `test_ids`), sorted by t0. Returns the samples written.
+/// samples of `chunks` (profile, CLOCK_MONOTONIC origin of its timestamps, the role of each of its
+/// frames: 0 plain, 1 harness, 2 entry) that fall inside one of `windows` (t0, t1, index into
+/// `test_ids`), sorted by t0, less those of `report_thread` during `reports` (sorted spans).
+/// Returns the samples written.
 #[pyfunction]
+#[allow(clippy::too_many_arguments)] // the plugin's one call, each argument a different input
 pub fn write_run(
     py: Python<'_>,
     path: PathBuf,
-    chunks: Vec<(Bound<'_, ProfileData>, i64)>,
+    chunks: Vec<(Bound<'_, ProfileData>, i64, Vec<u8>)>,
     mut windows: Vec<(i64, i64, i32)>,
     test_ids: Vec<String>,
+    mut reports: Vec<(i64, i64)>,
+    report_thread: u64,
 ) -> PyResult<u64> {
     windows.sort_unstable();
+    reports.sort_unstable();
     if let Some(&(_, _, bad)) = windows
         .iter()
         .find(|w| w.2 < 0 || w.2 as usize >= test_ids.len())
@@ -382,10 +388,20 @@ pub fn write_run(
             test_ids.len()
         )));
     }
-    let stores: Vec<(Arc<Store>, i64)> = chunks
-        .iter()
-        .map(|(data, origin)| (data.get().store().clone(), *origin))
+    let stores: Vec<(Arc<Store>, i64, Vec<u8>)> = chunks
+        .into_iter()
+        .map(|(data, origin, roles)| (data.get().store().clone(), origin, roles))
         .collect();
+    if let Some((store, _, roles)) = stores
+        .iter()
+        .find(|(store, _, roles)| !roles.is_empty() && roles.len() != store.frames().len())
+    {
+        return Err(PyValueError::new_err(format!(
+            "{} frame roles for a profile of {} frames",
+            roles.len(),
+            store.frames().len()
+        )));
+    }
     let windows: Vec<Window> = windows
         .into_iter()
         .map(|(t0, t1, test)| Window { t0, t1, test })
@@ -393,12 +409,17 @@ pub fn write_run(
     py.detach(|| {
         let chunks: Vec<Chunk> = stores
             .iter()
-            .map(|(store, origin_ns)| Chunk {
+            .map(|(store, origin_ns, roles)| Chunk {
                 store,
                 origin_ns: *origin_ns,
+                roles,
             })
             .collect();
-        run_file::write(&path, &chunks, &windows, &test_ids)
+        let reports = Reports {
+            spans: &reports,
+            thread: report_thread,
+        };
+        run_file::write(&path, &chunks, &windows, &test_ids, &reports)
     })
     .map_err(|e| run_file_error(&path, e))
 }
