@@ -123,7 +123,7 @@ def portable_name(function: str, filename: str, native: bool, root: Optional[str
     site-packages or in the standard library; ``library:function`` for a native frame."""
     if native:
         return f"{os.path.basename(filename)}:{function}"
-    if is_harness(filename):
+    if is_harness(filename) or function == HARNESS_FRAME_NAME:
         return HARNESS_FRAME_NAME
     if filename.startswith("<"):
         return f"{filename}.{function}"
