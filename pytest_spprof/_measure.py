@@ -164,8 +164,9 @@ class Measurer:
         self.memprof: Any = None
         self._memprof_started = False
         self._open: Dict[str, _Opened] = {}
-        #: A test is being called again (see run_again).
+        #: A test is being called again (see run_again), and a subtest of it failed.
         self.repeating = False
+        self._repeat_failed = False
         #: CPU and elapsed time this thread spent in pytest's report hooks (see test_cpu_ns), and
         #: when it ran them while a test was open (CLOCK_MONOTONIC ns, sorted): their samples are
         #: cut from the test's window as their time is cut from the test's.
@@ -208,15 +209,20 @@ class Measurer:
     def watch_subtest_reports(self, item: pytest.Item) -> Callable[[], None]:
         """unittest reports a subtest from inside the test, by calling ``result.addSubTest``,
         and pytest's (the item's) makes and sends a report there: count it as reporting, not
-        as the test. Returns what puts the item's own method back."""
+        as the test, and make none while the test is called again (under pytest-xdist, sending
+        1,925 reports made a 30 ms test's repeats take 1.5 s). Returns what puts the item's own
+        method back."""
         report = getattr(item, "addSubTest", None)
         if report is None:
             return lambda: None
 
-        def reported(*args: Any, **kwargs: Any) -> Any:
+        def reported(test_case: Any, subtest: Any, exc_info: Any) -> Any:
+            if self.repeating:  # a repeat is timed, not reported; a subtest that fails ends it
+                self._repeat_failed = self._repeat_failed or exc_info is not None
+                return None
             began = self.reporting_began()
             try:
-                return report(*args, **kwargs)
+                return report(test_case, subtest, exc_info)
             finally:
                 self.reporting_ended(began)
 
@@ -287,11 +293,11 @@ class Measurer:
         makes one as each subtest ends), the terminal does not count it, and the warnings the
         first call gave again are not added to pytest's summary (under ``-W error`` they still
         fail the repeat, which ends the repeats)."""
-        self.repeating = True
+        self.repeating, self._repeat_failed = True, False
         try:
             with warnings.catch_warnings(record=True):
                 item.runtest()
-            return True
+            return not self._repeat_failed
         except (KeyboardInterrupt, pytest.exit.Exception):
             raise
         except BaseException:

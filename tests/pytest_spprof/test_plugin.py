@@ -216,6 +216,45 @@ def test_a_tests_figures_leave_out_the_reports_of_its_subtests(pytester):
     assert {"T.test_many", "test_many"} & in_run_file and not harness & in_run_file, in_run_file
 
 
+def test_repeats_make_no_subtest_reports_and_a_failing_subtest_ends_them(pytester):
+    from _pytest.unittest import TestCaseFunction
+
+    if not hasattr(TestCaseFunction, "addSubTest"):
+        pytest.skip("pytest reports unittest subtests from version 9 on")
+    pytester.makeconftest("""
+        calls = {"reports": 0}
+
+        def pytest_runtest_logreport(report):
+            calls["reports"] += report.when == "call"
+
+        def pytest_terminal_summary(terminalreporter):
+            import test_repeats_make_no_subtest_reports_and_a_failing_subtest_ends_them as t
+            terminalreporter.write_line(f"call reports {calls['reports']}, calls {t.T.calls}")
+    """)
+    pytester.makepyfile("""
+        import unittest
+
+        class T(unittest.TestCase):
+            calls = {"steady": 0, "flaky": 0}
+
+            def test_steady(self):
+                T.calls["steady"] += 1
+                for i in range(40):
+                    with self.subTest(i=i):
+                        pass
+
+            def test_flaky(self):
+                T.calls["flaky"] += 1
+                with self.subTest(call=T.calls["flaky"]):
+                    self.assertEqual(T.calls["flaky"], 1)  # its first repeat fails
+    """)
+    result = run(pytester, "--spprof", "--spprof-save-baseline")
+    result.assert_outcomes(passed=2)
+    # The first calls' reports only (41 subtests and 2 tests); 4 warm rounds of the steady test,
+    # the flaky one stopped at its first failing repeat.
+    result.stdout.fnmatch_lines(["call reports 43, calls {'steady': 5, 'flaky': 2}"])
+
+
 def test_ini_enables_and_sets_budget(pytester):
     pytester.makeini("[pytest]\nspprof = true\nspprof_cpu_budget = 20ms\nspprof_dir = prof\n")
     pytester.makepyfile(BURN + "def test_cheap():\n    pass\n\ndef test_costly():\n    burn(60)\n")
