@@ -90,9 +90,9 @@ class Suite:
             sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return elapsed, proc
 
-    def compare(self, mode):
+    def compare(self, mode, baseline=None):
         shutil.rmtree(self.out, ignore_errors=True)
-        elapsed, _ = self.run([f"--spprof-compare={self.baseline}", f"--spprof-dir={self.out}",
+        elapsed, _ = self.run([f"--spprof-compare={baseline or self.baseline}", f"--spprof-dir={self.out}",
                                "--spprof-save=none"], mode)
         tests = json.loads((self.out / "results.json").read_text())["tests"]
         flagged = {k: v for k, v in tests.items() if v["problems"]}
@@ -170,6 +170,9 @@ def main() -> int:
     ap.add_argument("--modes", default="serial,xdist,loaded")
     ap.add_argument("--detect", type=int, default=10)
     ap.add_argument("--recordings", type=int, default=3, help="times the baseline is recorded (default 3)")
+    ap.add_argument("--xdist-baseline", choices=("xdist", "serial"), default="xdist",
+                    help="what the xdist runs compare with: a baseline recorded with -n 2 too, as "
+                         "docs/pytest.md advises (default), or the serial one")
     ap.add_argument("--loops", type=int, default=0,
                     help="the slowdown's loop iterations per call (default: sized as below, from first calls)")
     args = ap.parse_args()
@@ -189,12 +192,20 @@ def main() -> int:
         elapsed, _ = suite.run([f"--spprof-save-baseline={suite.baseline}", f"--spprof-dir={suite.out}",
                                 "--spprof-save=none"])
         print(f"recording {i + 1} of the baseline: {elapsed:.1f} s ({elapsed / ref:.1f}x plain {ref_mode})")
+    baselines = {m: suite.baseline for m in modes}
+    if "xdist" in modes and args.xdist_baseline == "xdist":
+        baselines["xdist"] = work / "baseline-n2.json"
+        for i in range(args.recordings):
+            elapsed, _ = suite.run([f"--spprof-save-baseline={baselines['xdist']}", f"--spprof-dir={suite.out}",
+                                    "--spprof-save=none"], "xdist")
+            print(f"recording {i + 1} of the -n 2 baseline: {elapsed:.1f} s ({elapsed / plain['xdist'][0]:.1f}x "
+                  "plain xdist)")
     baseline = next(iter(json.loads(suite.baseline.read_text())["environments"].values()))["tests"]
 
     for m in modes if args.runs else ():
         costs, alarms = [], []
         for i in range(args.runs):
-            elapsed, tests, flagged = suite.compare(m)
+            elapsed, tests, flagged = suite.compare(m, baselines[m])
             plain_elapsed, _ = suite.run([], m)
             costs.append(elapsed / plain_elapsed)
             alarms.append(len(flagged))

@@ -9,7 +9,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import pytest
 
@@ -80,14 +80,18 @@ def failure_message(r: ProfiledTest, problems: List[str], regressed_only: bool, 
     return "\n".join(lines)
 
 
-def culprits(results: Dict[str, ProfiledTest]) -> List[Tuple[str, int, int]]:
-    """(function, regressed tests it is blamed first for, the time it gained in them)."""
+def tally_culprits(blamed: Iterable[Tuple[str, int]]) -> List[Tuple[str, int, int]]:
+    """(function, regressed tests it is blamed first for, the time it gained in them), from each
+    regressed test's (culprit, time it gained); the most tests first."""
     tally: Dict[str, List[int]] = defaultdict(lambda: [0, 0])
-    for r in results.values():
-        if r.culprit is not None and r.problems:
-            tally[r.culprit[0]][0] += 1
-            tally[r.culprit[0]][1] += r.culprit[1]
+    for name, ns in blamed:
+        tally[name][0] += 1
+        tally[name][1] += ns
     return sorted(((name, n, ns) for name, (n, ns) in tally.items()), key=lambda c: (-c[1], -c[2]))
+
+
+def culprits(results: Dict[str, ProfiledTest]) -> List[Tuple[str, int, int]]:
+    return tally_culprits(r.culprit for r in results.values() if r.culprit is not None and r.problems)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 from spprof._units import fmt_ns
 
 from ._budget import BudgetError, parse_percent, parse_time_ns
+from ._report import tally_culprits
 from ._run import load_run
 from ._session import HARNESS_FRAME_NAME, is_harness
 
@@ -196,17 +197,6 @@ def explain(base: Run, head: Run, test: str, pace: float) -> List[Tuple[str, int
     return sorted(((n, int(g)) for n, g in growth.items() if g > 0), key=lambda x: -x[1])
 
 
-def culprits(regressed: Sequence[Change]) -> List[Tuple[str, int, int]]:
-    """(function, regressed tests it explains first, the time it gained in them)."""
-    tally: Dict[str, List[int]] = defaultdict(lambda: [0, 0])
-    for c in regressed:
-        if c.explained_by:
-            name, ns = c.explained_by[0]
-            tally[name][0] += 1
-            tally[name][1] += ns
-    return sorted(((name, n, ns) for name, (n, ns) in tally.items()), key=lambda c: (-c[1], -c[2]))
-
-
 def _pct(shift: float) -> str:
     return f"{math.expm1(shift) * 100:+.0f} %"
 
@@ -233,7 +223,7 @@ def markdown(c: Comparison, rows: int = 50) -> str:
             out.append(f"| `{ch.nodeid}` | {fmt_ns(ch.base_ns)} | {fmt_ns(ch.head_ns)} | {_pct(ch.shift)} | {why} |")
         if len(c.regressed) > rows:
             out.append(f"| … {len(c.regressed) - rows} more | | | | |")
-        found = culprits(c.regressed)
+        found = tally_culprits(ch.explained_by[0] for ch in c.regressed if ch.explained_by)
         if found:
             out += ["", "Functions that explain the slower tests (each test's largest growth):", ""]
             out += [f"- `{name}` explains {n} slower test{'s' if n > 1 else ''}, +{fmt_ns(ns)} in total"
