@@ -6,10 +6,11 @@
 For a suite (the package's sdist, downloaded with pip, its tests run against its source):
 
 1. plain pytest once per mode, and ``--spprof-save-baseline`` ``--recordings`` times (3: the
-   recordings a baseline keeps), serially (timed: what recording costs; a baseline recorded
-   with ``-n 2`` did worse for ``-n 2`` compares);
+   recordings a baseline keeps), serially, and as many times with ``-n 2`` when the xdist mode
+   is run (timed: what recording costs);
 2. ``--runs`` compare runs per mode on the unchanged code, each followed by a plain run of the
-   same mode (the cost ratio): ``serial``, ``xdist`` (``-n 2``) and ``loaded`` (serial, while a
+   same mode (the cost ratio): ``serial``, ``xdist`` (``-n 2``, against the ``-n 2`` baseline,
+   or the serial one with ``--xdist-baseline serial``) and ``loaded`` (serial, while a
    CPU-bound process competes for the cores). Every flagged test is a false alarm;
 3. ``--detect`` compare runs (serial) after slowing one library function: a loop is inserted at
    the top of its body, sized so that it adds at least 25 % to the first call of half the tests

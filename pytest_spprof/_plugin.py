@@ -19,7 +19,7 @@ from ._budget import Budget, BudgetError, SpprofBudgetWarning, budget_of
 from ._judge import Judge, memory_problems
 from ._measure import REPEAT_MARK, STOPPED_PROFILER, Measurer, ProfiledTest
 from ._options import Options, usage
-from ._report import RunReport, failure_message, hottest, record_properties, safe_name
+from ._report import RunReport, failure_message, hottest, record_culprits, record_properties, safe_name
 
 _call_outcome_key = pytest.StashKey[str]()
 #: The file name ending of a test's profile, by --spprof-profile-format.
@@ -377,6 +377,7 @@ class SpprofPlugin:
                                                            opts.workers))
         if opts.compare_path is not None:
             self.report.new_tests = [r.nodeid for r in self.results.values() if r.baseline_cpu_ns is None]
+            record_culprits(self.config, self.results)  # before junitxml writes its file
         markdown = opts.markdown
         if markdown is not None:
             self._output(str(markdown), lambda: _journal.write_whole(markdown, self.report.markdown()))

@@ -94,6 +94,21 @@ def culprits(results: Dict[str, ProfiledTest]) -> List[Tuple[str, int, int]]:
     return tally_culprits(r.culprit for r in results.values() if r.culprit is not None and r.problems)
 
 
+def explains(n: int, ns: int, what: str = "regressed test") -> str:
+    return f"explains {n} {what}{'s' if n > 1 else ''}, +{fmt_ns(ns)} in total"
+
+
+def record_culprits(config: pytest.Config, results: Dict[str, ProfiledTest]) -> None:
+    """The run's culprits as properties of the JUnit XML test suite (``--junitxml``):
+    ``spprof_culprit_1`` = "pkg.mod.f explains 229 regressed tests, +1.2 s in total", ..."""
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is not None:
+        for i, (name, n, ns) in enumerate(culprits(results)[:10], 1):
+            xml.add_global_property(f"spprof_culprit_{i}", f"{name} {explains(n, ns)}")
+
+
 @dataclass
 class RunReport:
     """The run's results and what happened to them, for the terminal and Markdown summaries."""
@@ -130,7 +145,7 @@ class RunReport:
         if not found:
             return []
         lines = ["regressions explained by (the function blamed first in each regressed test):"]
-        lines += [f"  {name} explains {n} regressed test{'s' if n > 1 else ''}, +{fmt_ns(ns)} in total"
+        lines += [f"  {name} {explains(n, ns)}"
                   for name, n, ns in found[:10]]
         return lines
 

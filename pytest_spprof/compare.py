@@ -30,7 +30,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 from spprof._units import fmt_ns
 
 from ._budget import BudgetError, parse_percent, parse_time_ns
-from ._report import tally_culprits
+from ._report import explains, tally_culprits
 from ._run import load_run
 from ._session import HARNESS_FRAME_NAME, is_harness
 
@@ -226,7 +226,7 @@ def markdown(c: Comparison, rows: int = 50) -> str:
         found = tally_culprits(ch.explained_by[0] for ch in c.regressed if ch.explained_by)
         if found:
             out += ["", "Functions that explain the slower tests (each test's largest growth):", ""]
-            out += [f"- `{name}` explains {n} slower test{'s' if n > 1 else ''}, +{fmt_ns(ns)} in total"
+            out += [f"- `{name}` {explains(n, ns, 'slower test')}"
                     for name, n, ns in found[:10]]
         elif c.base.functions is None or c.head.functions is None:
             out += ["", "No run.arrow beside both results.json: the functions that explain them are not known."]

@@ -315,7 +315,11 @@ def test_a_regression_is_judged_on_warm_rounds_and_blamed(pytester, monkeypatch)
     path = next(line for line in failure.splitlines() if "the extra time runs down" in line)
     assert "_blamed.test_work → test_a_regression_is_judged_on_warm_rounds_and_blamed.parse_config" in path
     assert "explains 1 regressed test" in out
-    assert 'name="spprof_culprit"' in (pytester.path / "junit.xml").read_text()
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="spprof_culprit"' in junit  # the test's, and the run's summary:
+    summary = junit.split('<property name="spprof_culprit_1" value="')[1].split('"')[0]
+    assert summary.startswith("test_a_regression_is_judged_on_warm_rounds_and_blamed.") and \
+        "explains 1 regressed test, +" in summary, summary
     assert "| culprit | regressed tests | time gained |" in (pytester.path / "summary.md").read_text()
 
 
