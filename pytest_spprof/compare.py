@@ -109,9 +109,10 @@ def rootdir(filenames: Sequence[str], tests: Dict[str, int]) -> Optional[str]:
     start with the file's path relative to pytest's rootdir)."""
     test_files = {nodeid.split("::", 1)[0] for nodeid in tests}
     for filename in filenames:
-        for test_file in test_files:
-            if filename.endswith(os.sep + test_file):
-                return filename[: -len(test_file)]
+        parts = filename.split(os.sep)
+        for i in range(1, len(parts)):
+            if os.sep.join(parts[i:]) in test_files:
+                return os.sep.join(parts[:i]) + os.sep
     return None
 
 
