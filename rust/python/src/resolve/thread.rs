@@ -17,6 +17,40 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// Block, in the calling thread, every signal but those a fault raises; returns the mask before.
+///
+/// A resolver thread keeps them blocked for its whole life. The kernel hands a process-directed
+/// signal (SIGTERM, SIGINT, SIGCHLD) to any thread that does not block it; CPython then only
+/// notes it and wakes nobody, so a main thread blocked in a lock or a read (a pool worker
+/// waiting for a task, which `Pool.terminate()` ends with SIGTERM) waited for ever.
+fn block_process_signals() -> libc::sigset_t {
+    // SAFETY: sigfillset, sigdelset and pthread_sigmask only write the sets passed, which live
+    // on this stack and are initialised by sigfillset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut set, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
+}
+
+fn restore_signal_mask(old: &libc::sigset_t) {
+    // SAFETY: `old` is a mask pthread_sigmask filled in; setting it back only writes this
+    // thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
 /// Threads spawned that have not finished creating their thread state yet.
 static STARTING: AtomicUsize = AtomicUsize::new(0);
 
@@ -42,12 +76,15 @@ impl ResolverThread {
         let stop = Arc::new(StopSignal::default());
         let stop2 = stop.clone();
         STARTING.fetch_add(1, Ordering::SeqCst);
+        // The thread inherits this thread's signal mask, so it is born with the signals blocked.
+        let restore = block_process_signals();
         let spawned = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 let _state = OwnThreadState::take();
                 body(&stop2);
             });
+        restore_signal_mask(&restore);
         let handle = spawned.unwrap_or_else(|e| {
             STARTING.fetch_sub(1, Ordering::SeqCst);
             panic!("spawning the {name} thread: {e}")
