@@ -67,6 +67,9 @@ class Sample:
     #: Whether the thread was running (in wall-clock mode: it ran for at least half of the time
     #: since its previous sample). Always True for CPU-time samples.
     on_cpu: bool = True
+    #: The process the thread ran in (profiles taken with ``subprocesses=True`` hold several);
+    #: 0 when unknown.
+    pid: int = 0
 
 
 class SampleSequence(SequenceABC):
@@ -98,7 +101,7 @@ class SampleSequence(SequenceABC):
         if self._threads is None:
             self._threads = self._data.threads()
         threads = self._threads
-        return [Sample(ts, threads[t][0], threads[t][1], self._stack(sid), weight, on_cpu)
+        return [Sample(ts, threads[t][0], threads[t][1], self._stack(sid), weight, on_cpu, threads[t][2])
                 for ts, t, weight, sid, on_cpu in self._data.sample_rows(start, stop)]
 
     if TYPE_CHECKING:
@@ -216,7 +219,7 @@ class Profile:
             return self._data
         return _ext.require().ProfileData.from_samples(
             (s.timestamp_ns, s.thread_id, s.thread_name or f"Thread-{s.thread_id}", s.weight_ns, s.on_cpu,
-             [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames])
+             [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames], s.pid)
             for s in self.samples
         )
 

@@ -83,13 +83,13 @@ def test_table_conveniences(handmade):
     assert isinstance(t, _native.ArrowTable)
     assert len(t) == t.num_rows == 4 and t.num_batches == 1
     assert t.column_names == ["timestamp_ns", "thread_id", "thread_name", "weight_ns", "stack_id",
-                              "depth", "function", "filename", "lineno", "on_cpu"]
-    assert "[4 rows x 10 columns]" in repr(t)
+                              "depth", "function", "filename", "lineno", "on_cpu", "pid"]
+    assert "[4 rows x 11 columns]" in repr(t)
     f = handmade.to_arrow("frames")
     assert len(f) == 4 + 2 + 1 + 3  # one row per frame; one for the sample without frames
     assert f.column_names == ["sample_id", "depth", "function", "filename", "lineno", "is_native",
-                              "is_leaf", "thread_id", "timestamp_ns", "weight_ns"]
-    assert _native.to_arrow(handmade._native(), "frames", "weight_bytes").column_names[-1] == "weight_bytes"
+                              "is_leaf", "thread_id", "timestamp_ns", "weight_ns", "pid"]
+    assert _native.to_arrow(handmade._native(), "frames", "weight_bytes").column_names[-2] == "weight_bytes"
     # Capsules that nobody consumes are released by their destructor.
     for _ in range(3):
         t.__arrow_c_stream__()
@@ -149,6 +149,7 @@ def test_schemas_and_dtypes(handmade):
         pa.field("depth", pa.int32(), nullable=False),
         ("function", d), ("filename", d), ("lineno", pa.int32()),
         pa.field("on_cpu", pa.bool_(), nullable=False),
+        pa.field("pid", pa.int64(), nullable=False),
     ])
     frames_schema = pa.schema([
         pa.field("sample_id", pa.int64(), nullable=False),
@@ -159,6 +160,7 @@ def test_schemas_and_dtypes(handmade):
         pa.field("thread_id", pa.int64(), nullable=False),
         pa.field("timestamp_ns", pa.int64(), nullable=False),
         pa.field("weight_ns", pa.int64(), nullable=False),
+        pa.field("pid", pa.int64(), nullable=False),
     ])
     assert pa.table(handmade.to_arrow("samples")).schema == samples
     assert pa.table(handmade.to_arrow("frames")).schema == frames_schema

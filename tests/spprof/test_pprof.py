@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import os
 import re
 import shutil
 import subprocess
@@ -91,8 +92,8 @@ def test_each_sample_carries_its_thread_and_the_labels_given(recorded, tmp_path)
     traces = pprof("-traces", str(path))
     threads = {(s.thread_name, s.thread_id) for s in recorded.samples}
     assert {name for name, _ in threads} >= {"MainThread", "helper"}
-    for name, tid in threads:
-        assert re.search(rf"thread_name:\s+{name}\n\s+thread_id:\s+{tid}\n", traces), name
+    for name, tid in threads:  # go prints the string labels first, then the numbers
+        assert re.search(rf"thread_name:\s+{name}\n\s+pid:\s+{os.getpid()}\n\s+thread_id:\s+{tid}\n", traces), name
     assert traces.count("test_id:  tests/test_x.py::test_y") == traces.count("thread_name:")
 
 

@@ -6,7 +6,7 @@
 //! of the samples with that key anywhere in the stack, counted once per sample (recursion does
 //! not count twice).
 
-use crate::store::{FrameId, Store, EMPTY_STACK};
+use crate::store::{FrameId, Importer, Store, EMPTY_STACK};
 use std::collections::{HashMap, HashSet};
 
 /// What top-lists and diffs aggregate by.
@@ -117,6 +117,7 @@ pub fn total_weight(store: &Store) -> i64 {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadRow {
+    pub pid: u32,
     pub tid: u64,
     pub name: String,
     pub samples: u64,
@@ -131,6 +132,7 @@ pub fn per_thread(store: &Store) -> Vec<ThreadRow> {
         .threads()
         .iter()
         .map(|t| ThreadRow {
+            pid: t.pid,
             tid: t.tid,
             name: t.name.clone(),
             samples: 0,
@@ -247,9 +249,9 @@ fn rebuild(
     mut frames_of: impl FnMut(u32) -> Option<Vec<FrameId>>,
 ) -> Store {
     let mut out = Store::new(usize::MAX);
-    let mut frame_map: HashMap<FrameId, FrameId> = HashMap::new();
+    out.copy_process_names(store);
+    let mut import = Importer::new(store);
     let mut stack_map: HashMap<u32, Option<u32>> = HashMap::new();
-    let mut thread_map: HashMap<u32, u32> = HashMap::new();
     for i in 0..store.len() {
         if !keep(i) {
             continue;
@@ -258,24 +260,8 @@ fn rebuild(
         let new_stack = match stack_map.get(&stack) {
             Some(&s) => s,
             None => {
-                let s = frames_of(stack).map(|frames| {
-                    let ids: Vec<FrameId> = frames
-                        .into_iter()
-                        .map(|f| {
-                            *frame_map.entry(f).or_insert_with(|| {
-                                let fr = store.frames()[f as usize];
-                                out.intern_frame(
-                                    store.string(fr.function),
-                                    store.string(fr.file),
-                                    fr.line,
-                                    fr.is_native,
-                                )
-                                .expect("unbounded store")
-                            })
-                        })
-                        .collect();
-                    out.intern_stack(ids).expect("unbounded store")
-                });
+                let s = frames_of(stack)
+                    .map(|frames| import.stack(&mut out, &frames).expect("unbounded store"));
                 stack_map.insert(stack, s);
                 s
             }
@@ -283,11 +269,7 @@ fn rebuild(
         let Some(new_stack) = new_stack else {
             continue;
         };
-        let t = store.thread_ids[i];
-        let new_thread = *thread_map.entry(t).or_insert_with(|| {
-            let info = &store.threads()[t as usize];
-            out.add_thread(info.tid, &info.name)
-        });
+        let new_thread = import.thread(&mut out, store.thread_ids[i]);
         out.add_sample(
             store.timestamps_ns[i],
             store.weights[i],

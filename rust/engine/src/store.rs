@@ -25,6 +25,8 @@ pub struct Frame {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadInfo {
+    /// The process the thread ran in (profiles merged from several processes hold many).
+    pub pid: u32,
     pub tid: u64,
     pub name: String,
 }
@@ -38,7 +40,11 @@ pub struct Store {
     stack_nodes: Vec<(StackId, FrameId)>,
     stack_ids: HashMap<(StackId, FrameId), StackId>,
     threads: Vec<ThreadInfo>,
-    thread_index: HashMap<(u64, Box<str>), u32>,
+    thread_index: HashMap<(u32, u64, Box<str>), u32>,
+    /// The process that [`Store::add_thread`] files threads under: the one recording.
+    pid: u32,
+    /// What each process was (its command or `multiprocessing` name), for merged profiles.
+    process_names: HashMap<u32, String>,
     /// The entry that stands for the threads registered after the budget ran out.
     overflow_thread: Option<u32>,
     // One entry per sample (columns).
@@ -90,6 +96,7 @@ impl Store {
     pub fn new(budget_bytes: usize) -> Store {
         Store {
             budget_bytes,
+            pid: std::process::id(),
             ..Store::default()
         }
     }
@@ -105,6 +112,7 @@ impl Store {
             + map_bytes(&self.stack_ids)
             + vec_bytes(&self.threads)
             + map_bytes(&self.thread_index)
+            + map_bytes(&self.process_names)
             + vec_bytes(&self.timestamps_ns)
             + vec_bytes(&self.weights)
             + vec_bytes(&self.stacks)
@@ -191,11 +199,17 @@ impl Store {
         Some(id)
     }
 
-    /// Register a thread; returns its index for [`Store::add_sample`]. When the budget has no
-    /// room for another thread (thread churn), the thread shares one entry with the others
-    /// registered after that, [`OVERFLOW_THREAD_NAME`], so the table stays within the budget.
+    /// Register a thread of the recording process; returns its index for [`Store::add_sample`].
+    /// When the budget has no room for another thread (thread churn), the thread shares one
+    /// entry with the others registered after that, [`OVERFLOW_THREAD_NAME`], so the table stays
+    /// within the budget.
     pub fn add_thread(&mut self, tid: u64, name: &str) -> u32 {
-        if let Some(&i) = self.thread_index.get(&(tid, name.into())) {
+        self.add_process_thread(self.pid, tid, name)
+    }
+
+    /// [`Store::add_thread`] for a thread of process `pid` (copying or merging profiles).
+    pub fn add_process_thread(&mut self, pid: u32, tid: u64, name: &str) -> u32 {
+        if let Some(&i) = self.thread_index.get(&(pid, tid, name.into())) {
             return i;
         }
         // Room for this thread and for the overflow entry after it, so that adding the overflow
@@ -206,17 +220,18 @@ impl Store {
         if !self.fits(cost) {
             return self.overflow_thread();
         }
-        self.push_thread(tid, name)
+        self.push_thread(pid, tid, name)
     }
 
-    fn push_thread(&mut self, tid: u64, name: &str) -> u32 {
+    fn push_thread(&mut self, pid: u32, tid: u64, name: &str) -> u32 {
         let index = self.threads.len() as u32;
         self.string_bytes += 3 * name.len(); // the name, and its copy in the index
         self.threads.push(ThreadInfo {
+            pid,
             tid,
             name: name.to_owned(),
         });
-        self.thread_index.insert((tid, name.into()), index);
+        self.thread_index.insert((pid, tid, name.into()), index);
         index
     }
 
@@ -225,7 +240,7 @@ impl Store {
         match self.overflow_thread {
             Some(i) => i,
             None => {
-                let i = self.push_thread(0, OVERFLOW_THREAD_NAME);
+                let i = self.push_thread(self.pid, 0, OVERFLOW_THREAD_NAME);
                 self.overflow_thread = Some(i);
                 i
             }
@@ -243,12 +258,47 @@ impl Store {
         if t.name == name {
             return;
         }
-        let key = (t.tid, std::mem::take(&mut t.name).into_boxed_str());
+        let key = (t.pid, t.tid, std::mem::take(&mut t.name).into_boxed_str());
         t.name = name.to_owned();
-        let tid = t.tid;
-        self.string_bytes = self.string_bytes + 3 * name.len() - 3 * key.1.len();
+        let (pid, tid) = (t.pid, t.tid);
+        self.string_bytes = self.string_bytes + 3 * name.len() - 3 * key.2.len();
         self.thread_index.remove(&key);
-        self.thread_index.insert((tid, name.into()), index);
+        self.thread_index.insert((pid, tid, name.into()), index);
+    }
+
+    /// The processes whose threads the store holds, in the order first seen.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = Vec::new();
+        for t in &self.threads {
+            if !pids.contains(&t.pid) {
+                pids.push(t.pid);
+            }
+        }
+        pids
+    }
+
+    /// Whether the samples come from more than one process (a merged profile).
+    pub fn is_multi_process(&self) -> bool {
+        self.threads.iter().any(|t| t.pid != self.threads[0].pid)
+    }
+
+    /// Say what process `pid` was (e.g. `python worker.py`, `ForkPoolWorker-2`).
+    pub fn set_process_name(&mut self, pid: u32, name: &str) {
+        self.string_bytes += name.len();
+        self.process_names.insert(pid, name.to_owned());
+    }
+
+    pub fn process_name(&self, pid: u32) -> Option<&str> {
+        self.process_names.get(&pid).map(String::as_str)
+    }
+
+    /// How a process is shown: as the root frame of its stacks in a merged flame graph, and in
+    /// its threads' speedscope profiles.
+    pub fn process_label(&self, pid: u32) -> String {
+        match self.process_name(pid) {
+            Some(name) => format!("{name} (pid {pid})"),
+            None => format!("pid {pid}"),
+        }
     }
 
     /// Intern the stack `frames` (root first); `None` when the budget is exhausted.
@@ -299,7 +349,7 @@ impl Store {
         true
     }
 
-    /// The frames of a stack, root first.
+    /// The frames of a stack, root first (none for [`EMPTY_STACK`]).
     pub fn stack_frames(&self, stack: StackId) -> Vec<FrameId> {
         let mut out = Vec::new();
         self.stack_leaf_first(stack, &mut out);
@@ -327,6 +377,102 @@ impl Store {
     /// (parent, frame) of a stack-tree node.
     pub fn stack_node(&self, stack: StackId) -> (StackId, FrameId) {
         self.stack_nodes[stack as usize]
+    }
+}
+
+/// Copies samples of one store into another, interning its frames, stacks and threads there
+/// (each once). Threads keep their process.
+pub struct Importer<'a> {
+    from: &'a Store,
+    frames: HashMap<FrameId, FrameId>,
+    threads: HashMap<u32, u32>,
+}
+
+impl<'a> Importer<'a> {
+    pub fn new(from: &'a Store) -> Importer<'a> {
+        Importer {
+            from,
+            frames: HashMap::new(),
+            threads: HashMap::new(),
+        }
+    }
+
+    /// `frames` (ids of the source store, root first) as a stack of `out`; `None` when `out`'s
+    /// budget is exhausted.
+    pub fn stack(&mut self, out: &mut Store, frames: &[FrameId]) -> Option<StackId> {
+        let mut ids = Vec::with_capacity(frames.len());
+        for &f in frames {
+            let id = match self.frames.get(&f) {
+                Some(&id) => id,
+                None => {
+                    let fr = self.from.frames[f as usize];
+                    let id = out.intern_frame(
+                        self.from.string(fr.function),
+                        self.from.string(fr.file),
+                        fr.line,
+                        fr.is_native,
+                    )?;
+                    self.frames.insert(f, id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        out.intern_stack(ids)
+    }
+
+    /// The source's thread `index` in `out`.
+    pub fn thread(&mut self, out: &mut Store, index: u32) -> u32 {
+        let from = self.from;
+        *self.threads.entry(index).or_insert_with(|| {
+            let t = &from.threads[index as usize];
+            out.add_process_thread(t.pid, t.tid, &t.name)
+        })
+    }
+}
+
+impl Store {
+    /// One profile of the stores of several processes: each part's timestamps move by its
+    /// `shift_ns` (onto the first part's clock), its threads keep their process, and the
+    /// process names and dropped counts add up.
+    pub fn merge(parts: &[(&Store, i64)]) -> Store {
+        let mut out = Store::new(usize::MAX);
+        for &(part, shift_ns) in parts {
+            out.process_names
+                .extend(part.process_names.iter().map(|(&p, n)| (p, n.clone())));
+            out.add_dropped(part.dropped());
+            let mut import = Importer::new(part);
+            let mut stacks: HashMap<StackId, StackId> = HashMap::new();
+            for i in 0..part.len() {
+                let s = part.stacks[i];
+                let new_stack = match stacks.get(&s) {
+                    Some(&id) => id,
+                    None => {
+                        let id = import
+                            .stack(&mut out, &part.stack_frames(s))
+                            .expect("unbounded store");
+                        stacks.insert(s, id);
+                        id
+                    }
+                };
+                let thread = import.thread(&mut out, part.thread_ids[i]);
+                out.add_sample(
+                    part.timestamps_ns[i] + shift_ns,
+                    part.weights[i],
+                    thread,
+                    new_stack,
+                    part.on_cpu[i],
+                );
+            }
+        }
+        out
+    }
+
+    /// Take the process names of `other` (a store this one was derived from).
+    pub fn copy_process_names(&mut self, other: &Store) {
+        for (&pid, name) in &other.process_names {
+            self.set_process_name(pid, name);
+        }
     }
 }
 
@@ -409,5 +555,41 @@ mod tests {
         }
         assert!(refused);
         assert!(s.bytes_used() <= budget);
+    }
+
+    #[test]
+    fn merged_processes_keep_their_threads_clock_and_names() {
+        let mut parent = Store::new(1 << 20);
+        let t = parent.add_thread(1, "MainThread");
+        let f = frame(&mut parent, "main");
+        let stack = parent.intern_stack([f]).unwrap();
+        parent.add_sample(100, 5, t, stack, true);
+        let mut child = Store::new(1 << 20);
+        let c = child.add_process_thread(4242, 1, "MainThread");
+        let g = frame(&mut child, "work");
+        let cstack = child.intern_stack([g]).unwrap();
+        child.add_sample(10, 7, c, cstack, false);
+        child.set_process_name(4242, "ForkPoolWorker-1");
+        child.add_dropped(2);
+        assert!(!parent.is_multi_process());
+
+        let merged = Store::merge(&[(&parent, 0), (&child, 1_000)]);
+        assert!(merged.is_multi_process());
+        assert_eq!(merged.pids(), vec![std::process::id(), 4242]);
+        assert_eq!(merged.timestamps_ns, vec![100, 1_010]);
+        assert_eq!(merged.on_cpu, vec![true, false]);
+        assert_eq!(merged.dropped(), 2);
+        // The same tid in two processes is two threads.
+        assert_eq!(merged.threads().len(), 2);
+        assert_eq!(merged.process_label(4242), "ForkPoolWorker-1 (pid 4242)");
+        assert_eq!(
+            merged.process_label(std::process::id()),
+            format!("pid {}", std::process::id())
+        );
+        let work = merged.stack_frames(merged.stacks[1]);
+        assert_eq!(
+            merged.string(merged.frames()[work[0] as usize].function),
+            "work"
+        );
     }
 }

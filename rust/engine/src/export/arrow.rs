@@ -77,7 +77,7 @@ pub fn build(store: &Arc<Store>, kind: Kind, weight_column: &str) -> Result<Tabl
     }
 }
 
-const SAMPLES_COLUMNS: [&str; 9] = [
+const SAMPLES_COLUMNS: [&str; 10] = [
     "timestamp_ns",
     "thread_id",
     "thread_name",
@@ -87,8 +87,9 @@ const SAMPLES_COLUMNS: [&str; 9] = [
     "filename",
     "lineno",
     "on_cpu",
+    "pid",
 ];
-const FRAMES_COLUMNS: [&str; 9] = [
+const FRAMES_COLUMNS: [&str; 10] = [
     "sample_id",
     "depth",
     "function",
@@ -98,6 +99,7 @@ const FRAMES_COLUMNS: [&str; 9] = [
     "is_leaf",
     "thread_id",
     "timestamp_ns",
+    "pid",
 ];
 
 /// The weight column needs a name of its own: a duplicate column name would make every
@@ -127,6 +129,7 @@ pub fn samples_schema(weight_column: &str) -> SchemaRef {
         Field::new("filename", dict_type(), true),
         Field::new("lineno", DataType::Int32, true),
         Field::new("on_cpu", DataType::Boolean, false),
+        Field::new("pid", DataType::Int64, false),
     ]))
 }
 
@@ -142,6 +145,7 @@ pub fn frames_schema(weight_column: &str) -> SchemaRef {
         Field::new("thread_id", DataType::Int64, false),
         Field::new("timestamp_ns", DataType::Int64, false),
         Field::new(weight_column, DataType::Int64, false),
+        Field::new("pid", DataType::Int64, false),
     ]))
 }
 
@@ -199,7 +203,8 @@ struct Lookups {
     /// Per frame id.
     line: Vec<i32>,
     is_native: Vec<bool>,
-    /// Per thread index: OS thread id and key into `thread_names`.
+    /// Per thread index: process id, OS thread id and key into `thread_names`.
+    pid: Vec<i64>,
     tid: Vec<i64>,
     thread_key: Vec<i32>,
     thread_names: ArrayRef,
@@ -240,6 +245,7 @@ impl Lookups {
             file: frame_dictionary(store, |f| f.file),
             line: frames.iter().map(|f| f.line as i32).collect(),
             is_native: frames.iter().map(|f| f.is_native).collect(),
+            pid: store.threads().iter().map(|t| t.pid.into()).collect(),
             tid: store.threads().iter().map(|t| t.tid as i64).collect(),
             thread_key,
             thread_names: Arc::new(StringArray::from(names)),
@@ -334,6 +340,9 @@ pub fn samples(store: &Arc<Store>, weight_column: &str) -> Result<Table, ArrowEr
             BooleanBuffer::collect_bool(n, |i| store.on_cpu[i]),
             None,
         )),
+        Arc::new(Int64Array::from_iter_values(
+            thread.iter().map(|&t| look.pid[t as usize]),
+        )),
     ];
     debug_assert!(columns.iter().all(|c| c.len() == n));
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
@@ -360,6 +369,7 @@ pub(crate) struct FrameRows {
     pub tid: Vec<i64>,
     pub timestamp: Vec<i64>,
     pub weight: Vec<i64>,
+    pub pid: Vec<i64>,
 }
 
 impl FrameRows {
@@ -376,6 +386,7 @@ impl FrameRows {
             tid: Vec::with_capacity(n),
             timestamp: Vec::with_capacity(n),
             weight: Vec::with_capacity(n),
+            pid: Vec::with_capacity(n),
         }
     }
 
@@ -402,6 +413,7 @@ impl FrameRows {
             Arc::new(Int64Array::from(self.tid)),
             Arc::new(Int64Array::from(self.timestamp)),
             Arc::new(Int64Array::from(self.weight)),
+            Arc::new(Int64Array::from(self.pid)),
         ])
     }
 
@@ -429,8 +441,10 @@ pub fn frames(store: &Arc<Store>, weight_column: &str) -> Result<Table, ArrowErr
     for i in 0..store.len() {
         store.stack_leaf_first(store.stacks[i], &mut stack_frames);
         let n = stack_frames.len();
-        let (tid, ts, w) = (
-            look.tid[store.thread_ids[i] as usize],
+        let thread = store.thread_ids[i] as usize;
+        let (pid, tid, ts, w) = (
+            look.pid[thread],
+            look.tid[thread],
             store.timestamps_ns[i],
             store.weights[i],
         );
@@ -450,6 +464,7 @@ pub fn frames(store: &Arc<Store>, weight_column: &str) -> Result<Table, ArrowErr
             rows.tid.push(tid);
             rows.timestamp.push(ts);
             rows.weight.push(w);
+            rows.pid.push(pid);
             if rows.len() == FRAMES_BATCH_ROWS {
                 done += FRAMES_BATCH_ROWS;
                 let full = std::mem::replace(&mut rows, FrameRows::with_capacity(batch_rows(done)));
@@ -533,7 +548,8 @@ mod tests {
                 "function",
                 "filename",
                 "lineno",
-                "on_cpu"
+                "on_cpu",
+                "pid"
             ]
         );
         assert_eq!(t.schema.field(2).data_type(), &dict_type());
@@ -542,6 +558,8 @@ mod tests {
         assert_eq!(b.schema(), t.schema);
         assert_eq!(i64s(b.column(0)), [Some(10), Some(20), Some(30)]);
         assert_eq!(i64s(b.column(1)), [Some(101), Some(202), Some(101)]);
+        let pid = Some(i64::from(std::process::id()));
+        assert_eq!(i64s(b.column(10)), [pid; 3]);
         let thread_names = strings(b.column(2));
         assert_eq!(thread_names[1].as_deref(), Some("worker"));
         assert_eq!(thread_names[2].as_deref(), Some("MainThread"));

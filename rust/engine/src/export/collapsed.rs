@@ -47,17 +47,26 @@ pub fn function_label(store: &Store, frame: u32) -> String {
     label(store, frame, false)
 }
 
-/// Lines sorted by stack text; samples without any frame are left out.
+/// Lines sorted by stack text; samples without any frame are left out. In a profile merged from
+/// several processes, each stack starts with its process ([`Store::process_label`]), so a flame
+/// graph's roots are the processes.
 pub fn write(store: &Store, value: Value) -> String {
     write_labelled(store, value, frame_label)
 }
 
 /// [`write`] with frames labelled by `label`; stacks whose labels are equal make one line.
 pub fn write_labelled(store: &Store, value: Value, label: fn(&Store, u32) -> String) -> String {
-    let mut per_stack: HashMap<u32, i64> = HashMap::new();
+    let by_process = store.is_multi_process();
+    // Per (stack, process): the process is left at 0 when there is only one.
+    let mut per_stack: HashMap<(u32, u32), i64> = HashMap::new();
     for (i, &stack) in store.stacks.iter().enumerate() {
         if stack != EMPTY_STACK {
-            *per_stack.entry(stack).or_default() += match value {
+            let pid = if by_process {
+                store.threads()[store.thread_ids[i] as usize].pid
+            } else {
+                0
+            };
+            *per_stack.entry((stack, pid)).or_default() += match value {
                 Value::Count => 1,
                 Value::Weight => store.weights[i],
             };
@@ -66,13 +75,23 @@ pub fn write_labelled(store: &Store, value: Value, label: fn(&Store, u32) -> Str
     let labels: Vec<String> = (0..store.frames().len() as u32)
         .map(|f| label(store, f))
         .collect();
+    let roots: HashMap<u32, String> = store
+        .pids()
+        .into_iter()
+        .map(|pid| (pid, clean(&store.process_label(pid)).into_owned()))
+        .collect();
     let mut lines: Vec<(String, i64)> = per_stack
         .into_iter()
-        .map(|(stack, v)| {
-            let text: Vec<&str> = store
-                .stack_frames(stack)
+        .map(|((stack, pid), v)| {
+            let root = by_process.then(|| roots[&pid].as_str());
+            let text: Vec<&str> = root
                 .into_iter()
-                .map(|f| labels[f as usize].as_str())
+                .chain(
+                    store
+                        .stack_frames(stack)
+                        .into_iter()
+                        .map(|f| labels[f as usize].as_str()),
+                )
                 .collect();
             (text.join(";"), v)
         })

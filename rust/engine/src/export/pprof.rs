@@ -1,6 +1,7 @@
 //! pprof: the gzip'd `profile.proto` that Go's `pprof`, Pyroscope, Parca and Grafana read.
 //! A Location per distinct frame (with its line), a Function per (name, file), and a Sample per
-//! distinct (stack, thread) with its sample count and summed weight, labelled with its thread.
+//! distinct (stack, thread) with its sample count and summed weight, labelled with its thread and
+//! process (`pid`, so that `go tool pprof -tagroot=pid` roots a merged profile at its processes).
 
 use crate::store::Store;
 use flate2::write::GzEncoder;
@@ -241,6 +242,7 @@ fn build(store: &Store, opts: &Options) -> proto::Profile {
     }
     let thread_name = strings.id("thread_name");
     let thread_id = strings.id("thread_id");
+    let pid = strings.id("pid");
     let extra: Vec<proto::Label> = opts
         .labels
         .iter()
@@ -267,6 +269,11 @@ fn build(store: &Store, opts: &Options) -> proto::Profile {
                     key: thread_id,
                     str: 0,
                     num: info.tid as i64,
+                },
+                proto::Label {
+                    key: pid,
+                    str: 0,
+                    num: info.pid.into(),
                 },
             ];
             label.extend(extra.iter().cloned());
@@ -379,6 +386,7 @@ mod tests {
             [
                 ("thread_name", "worker", 0),
                 ("thread_id", "", 22),
+                ("pid", "", std::process::id().into()),
                 ("test_id", "t.py::test", 0)
             ]
         );

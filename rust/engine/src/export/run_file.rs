@@ -213,7 +213,7 @@ pub fn write(
                 continue;
             };
             let thread = store.thread_ids[i] as usize;
-            let tid = store.threads()[thread].tid;
+            let (pid, tid) = (store.threads()[thread].pid, store.threads()[thread].tid);
             if reports.covers(tid, t) {
                 continue;
             }
@@ -253,6 +253,7 @@ pub fn write(
                 rows.tid.push(tid as i64);
                 rows.timestamp.push(t - w.t0);
                 rows.weight.push(weight);
+                rows.pid.push(pid.into());
                 all.thread_name.push(thread_key[thread]);
                 all.test.push(w.test);
             }

@@ -1,5 +1,6 @@
 //! Speedscope JSON (https://www.speedscope.app/file-format-schema.json): one sampled profile per
-//! thread, stacks root → leaf as indices into the shared frame table, weights in `unit`.
+//! thread (per process and thread in a profile merged from several processes), stacks root → leaf
+//! as indices into the shared frame table, weights in `unit`.
 
 use crate::store::{Store, EMPTY_STACK};
 use std::collections::HashMap;
@@ -44,6 +45,7 @@ pub fn write(store: &Store, opts: &Options, out: &mut impl Write) -> io::Result<
         by_thread[t as usize].push(i);
     }
     let mut stack_text: HashMap<u32, String> = HashMap::new();
+    let by_process = store.is_multi_process();
     let mut first = true;
     for (t, rows) in by_thread.iter().enumerate() {
         if rows.is_empty() {
@@ -56,7 +58,17 @@ pub fn write(store: &Store, opts: &Options, out: &mut impl Write) -> io::Result<
         let info = &store.threads()[t];
         let total: i64 = rows.iter().map(|&i| store.weights[i]).sum();
         out.write_all(br#"{"type":"sampled","name":"#)?;
-        json_str(out, &format!("{} (tid {})", info.name, info.tid))?;
+        let name = if by_process {
+            format!(
+                "{}: {} (tid {})",
+                store.process_label(info.pid),
+                info.name,
+                info.tid
+            )
+        } else {
+            format!("{} (tid {})", info.name, info.tid)
+        };
+        json_str(out, &name)?;
         write!(
             out,
             r#","unit":"{}","startValue":0,"endValue":{},"samples":["#,

@@ -131,7 +131,8 @@ pub fn analysis_threads(data: &ProfileData, unit: &str) -> PyResult<ArrowTable> 
             &format!("on_cpu_{unit}"),
             rows.iter().map(|r| r.on_cpu_weight),
         )
-        .float("share_pct", rows.iter().map(|r| pct(r.weight, total)));
+        .float("share_pct", rows.iter().map(|r| pct(r.weight, total)))
+        .int("pid", rows.iter().map(|r| r.pid.into()));
     c.table()
 }
 

@@ -6,6 +6,7 @@ use pyo3::types::PyBytes;
 use spprof_engine::export::atomic_file;
 use spprof_engine::export::collapsed;
 use spprof_engine::export::pprof;
+use spprof_engine::export::process_file::{self, Process};
 use spprof_engine::export::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
 use std::sync::Arc;
@@ -52,7 +53,7 @@ impl ProfileData {
     }
 }
 
-/// One sample as Python hands it to `from_samples`.
+/// One sample as Python hands it to `from_samples`; the process id is optional (last).
 type SampleIn = (
     i64,
     u64,
@@ -61,19 +62,36 @@ type SampleIn = (
     bool,
     Vec<(String, String, u32, bool)>,
 );
+type ProcessSampleIn = (
+    i64,
+    u64,
+    String,
+    i64,
+    bool,
+    Vec<(String, String, u32, bool)>,
+    u32,
+);
 
 #[pymethods]
 impl ProfileData {
     /// Build from plain values (a profile assembled or edited in Python), an iterable of
-    /// `(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf])`.
-    /// It is consumed one sample at a time: a generator costs no list of every sample.
+    /// `(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf][, pid])`
+    /// (without a pid: this process). It is consumed one sample at a time: a generator costs no
+    /// list of every sample.
     #[staticmethod]
     #[pyo3(signature = (samples, interval_ns = 0))]
     fn from_samples(samples: &Bound<'_, PyAny>, interval_ns: u64) -> PyResult<ProfileData> {
         let mut store = Store::new(usize::MAX);
         for sample in samples.try_iter()? {
-            let (ts, tid, name, weight, on_cpu, frames): SampleIn = sample?.extract()?;
-            let thread = store.add_thread(tid, &name);
+            let sample = sample?;
+            let (ts, tid, name, weight, on_cpu, frames, pid) = match sample.len()? {
+                7 => sample.extract::<ProcessSampleIn>()?,
+                _ => {
+                    let (ts, tid, name, weight, on_cpu, frames): SampleIn = sample.extract()?;
+                    (ts, tid, name, weight, on_cpu, frames, std::process::id())
+                }
+            };
+            let thread = store.add_process_thread(pid, tid, &name);
             let ids = frames
                 .iter()
                 .map(|(f, file, line, native)| store.intern_frame(f, file, *line, *native))
@@ -127,13 +145,76 @@ impl ProfileData {
         }
     }
 
-    /// The thread table `[(tid, name)]` (sample rows hold indices into it).
-    fn threads(&self) -> Vec<(u64, String)> {
+    /// The thread table `[(tid, name, pid)]` (sample rows hold indices into it).
+    fn threads(&self) -> Vec<(u64, String, u32)> {
         self.store
             .threads()
             .iter()
-            .map(|t| (t.tid, t.name.clone()))
+            .map(|t| (t.tid, t.name.clone(), t.pid))
             .collect()
+    }
+
+    /// Leave this profile, recorded by process `pid` (`name`) on a clock that started at
+    /// CLOCK_MONOTONIC `origin_ns`, in `path` for the parent process to merge.
+    fn write_process(
+        &self,
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        pid: u32,
+        name: String,
+        origin_ns: i64,
+    ) -> PyResult<()> {
+        let process = Process {
+            pid,
+            name,
+            origin_ns,
+        };
+        py.detach(|| process_file::write(&self.store, &process, &path))
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// The profile a child left in `path` (see `write_process`), with the child's pid and its
+    /// clock's origin: `(profile, pid, origin_ns)`.
+    #[staticmethod]
+    fn read_process(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        interval_ns: u64,
+        wall: bool,
+    ) -> PyResult<(ProfileData, u32, i64)> {
+        let (store, process) = py
+            .detach(|| process_file::read(&path))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let data = ProfileData::new(store, interval_ns, 0, wall);
+        Ok((data, process.pid, process.origin_ns))
+    }
+
+    /// One profile of several processes' profiles, each with the shift (ns) that puts its
+    /// timestamps on the first one's clock; `names` says what processes were (`[(pid, name)]`,
+    /// besides the names the children's files gave).
+    #[staticmethod]
+    fn merge(
+        py: Python<'_>,
+        parts: Vec<(PyRef<'_, ProfileData>, i64)>,
+        names: Vec<(u32, String)>,
+    ) -> PyResult<ProfileData> {
+        let Some((first, _)) = parts.first() else {
+            return Err(PyValueError::new_err("nothing to merge"));
+        };
+        let (interval_ns, wall) = (first.interval_ns, first.wall);
+        let handler_ns = parts.iter().map(|(p, _)| p.handler_ns).sum();
+        let stores: Vec<(Arc<Store>, i64)> = parts
+            .iter()
+            .map(|(p, shift)| (p.store.clone(), *shift))
+            .collect();
+        let mut store = py.detach(|| {
+            let refs: Vec<(&Store, i64)> = stores.iter().map(|(s, t)| (s.as_ref(), *t)).collect();
+            Store::merge(&refs)
+        });
+        for (pid, name) in &names {
+            store.set_process_name(*pid, name);
+        }
+        Ok(ProfileData::new(store, interval_ns, handler_ns, wall))
     }
 
     /// The sum of the samples' weights.
