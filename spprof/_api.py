@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 class _Run:
     """What stop() needs of the start() call."""
 
-    def __init__(self, start_time: datetime, interval_ms: float, output_path: Optional[PathLike]) -> None:
+    def __init__(self, start_time: datetime, interval_ms: float, output_path: Optional[PathLike],
+                 children: Any = None, origin_ns: int = 0) -> None:
         self.start_time, self.interval_ms, self.output_path = start_time, interval_ms, output_path
+        # With subprocesses=True: the children's folder (a _subprocesses.Children), and where
+        # this process's clock started, to put the children's samples on it.
+        self.children, self.origin_ns = children, origin_ns
 
 
 _run: Optional[_Run] = None
@@ -143,15 +147,22 @@ def _install_thread_start_hooks() -> None:
         _thread.start_new = _start_new_thread  # type: ignore[attr-defined]
 
 
+def _check_subprocesses(subprocesses: Any) -> None:
+    if not isinstance(subprocesses, bool):
+        raise TypeError(f"subprocesses must be True or False, not {type(subprocesses).__name__}")
+
+
 def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
           memory_limit_mb: float = 100, *, mode: str = "cpu",
-          signum: Optional[int] = None) -> None:
+          signum: Optional[int] = None, subprocesses: bool = False) -> None:
     """Start profiling every Python thread.
 
     ``mode="cpu"`` (default) samples each thread's CPU time; ``mode="wall"`` samples every thread
     on the monotonic clock, running or waiting. ``signum`` is the signal that carries the
     sampling ticks: by default SIGPROF, or a free real-time signal when the application has its
-    own SIGPROF handler.
+    own SIGPROF handler. ``subprocesses=True`` profiles the Python processes this one starts
+    (multiprocessing, concurrent.futures, subprocess) too: ``stop()`` merges their profiles
+    into this one (a ``pid`` per sample, the processes as the flame graph's roots).
 
     Raises ``RuntimeError`` if profiling is already active, ``ValueError`` if ``interval_ms < 1``.
     """
@@ -160,6 +171,7 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     limit = _check_number("memory_limit_mb", memory_limit_mb, 0.25, MAX_MEMORY_LIMIT_MB, "MB")
     _check_output_path(output_path)
     _check_mode_and_signal(mode, signum)
+    _check_subprocesses(subprocesses)
     native = _ext.require()
     with _lifecycle:
         if native.is_active():
@@ -169,16 +181,42 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
         _, fallback = native.start(int(interval * 1_000_000), int(limit * 1024 * 1024),
                                    threading.current_thread().name, mode == "wall",
                                    _tick_signal(native, signum), _native_unwinding)
-        _run = _Run(datetime.now().astimezone(), interval_ms, output_path)
+        children = None
+        if subprocesses:
+            from ._subprocesses import Children
+
+            try:
+                children = Children(interval_ms, mode, memory_limit_mb)
+            except BaseException:
+                native.stop()
+                raise
+        _run = _Run(datetime.now().astimezone(), interval_ms, output_path, children,
+                    clock_origin_ns() if subprocesses else 0)
     if fallback:
         warnings.warn(f"spprof: CPU-time timers are refused here ({fallback}); sampling wall-clock "
                       "time instead (see spprof.stats().fallback_reason)", RuntimeWarning, stacklevel=2)
+
+
+def clock_origin_ns() -> int:
+    """CLOCK_MONOTONIC (``time.monotonic_ns()``) at the running profile's timestamp 0."""
+    import time
+
+    m0 = time.monotonic_ns()
+    raw = _native.stats() if _native is not None else None
+    m1 = time.monotonic_ns()
+    return (m0 + m1) // 2 - (raw["duration_ns"] if raw else 0)
 
 
 def stop() -> Profile:
     """Stop profiling and return the profile (saved to ``output_path`` if ``start`` got one).
 
     A Ctrl-C while it runs is held until the profile is saved, then raised."""
+    return _stop()
+
+
+def _stop(own: Optional[Callable[[Any], Any]] = None) -> Profile:
+    """``stop()``, with ``own`` applied to this process's samples (``ProfileData``) before the
+    children's are merged in: the CLI cuts its launcher from them."""
     global _run
     native = _ext.require()
     with _ctrl_c_after(), _lifecycle:
@@ -186,6 +224,10 @@ def stop() -> Profile:
             raise RuntimeError("Profiler not running: profiling is not active; call spprof.start() first")
         data = native.stop()
         run, _run = _run, None
+        if own is not None:
+            data = own(data)
+        if run.children is not None:
+            data = run.children.merge(data, run.origin_ns)
         from ._model import Profile
 
         profile = Profile._from_native(
@@ -281,22 +323,24 @@ class Profiler:
 
     def __init__(self, interval_ms: float = 10, output_path: Optional[PathLike] = None,
                  memory_limit_mb: float = 100, *, mode: str = "cpu",
-                 signum: Optional[int] = None) -> None:
+                 signum: Optional[int] = None, subprocesses: bool = False) -> None:
         # Validate now, so a bad argument fails where it was written.
         check_interval_ms(interval_ms)
         _check_number("memory_limit_mb", memory_limit_mb, 0.25, MAX_MEMORY_LIMIT_MB, "MB")
         _check_output_path(output_path)
         _check_mode_and_signal(mode, signum)
+        _check_subprocesses(subprocesses)
         self.interval_ms = interval_ms
         self.output_path = output_path
         self.memory_limit_mb = memory_limit_mb
         self.mode = mode
         self.signum = signum
+        self.subprocesses = subprocesses
         self.profile: Optional[Profile] = None
 
     def __enter__(self) -> Profiler:
         start(self.interval_ms, self.output_path, self.memory_limit_mb, mode=self.mode,
-              signum=self.signum)
+              signum=self.signum, subprocesses=self.subprocesses)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -305,13 +349,15 @@ class Profiler:
 
 def profile(func: Optional[F] = None, *, interval_ms: float = 10,
             output_path: Optional[PathLike] = None, memory_limit_mb: float = 100,
-            mode: str = "cpu", signum: Optional[int] = None) -> Union[F, Callable[[F], F]]:
+            mode: str = "cpu", signum: Optional[int] = None,
+            subprocesses: bool = False) -> Union[F, Callable[[F], F]]:
     """Decorator: profile every call of the function (``@spprof.profile`` or
     ``@spprof.profile(interval_ms=..., output_path=...)``). The latest call's profile is the
     wrapper's ``last_profile``. Inside an already running profile, calls just run (the outer
     profile sees them)."""
     options = dict(interval_ms=interval_ms, output_path=output_path,
-                   memory_limit_mb=memory_limit_mb, mode=mode, signum=signum)
+                   memory_limit_mb=memory_limit_mb, mode=mode, signum=signum,
+                   subprocesses=subprocesses)
     Profiler(**options)  # type: ignore[arg-type]  # validate arguments at decoration time
 
     def decorate(fn: F) -> F:

@@ -15,11 +15,15 @@ def hottest(profile: Profile, n: int = 10) -> List[Tuple[Key, int, int]]:
     as ``spprof.analysis.top`` computes them."""
     return [((function, file), self_ns, total_ns)
             for function, file, self_ns, total_ns, *_ in analysis.top(profile, n).rows()]
+
+
 def render(profile: Profile, n: int = 10) -> str:
     total = profile.total_weight_ns
+    processes = len({row[-1] for row in profile.threads().rows()})  # the pid column
     lines = [
         f"spprof: {len(profile.samples)} samples, {total / 1e9:.3f} s CPU "
         f"in {profile.duration_s:.3f} s"
+        + (f" ({processes} processes)" if processes > 1 else "")
         + (f", {profile.dropped_count} dropped" if profile.dropped_count else ""),
     ]
     if not total:

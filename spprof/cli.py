@@ -11,14 +11,14 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from . import _api, _ext
-from ._model import FORMATS, Profile, resolve_format
+from ._model import FORMATS, resolve_format
 from ._paths import check_writable
 from ._summary import render
 
-USAGE = "python -m spprof [-i MS] [-o FILE] [--format FMT] (script.py | -m module) [args ...]"
+USAGE = "python -m spprof [-i MS] [-o FILE] [--format FMT] [--subprocesses] (script.py | -m module) [args ...]"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(FORMATS), help="output format (overrides the extension)")
     p.add_argument("--top", type=int, default=15, metavar="N",
                    help="functions in the summary (default: 15)")
+    p.add_argument("--subprocesses", action="store_true",
+                   help="profile the Python processes the program starts too (multiprocessing, "
+                        "concurrent.futures, subprocess), merged into one profile whose flame graph "
+                        "has a root per process")
     p.add_argument("-m", dest="module", metavar="module", help="run a library module as a script")
     p.add_argument("target", nargs="?", help="the script to profile")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
@@ -104,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             runpy.run_path(script, run_name="__main__")
 
     status = 0
-    _api.start(interval_ms=opts.interval)
+    _api.start(interval_ms=opts.interval, subprocesses=opts.subprocesses)
     try:
         run()
     except SystemExit as exc:
@@ -125,11 +129,11 @@ def _exit_status(code: object) -> int:
     return 1
 
 
-def _without_launcher(profile: Profile, script: str) -> Profile:
-    """The profile with each stack starting at the program: the frames of ``python -m spprof``
-    or the ``spprof`` command (``script``), of spprof's own code (with the imports it makes) and
-    of runpy are cut from the root of the stacks, in the native store; samples not taken in the
-    program are left out."""
+def _without_launcher(data: Any, script: str) -> Any:
+    """This process's samples (``ProfileData``) with each stack starting at the program: the
+    frames of ``python -m spprof`` or the ``spprof`` command (``script``), of spprof's own code
+    (with the imports it makes) and of runpy are cut from the root of the stacks, in the native
+    store; samples not taken in the program are left out."""
     here = os.path.realpath(os.path.dirname(__file__))
     ours = {os.path.realpath(runpy.__file__), os.path.realpath(script)}
 
@@ -140,19 +144,18 @@ def _without_launcher(profile: Profile, script: str) -> Profile:
                 or real in ours or os.path.dirname(real) == here)
 
     native = _ext.require()
-    data = profile._native()
     frames = native.frames_of(data)
     ids = [i for i, (_, filename, _, _) in enumerate(frames) if launcher(filename)]
     # The program is what runpy's _run_code calls. Samples taken in start(), stop() or runpy's
     # preparations (os.fsdecode, importing pkgutil) leave the launcher elsewhere: left out.
     entries = [i for i in ids if frames[i][0] == "_run_code"]
-    return profile._derived(native.below_launcher(data, ids, entries))
+    return native.below_launcher(data, ids, entries)
 
 
 def _finish(opts: argparse.Namespace) -> None:
     if not _api.is_active():
         return  # the program stopped the profiler itself
-    profile = _without_launcher(_api.stop(), opts.launcher)
+    profile = _api._stop(own=lambda data: _without_launcher(data, opts.launcher))
     if opts.output is None:
         sys.stderr.write(render(profile, opts.top))
         return

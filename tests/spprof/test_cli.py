@@ -152,6 +152,6 @@ def test_samples_taken_in_start_and_stop_are_left_out_and_the_command_script_is_
                for i, frames in enumerate([stack(*launcher, *program), stack(*stop), stack(*launcher),
                                            stack(*prepare), stack(*stop_module)])]
     now = datetime.now()
-    cut = cli._without_launcher(spprof.Profile(now, now, 1.0, samples, 0, "3.x", "linux"),
-                               "/venv/bin/spprof")
+    whole = spprof.Profile(now, now, 1.0, samples, 0, "3.x", "linux")
+    cut = whole._derived(cli._without_launcher(whole._native(), "/venv/bin/spprof"))
     assert [[f.function_name for f in s.frames] for s in cut.samples] == [["<module>", "work"]]

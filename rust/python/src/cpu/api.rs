@@ -284,6 +284,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(resolver_thread::before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(capture_native_stack, m)?)?;
+    m.add_function(wrap_pyfunction!(super::sigterm::sigterm_to_pipe, m)?)?;
+    m.add_function(wrap_pyfunction!(super::sigterm::sigterm_default, m)?)?;
+    m.add_function(wrap_pyfunction!(super::sigterm::die_of_sigterm, m)?)?;
     // Creates the guard's type now: lazily, pyo3 could release the GIL under the session lock.
     m.add_class::<ThreadExitGuard>()?;
     m.add("MAX_DEPTH", MAX_DEPTH)?;

@@ -11,11 +11,13 @@
 //! - [`safe_read`]: reads that survive a bad address (the fault handler);
 //! - [`walker`]: the Python frame walk;
 //! - [`unwind`]: the native stack unwind;
-//! - [`slots`]: the sampled threads' slots and clocks.
+//! - [`slots`]: the sampled threads' slots and clocks;
+//! - [`terminate`]: SIGTERM in a profiled child, handed to the thread that writes its profile.
 
 pub mod action;
 pub mod handler;
 pub mod safe_read;
 pub mod slots;
+pub mod terminate;
 pub mod unwind;
 pub mod walker;

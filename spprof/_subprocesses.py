@@ -1,0 +1,245 @@
+"""One profile across processes: ``spprof.start(subprocesses=True)``.
+
+The parent (:class:`Children`) makes a folder and tells its children through the environment:
+``SPPROF_SUBPROCESSES`` holds the sampling options and the folder, and PYTHONPATH starts with
+``_child_site``, whose ``sitecustomize`` calls :func:`child_started` in every Python child that
+inherits them (``subprocess``, multiprocessing's spawn and forkserver, and their children in
+turn). Children that multiprocessing forks start in :func:`_forked`, which multiprocessing runs in
+each of its children (``util.register_after_fork``).
+
+Each child leaves its profile in the folder as it exits (``ProfileData.write_process``: written
+whole or not at all), and the parent's ``stop()`` merges what is there (:meth:`Children.merge`).
+A child leaves by one of three doors, and each has a writer:
+
+- the interpreter's normal exit (scripts, ``subprocess``, spawned workers): ``atexit``;
+- ``os._exit`` after multiprocessing's finalizers (forked and forkserver children, which never
+  run ``atexit``): a ``multiprocessing.util.Finalize``;
+- SIGTERM, which ``Pool.terminate()`` sends (and so ``with Pool() as pool:``): a handler that
+  writes and then dies of SIGTERM as the process would have, installed only where SIGTERM had
+  its default action.
+
+A child killed otherwise (SIGKILL, a crash) leaves nothing: only its own samples are lost. So
+are the samples of a child that outlives the parent's ``stop()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import warnings
+
+from . import _api
+from ._ext import native as _native
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, List, Optional
+
+#: ``"<interval_ms> <mode> <memory_limit_mb> <folder>"``, read by every child.
+ENV = "SPPROF_SUBPROCESSES"
+#: The folder alone, for a child that cannot load spprof to say why (``_child_site``).
+ENV_DIR = "SPPROF_SUBPROCESSES_DIR"
+SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_child_site")
+
+
+class Children:
+    """The parent's side: the folder and the environment, from ``start()`` to ``stop()``."""
+
+    def __init__(self, interval_ms: float, mode: str, memory_limit_mb: float) -> None:
+        self.folder = tempfile.mkdtemp(prefix=f"spprof-children-{os.getpid()}-")
+        self._saved = {name: os.environ.get(name) for name in (ENV, ENV_DIR, "PYTHONPATH")}
+        os.environ[ENV] = f"{interval_ms!r} {mode} {memory_limit_mb!r} {self.folder}"
+        os.environ[ENV_DIR] = self.folder
+        path = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = SITE + (os.pathsep + path if path else "")
+        self._pythonpath = os.environ["PYTHONPATH"]
+        _arm_multiprocessing()
+
+    def _restore_environment(self) -> None:
+        current = os.environ.get("PYTHONPATH")
+        if current is not None and current != self._pythonpath:  # the program changed it since
+            self._saved["PYTHONPATH"] = os.pathsep.join(p for p in current.split(os.pathsep) if p != SITE) or None
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def merge(self, own: Any, origin_ns: int) -> Any:
+        """This process's profile ``own`` (a ``ProfileData`` whose clock started at
+        CLOCK_MONOTONIC ``origin_ns``) with those the children left, as one ``ProfileData``.
+        Ends the children's profiling: the environment is as before ``start()``."""
+        import shutil
+
+        self._restore_environment()
+        parts = [(own, 0)]
+        problems: List[str] = []
+        try:
+            names = sorted(os.listdir(self.folder))
+            for name in names:
+                path = os.path.join(self.folder, name)
+                if name.endswith(".arrow"):
+                    try:
+                        data, _, child_origin = _native.ProfileData.read_process(path, own.interval_ns, own.wall)
+                    except ValueError as exc:
+                        problems.append(f"{name}: {exc}")
+                        continue
+                    parts.append((data, child_origin - origin_ns))
+                elif name.endswith(".error"):
+                    with open(path, encoding="utf-8", errors="replace") as note:
+                        problems.append(f"pid {name[:-len('.error')]}: {note.read()}")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if problems:
+            warnings.warn(f"spprof: {len(problems)} child process(es) are not in the profile: "
+                          + "; ".join(problems), RuntimeWarning, stacklevel=3)
+        return _native.ProfileData.merge(parts, [(os.getpid(), process_name())])
+
+
+def process_name() -> str:
+    """What this process is: its multiprocessing name (``ForkPoolWorker-2``), else its command
+    (``python worker.py``)."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None:
+        name = mp.current_process().name
+        if name != "MainProcess":
+            return name
+    argv = getattr(sys, "argv", None) or [""]
+    return " ".join(["python", os.path.basename(argv[0]), *argv[1:2]]).strip()
+
+
+# -- the children's side --------------------------------------------------------------------------
+
+class _Child:
+    """This process's profile, begun for the parent: where to leave it, and its clock's origin."""
+
+    def __init__(self, folder: str, origin_ns: int) -> None:
+        self.folder, self.origin_ns, self.left = folder, origin_ns, False
+        # Held while leaving: SIGTERM's thread waits for an exit that is writing already.
+        self.leaving = threading.Lock()
+
+
+_child: Optional[_Child] = None
+
+
+def _options() -> Optional[tuple]:
+    value = os.environ.get(ENV)
+    if not value:
+        return None
+    interval, mode, limit, folder = value.split(" ", 3)
+    return float(interval), mode, float(limit), folder
+
+
+def child_started() -> None:
+    """Profile this process for the parent (from ``_child_site``, before the program runs)."""
+    options = _options()
+    if options is None:
+        return
+    _arm_multiprocessing()
+    command = " ".join(getattr(sys, "orig_argv", ()))  # Python 3.10+
+    if "from multiprocessing.forkserver import main" in command:
+        return  # the fork server only forks the workers, which start in _forked
+    if "from multiprocessing.resource_tracker import main" in command:
+        return  # a helper that outlives the parent's stop(): its profile would never be read
+    _begin(*options)
+
+
+def _begin(interval_ms: float, mode: str, memory_limit_mb: float, folder: str) -> None:
+    global _child
+    if _api.is_active():
+        return
+    try:
+        _api.start(interval_ms, memory_limit_mb=memory_limit_mb, mode=mode)
+    except (RuntimeError, ValueError) as exc:  # e.g. timers refused here: say so to the parent
+        _note_problem(folder, str(exc))
+        return
+    _child = _Child(folder, _api.clock_origin_ns())
+    import atexit
+    import signal
+
+    atexit.register(leave_profile)
+    if sys.modules.get("multiprocessing.util") is not None:
+        sys.modules["multiprocessing.util"].Finalize(None, leave_profile, exitpriority=-100)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        wake = _native.sigterm_to_pipe()
+        if wake is not None:
+            threading.Thread(target=_on_sigterm, args=(wake,), name="spprof-sigterm", daemon=True).start()
+
+
+def _note_problem(folder: str, problem: str) -> None:
+    if os.path.isdir(folder):
+        with open(os.path.join(folder, f"{os.getpid()}.error"), "w", encoding="utf-8") as note:
+            note.write(problem)
+
+
+def leave_profile() -> None:
+    """Stop this child's profile and leave it in the parent's folder (once)."""
+    child = _child
+    if child is None:
+        return
+    with child.leaving:
+        try:
+            if child.left or not _api.is_active():
+                return
+            child.left = True
+            _write(child, _api.stop())
+        finally:
+            _native.sigterm_default()  # nothing left to write: SIGTERM may end the process at once
+
+
+def _write(child: _Child, profile: Any) -> None:
+    if not os.path.isdir(child.folder):
+        return  # the parent has merged and gone: nobody would read it
+    name = f"{os.getpid()}-{child.origin_ns}.arrow"
+    try:
+        profile._native().write_process(os.path.join(child.folder, name), os.getpid(), process_name(),
+                                        child.origin_ns)
+    except (OSError, ValueError) as exc:
+        print(f"spprof: the profile of child process {os.getpid()} could not be written: {exc}",
+              file=sys.stderr)
+
+
+def _on_sigterm(wake: int) -> None:
+    _api.unregister_thread()  # it only waits: not part of the program's profile
+    try:
+        os.read(wake, 1)
+    except OSError:
+        return
+    leave_profile()
+    _native.die_of_sigterm()
+
+
+class _Token:
+    """What multiprocessing's after-fork registry holds on to (it keeps weak references)."""
+
+
+_token: Optional[_Token] = None
+
+
+def _arm_multiprocessing() -> None:
+    """Have multiprocessing call :func:`_forked` in each child it forks (or spawns), once."""
+    global _token
+    if _token is None:
+        from multiprocessing import util
+
+        _token = _Token()
+        util.register_after_fork(_token, _forked)
+
+
+def _forked(_: Any) -> None:
+    # In the child's bootstrap, after multiprocessing dropped the finalizers it inherited: a
+    # forked child starts its own profile here (a spawned one has started already, in
+    # _child_site, and gets its exit writer here).
+    options = _options()
+    if options is None:
+        return
+    global _child
+    if _child is not None and not _child.left and _api.is_active():
+        from multiprocessing import util
+
+        util.Finalize(None, leave_profile, exitpriority=-100)
+        return
+    _child = None
+    _begin(*options)
