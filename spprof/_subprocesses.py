@@ -107,6 +107,8 @@ def process_name() -> str:
         if name != "MainProcess":
             return name
     argv = getattr(sys, "argv", None) or [""]
+    if os.path.basename(argv[0]) == "__main__.py":  # python -m package
+        return f"python -m {os.path.basename(os.path.dirname(argv[0]))}"
     return " ".join(["python", os.path.basename(argv[0]), *argv[1:2]]).strip()
 
 

@@ -132,10 +132,38 @@ def crash():
     os.abort()
 
 
+@pytest.mark.skipif("fork" not in METHODS, reason="needs the fork start method")
+def test_grandchildren_forked_by_a_profiled_child_are_in_the_profile(tmp_path):
+    # The child's workers inherit its SIGTERM handler with the fork: each must take it over, or
+    # Pool.terminate() kills them before they write.
+    script = tmp_path / "middle.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, os, time
+
+        def grandchild_work(seconds):
+            t = time.thread_time()
+            while time.thread_time() - t < seconds:
+                pass
+            return os.getpid()
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                print(*set(pool.map(grandchild_work, [0.2, 0.2], chunksize=1)))
+    """))
+    with spprof.Profiler(interval_ms=2, subprocesses=True) as p:
+        out = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True)
+    workers = {int(pid) for pid in out.stdout.split()}
+    by_pid = defaultdict(int)
+    for s in p.profile.samples:
+        if any(f.function_name == "grandchild_work" for f in s.frames):
+            by_pid[s.pid] += s.weight_ns
+    assert set(by_pid) == workers and all(w >= 0.1e9 for w in by_pid.values()), (dict(by_pid), workers)
+
+
 def test_a_killed_or_crashed_child_costs_only_its_own_samples():
     ctx = multiprocessing.get_context("fork" if "fork" in METHODS else "spawn")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # and no warning: a child that died said nothing
+        warnings.simplefilter("error", RuntimeWarning)  # a child that died says nothing
         with spprof.Profiler(interval_ms=2, subprocesses=True) as p:
             killed = ctx.Process(target=burn_cpu, args=(30,))
             crashed = ctx.Process(target=crash)

@@ -10,10 +10,14 @@ use crate::signal::{action, terminate};
 use pyo3::prelude::*;
 
 /// Route SIGTERM to a new pipe and return its read end; only where SIGTERM has its default
-/// action (a program's own handler stays in charge): `None` otherwise.
+/// action, or our handler inherited through a fork (a program's own handler stays in charge):
+/// `None` otherwise.
 #[pyfunction]
 pub fn sigterm_to_pipe() -> PyResult<Option<i32>> {
-    if action::current(libc::SIGTERM).is_none_or(|a| a.sa_sigaction != libc::SIG_DFL) {
+    let ours_or_default = |a: libc::sigaction| {
+        a.sa_sigaction == libc::SIG_DFL || a.sa_sigaction == terminate::handler()
+    };
+    if !action::current(libc::SIGTERM).is_some_and(ours_or_default) {
         return Ok(None);
     }
     let mut fds = [0i32; 2];
