@@ -109,6 +109,8 @@ def process_name() -> str:
     argv = getattr(sys, "argv", None) or [""]
     if os.path.basename(argv[0]) == "__main__.py":  # python -m package
         return f"python -m {os.path.basename(os.path.dirname(argv[0]))}"
+    if argv[0] and not os.path.exists(argv[0]) and argv[0].replace(".", "").isidentifier():
+        return f"python -m {argv[0]}"  # python -m spprof -m module: runpy put the argv back
     return " ".join(["python", os.path.basename(argv[0]), *argv[1:2]]).strip()
 
 
