@@ -14,9 +14,10 @@ A child leaves by one of three doors, and each has a writer:
 - the interpreter's normal exit (scripts, ``subprocess``, spawned workers): ``atexit``;
 - ``os._exit`` after multiprocessing's finalizers (forked and forkserver children, which never
   run ``atexit``): a ``multiprocessing.util.Finalize``;
-- SIGTERM, which ``Pool.terminate()`` sends (and so ``with Pool() as pool:``): a handler that
-  writes and then dies of SIGTERM as the process would have, installed only where SIGTERM had
-  its default action.
+- SIGTERM, which ``Pool.terminate()`` sends (and so ``with Pool() as pool:``): the
+  extension's handler wakes :func:`_on_sigterm`'s thread, which writes, then the process dies of
+  SIGTERM as it would have (only where SIGTERM had its default action). Not a Python handler: a
+  worker blocked in a semaphore when the signal comes may never run one.
 
 A child killed otherwise (SIGKILL, a crash) leaves nothing: only its own samples are lost. So
 are the samples of a child that outlives the parent's ``stop()``.
@@ -82,7 +83,7 @@ class Children:
                 path = os.path.join(self.folder, name)
                 if name.endswith(".arrow"):
                     try:
-                        data, _, child_origin = _native.ProfileData.read_process(path, own.interval_ns, own.wall)
+                        data, child_origin = _native.ProfileData.read_process(path, own.interval_ns, own.wall)
                     except ValueError as exc:
                         problems.append(f"{name}: {exc}")
                         continue
@@ -129,11 +130,11 @@ _child: Optional[_Child] = None
 
 
 def _options() -> Optional[tuple]:
-    value = os.environ.get(ENV)
-    if not value:
+    try:
+        interval, mode, limit, folder = os.environ[ENV].split(" ", 3)
+        return float(interval), mode, float(limit), folder
+    except (KeyError, ValueError):  # not set (or not by us): this process is not a child of a profile
         return None
-    interval, mode, limit, folder = value.split(" ", 3)
-    return float(interval), mode, float(limit), folder
 
 
 def child_started() -> None:
@@ -164,12 +165,18 @@ def _begin(interval_ms: float, mode: str, memory_limit_mb: float, folder: str) -
     import signal
 
     atexit.register(leave_profile)
-    if sys.modules.get("multiprocessing.util") is not None:
-        sys.modules["multiprocessing.util"].Finalize(None, leave_profile, exitpriority=-100)
+    _write_at_multiprocessing_exit()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         wake = _native.sigterm_to_pipe()
         if wake is not None:
             threading.Thread(target=_on_sigterm, args=(wake,), name="spprof-sigterm", daemon=True).start()
+
+
+def _write_at_multiprocessing_exit() -> None:
+    # Last among multiprocessing's finalizers, which a forked child runs before os._exit.
+    from multiprocessing import util
+
+    util.Finalize(None, leave_profile, exitpriority=-100)
 
 
 def _note_problem(folder: str, problem: str) -> None:
@@ -241,9 +248,7 @@ def _forked(_: Any) -> None:
         return
     global _child
     if _child is not None and not _child.left and _api.is_active():
-        from multiprocessing import util
-
-        util.Finalize(None, leave_profile, exitpriority=-100)
+        _write_at_multiprocessing_exit()
         return
     _child = None
     _begin(*options)

@@ -173,20 +173,22 @@ impl ProfileData {
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
-    /// The profile a child left in `path` (see `write_process`), with the child's pid and its
-    /// clock's origin: `(profile, pid, origin_ns)`.
+    /// The profile a child left in `path` (see `write_process`), with the CLOCK_MONOTONIC
+    /// origin of its clock: `(profile, origin_ns)`.
     #[staticmethod]
     fn read_process(
         py: Python<'_>,
         path: std::path::PathBuf,
         interval_ns: u64,
         wall: bool,
-    ) -> PyResult<(ProfileData, u32, i64)> {
+    ) -> PyResult<(ProfileData, i64)> {
         let (store, process) = py
             .detach(|| process_file::read(&path))
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let data = ProfileData::new(store, interval_ns, 0, wall);
-        Ok((data, process.pid, process.origin_ns))
+        Ok((
+            ProfileData::new(store, interval_ns, 0, wall),
+            process.origin_ns,
+        ))
     }
 
     /// One profile of several processes' profiles, each with the shift (ns) that puts its
