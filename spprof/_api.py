@@ -21,7 +21,7 @@ from ._ext import native as _native
 # cost most of it); the model is imported when a profile is made.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterator, List, Optional, TypeVar, Union
+    from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Union
 
     from ._model import NativeFrame, PathLike, Profile, ProfilerStats
 
@@ -186,7 +186,7 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
             from ._subprocesses import Children
 
             try:
-                children = Children(interval_ms, mode, memory_limit_mb)
+                children = Children(sys.modules[__name__], interval_ms, mode, memory_limit_mb)
             except BaseException:
                 native.stop()
                 raise
@@ -214,16 +214,30 @@ def stop() -> Profile:
     return _stop()
 
 
+def _take_samples() -> Tuple[Any, _Run]:
+    """Stop sampling (``_lifecycle`` held): this process's samples (``ProfileData``), and the
+    start() call they answer."""
+    global _run
+    native = _ext.require()
+    if not native.is_active():
+        raise RuntimeError("Profiler not running: profiling is not active; call spprof.start() first")
+    data = native.stop()
+    run, _run = _run, None
+    return data, run
+
+
+def stop_samples() -> Any:
+    """``stop()`` for a child process that hands its samples to its parent: the ``ProfileData``
+    as it is, without the ``Profile`` (whose module the child would import for nothing)."""
+    with _lifecycle:
+        return _take_samples()[0]
+
+
 def _stop(own: Optional[Callable[[Any], Any]] = None) -> Profile:
     """``stop()``, with ``own`` applied to this process's samples (``ProfileData``) before the
     children's are merged in: the CLI cuts its launcher from them."""
-    global _run
-    native = _ext.require()
     with _ctrl_c_after(), _lifecycle:
-        if not native.is_active():
-            raise RuntimeError("Profiler not running: profiling is not active; call spprof.start() first")
-        data = native.stop()
-        run, _run = _run, None
+        data, run = _take_samples()
         if own is not None:
             data = own(data)
         if run.children is not None:

@@ -5,7 +5,8 @@ The parent (:class:`Children`) makes a folder and tells its children through the
 ``_child_site``, whose ``sitecustomize`` calls :func:`child_started` in every Python child that
 inherits them (``subprocess``, multiprocessing's spawn and forkserver, and their children in
 turn). Children that multiprocessing forks start in :func:`_forked`, which multiprocessing runs in
-each of its children (``util.register_after_fork``).
+each of its children (``util.register_after_fork``, armed just before a fork of a process that
+has imported multiprocessing: a child that never forks does not import it, 30 ms).
 
 Each child leaves its profile in the folder as it exits (``ProfileData.write_process``: written
 whole or not at all), and the parent's ``stop()`` merges what is there (:meth:`Children.merge`).
@@ -27,16 +28,18 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import threading
 import warnings
 
-from . import _api
 from ._ext import native as _native
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, List, Optional
+
+#: ``spprof._api``, which starts and stops this process's profile: handed in by the parent's
+#: ``start()`` and by ``_child_site`` (it imports this module; this one does not import it back).
+_api: Any = None
 
 #: ``"<interval_ms> <mode> <memory_limit_mb> <folder>"``, read by every child.
 ENV = "SPPROF_SUBPROCESSES"
@@ -48,7 +51,11 @@ SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_child_site")
 class Children:
     """The parent's side: the folder and the environment, from ``start()`` to ``stop()``."""
 
-    def __init__(self, interval_ms: float, mode: str, memory_limit_mb: float) -> None:
+    def __init__(self, api: Any, interval_ms: float, mode: str, memory_limit_mb: float) -> None:
+        import tempfile
+
+        global _api
+        _api = api
         self.folder = tempfile.mkdtemp(prefix=f"spprof-children-{os.getpid()}-")
         self._saved = {name: os.environ.get(name) for name in (ENV, ENV_DIR, "PYTHONPATH")}
         os.environ[ENV] = f"{interval_ms!r} {mode} {memory_limit_mb!r} {self.folder}"
@@ -56,7 +63,6 @@ class Children:
         path = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = SITE + (os.pathsep + path if path else "")
         self._pythonpath = os.environ["PYTHONPATH"]
-        _arm_multiprocessing()
 
     def _restore_environment(self) -> None:
         current = os.environ.get("PYTHONPATH")
@@ -102,9 +108,10 @@ class Children:
 def process_name() -> str:
     """What this process is: its multiprocessing name (``ForkPoolWorker-2``), else its command
     (``python worker.py``)."""
-    mp = sys.modules.get("multiprocessing")
-    if mp is not None:
-        name = mp.current_process().name
+    # Half imported when a SIGTERM comes during the import: no current_process yet.
+    current_process = getattr(sys.modules.get("multiprocessing"), "current_process", None)
+    if current_process is not None:
+        name = current_process().name
         if name != "MainProcess":
             return name
     argv = getattr(sys, "argv", None) or [""]
@@ -137,12 +144,13 @@ def _options() -> Optional[tuple]:
         return None
 
 
-def child_started() -> None:
+def child_started(api: Any) -> None:
     """Profile this process for the parent (from ``_child_site``, before the program runs)."""
+    global _api
+    _api = api
     options = _options()
     if options is None:
         return
-    _arm_multiprocessing()
     command = " ".join(getattr(sys, "orig_argv", ()))  # Python 3.10+
     if "from multiprocessing.forkserver import main" in command:
         return  # the fork server only forks the workers, which start in _forked
@@ -165,7 +173,6 @@ def _begin(interval_ms: float, mode: str, memory_limit_mb: float, folder: str) -
     import signal
 
     atexit.register(leave_profile)
-    _write_at_multiprocessing_exit()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         wake = _native.sigterm_to_pipe()
         if wake is not None:
@@ -195,18 +202,17 @@ def leave_profile() -> None:
             if child.left or not _api.is_active():
                 return
             child.left = True
-            _write(child, _api.stop())
+            _write(child, _api.stop_samples())
         finally:
             _native.sigterm_default()  # nothing left to write: SIGTERM may end the process at once
 
 
-def _write(child: _Child, profile: Any) -> None:
+def _write(child: _Child, data: Any) -> None:
     if not os.path.isdir(child.folder):
         return  # the parent has merged and gone: nobody would read it
     name = f"{os.getpid()}-{child.origin_ns}.arrow"
     try:
-        profile._native().write_process(os.path.join(child.folder, name), os.getpid(), process_name(),
-                                        child.origin_ns)
+        data.write_process(os.path.join(child.folder, name), os.getpid(), process_name(), child.origin_ns)
     except (OSError, ValueError) as exc:
         print(f"spprof: the profile of child process {os.getpid()} could not be written: {exc}",
               file=sys.stderr)
@@ -218,8 +224,10 @@ def _on_sigterm(wake: int) -> None:
         os.read(wake, 1)
     except OSError:
         return
-    leave_profile()
-    _native.die_of_sigterm()
+    try:
+        leave_profile()
+    finally:  # die as SIGTERM asked, whatever happened to the profile
+        _native.die_of_sigterm()
 
 
 class _Token:
@@ -230,25 +238,25 @@ _token: Optional[_Token] = None
 
 
 def _arm_multiprocessing() -> None:
-    """Have multiprocessing call :func:`_forked` in each child it forks (or spawns), once."""
+    """Before a fork: if multiprocessing is what may be forking, have it call :func:`_forked` in
+    its children (once; the registry is copied into each child)."""
     global _token
-    if _token is None:
-        from multiprocessing import util
-
+    util = sys.modules.get("multiprocessing.util")
+    if _token is None and util is not None and _options() is not None:
         _token = _Token()
         util.register_after_fork(_token, _forked)
 
 
+os.register_at_fork(before=_arm_multiprocessing)
+
+
 def _forked(_: Any) -> None:
-    # In the child's bootstrap, after multiprocessing dropped the finalizers it inherited: a
-    # forked child starts its own profile here (a spawned one has started already, in
-    # _child_site, and gets its exit writer here).
+    # In the child's bootstrap, after multiprocessing dropped the finalizers it inherited.
+    global _child
     options = _options()
     if options is None:
         return
-    global _child
-    if _child is not None and not _child.left and _api.is_active():
-        _write_at_multiprocessing_exit()
-        return
-    _child = None
+    _child = None  # the parent's, if it was a child too
     _begin(*options)
+    if _child is not None:
+        _write_at_multiprocessing_exit()

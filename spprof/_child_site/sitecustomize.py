@@ -23,7 +23,7 @@ def _profile_this_process() -> None:
             module = importlib.util.module_from_spec(spec)
             sys.modules["spprof"] = module
             spec.loader.exec_module(module)
-        from spprof import _subprocesses
+        from spprof import _api, _subprocesses
     except Exception as exc:  # an interpreter spprof is not built for: its note tells the parent
         sys.modules.pop("spprof", None)
         directory = os.environ.get("SPPROF_SUBPROCESSES_DIR")
@@ -31,7 +31,7 @@ def _profile_this_process() -> None:
             with open(os.path.join(directory, f"{os.getpid()}.error"), "w") as note:
                 note.write(f"Python {sys.version.split()[0]} ({sys.executable}): {exc}")
         return
-    _subprocesses.child_started()
+    _subprocesses.child_started(_api)
 
 
 def _run_hidden_sitecustomize() -> None:
