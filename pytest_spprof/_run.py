@@ -86,6 +86,6 @@ def load_profile(path: Any, test_id: str) -> Any:
         stack = tuple(Frame(f["function"], f["filename"], f["lineno"], bool(f["is_native"]))
                       for f in frames if f["function"] is not None)
         samples.append(Sample(first["timestamp_ns"], first["thread_id"], first["thread_name"], stack,
-                              first["weight_ns"]))
+                              first["weight_ns"], pid=first.get("pid", 0)))
     now = datetime.now().astimezone()
     return Profile(now, now, 1.0, samples, 0, platform.python_version(), f"{platform.system()}-{platform.machine()}")

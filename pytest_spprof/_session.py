@@ -175,7 +175,7 @@ def window_profile(sampler: SessionSampler, t0: int, t1: int,
         if s.thread_id not in seen:
             seen.add(s.thread_id)
             weight = min(weight, max(0, at))
-        samples.append(Sample(at, s.thread_id, s.thread_name, cut_harness(s.frames), weight, s.on_cpu))
+        samples.append(Sample(at, s.thread_id, s.thread_name, cut_harness(s.frames), weight, s.on_cpu, s.pid))
     ref = sampler.chunks[-1].skeleton if sampler.chunks else None
     # Wall-clock datetimes of the window, from the chunk's start time.
     if ref is not None:

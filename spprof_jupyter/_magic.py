@@ -188,7 +188,7 @@ class _Run:
                             frames = frames[i:]
                             changed = True
                         break
-            samples.append(Sample(s.timestamp_ns, s.thread_id, s.thread_name, frames, s.weight_ns, s.on_cpu)
+            samples.append(Sample(s.timestamp_ns, s.thread_id, s.thread_name, frames, s.weight_ns, s.on_cpu, s.pid)
                            if frames is not s.frames else s)
         if not changed:
             return profile

@@ -1,6 +1,7 @@
 """The %%spprof / %spprof magics, driven through a real IPython shell."""
 
 import html
+import os
 import re
 
 import pytest
@@ -69,6 +70,15 @@ def test_cell_profiles_hot_function_and_binds_result(ip):
     assert r.profile.interval_ms == spprof_jupyter.DEFAULT_INTERVAL_MS == 1
     assert r.profile.mode == "cpu"
     assert r.memory is None
+
+
+def test_a_cell_with_threads_is_one_process(ip):
+    # The cell's thread is trimmed, the helper's is not: both keep the process they ran in (a
+    # mix of known and unknown pids read as two processes, each a root of the flame graph).
+    r = ok(ip, "%%spprof\nimport threading\nt = threading.Thread(target=hot)\nt.start()\nhot()\nt.join()\n")
+    assert len(r.profile.threads()) == 2
+    assert {s.pid for s in r.profile.samples} == {os.getpid()}
+    assert not any(line.startswith("pid ") for line in r.profile.to_collapsed().splitlines())
 
 
 def test_stacks_start_at_the_cell(ip):
