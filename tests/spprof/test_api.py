@@ -313,16 +313,18 @@ def test_thread_churn_stays_within_the_memory_limit():
         t = threading.Thread(target=burn, args=(0.001,), name=f"churn-{i}-{'x' * 40}")
         t.start()
         t.join()
-    # Few of those threads live long enough to be sampled: one that runs for 50 ms, after the
-    # churn filled the thread table, surely is.
+    # A thread registered after the churn filled the thread table has no entry of its own: its
+    # samples go to the shared one (whether a 50 ms thread is sampled at all under CI's load was
+    # luck twice; the store's own test checks the shared entry).
     late = threading.Thread(target=burn, args=(0.05,), name="late")
     late.start()
     late.join()
     stats = spprof.stats()
     profile = spprof.stop()
     assert stats.memory_bytes <= 0.25 * 2**20 * 1.02, stats
+    assert stats.threads_seen < 1_000, stats  # 1,502 threads were registered
     names = {s.thread_name for s in profile.samples}
-    assert "<threads past the memory limit>" in names and "late" not in names and len(names) < 1_000, names
+    assert "late" not in names and len(names) < 1_000, names
 
 
 def test_the_original_spprof_api_works_unchanged(tmp_path):

@@ -277,9 +277,11 @@ impl Store {
         pids
     }
 
-    /// Whether the samples come from more than one process (a merged profile).
+    /// Whether the samples come from more than one process (a merged profile). Pid 0 is "not
+    /// known" (samples made in Python without one), not a process of its own.
     pub fn is_multi_process(&self) -> bool {
-        self.threads.iter().any(|t| t.pid != self.threads[0].pid)
+        let mut known = self.threads.iter().map(|t| t.pid).filter(|&p| p != 0);
+        known.next().is_some_and(|first| known.any(|p| p != first))
     }
 
     /// Say what process `pid` was (e.g. `python worker.py`, `ForkPoolWorker-2`).
@@ -572,6 +574,10 @@ mod tests {
         child.set_process_name(4242, "ForkPoolWorker-1");
         child.add_dropped(2);
         assert!(!parent.is_multi_process());
+        let mut unknown = Store::new(1 << 20);
+        unknown.add_thread(1, "MainThread");
+        unknown.add_process_thread(0, 2, "made in Python"); // an unknown pid: no other process
+        assert!(!unknown.is_multi_process());
 
         let merged = Store::merge(&[(&parent, 0), (&child, 1_000)]);
         assert!(merged.is_multi_process());
