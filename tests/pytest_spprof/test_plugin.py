@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -617,6 +618,10 @@ def test_xdist_workers_profile_and_the_controller_merges(pytester, monkeypatch):
     leaves = table.filter(table.column("is_leaf"))
     assert set(results) >= set(leaves.column("test_id").cast(pa.string()).to_pylist()) != set()
     assert len(set(leaves.column("sample_id").to_pylist())) == leaves.num_rows  # unique across workers
+    pids = {}  # each test ran in one worker, which the pid column names
+    for test_id, pid in zip(leaves.column("test_id").cast(pa.string()).to_pylist(), leaves.column("pid").to_pylist()):
+        pids.setdefault(test_id, set()).add(pid)
+    assert all(len(p) == 1 for p in pids.values()) and os.getpid() not in set().union(*pids.values())
     # results count samples by the sampler's counter, the file by timestamp: a sample at a window's
     # edge may fall on either side
     assert abs(leaves.num_rows - sum(r["samples"] for r in results.values())) <= len(results)
