@@ -212,10 +212,23 @@ def _write(child: _Child, data: Any) -> None:
         return  # the parent has merged and gone: nobody would read it
     name = f"{os.getpid()}-{child.origin_ns}.arrow"
     try:
+        data = _from_bootstrap(data)
         data.write_process(os.path.join(child.folder, name), os.getpid(), process_name(), child.origin_ns)
     except (OSError, ValueError) as exc:
         print(f"spprof: the profile of child process {os.getpid()} could not be written: {exc}",
               file=sys.stderr)
+
+
+_PROCESS_PY = os.path.join("multiprocessing", "process.py")
+
+
+def _from_bootstrap(data: Any) -> Any:
+    """A multiprocessing child's stacks from ``BaseProcess._bootstrap`` on. Above it are the
+    frames of spawn's or the fork server's plumbing, or of a forked child's parent (its ``Pool()``
+    call, which the flame graph would show as where the worker's time went)."""
+    ids = [i for i, (function, filename, _, _) in enumerate(_native.frames_of(data))
+           if function.rsplit(".", 1)[-1] == "_bootstrap" and filename.endswith(_PROCESS_PY)]
+    return _native.starting_at(data, ids) if ids else data
 
 
 def _on_sigterm(wake: int) -> None:

@@ -75,6 +75,12 @@ def test_a_pool_of_4_workers_is_one_profile_with_their_measured_cpu_split(method
     # Weights are CPU time: the workers' alpha and beta samples account for what they measured.
     assert 0.75 * sum(truth.values()) <= sum(measured.values()) <= 1.1 * sum(truth.values()) + 20e6
 
+    # A worker's stacks start where multiprocessing runs it, not in the frames of the parent's
+    # Pool() call that a forked worker was copied in.
+    roots = {s.frames[0].function_name for s in profile.samples
+             if any(f.function_name in ("alpha", "beta") for f in s.frames)}
+    assert roots and all(name.endswith("_bootstrap") for name in roots), roots
+
     # Each process is a root of the flame graph, and each process's thread a speedscope profile.
     labels = {line.split(";", 1)[0] for line in profile.to_collapsed().splitlines()}
     assert all(f"(pid {pid})" in " ".join(labels) for pid in workers)

@@ -282,6 +282,20 @@ fn rebuild(
     out
 }
 
+/// Every sample, its stack starting at its outermost frame of `entry` (stacks without one stay
+/// whole): a forked child's frames above the call it was forked to make are its parent's.
+pub fn starting_at(store: &Store, entry: &HashSet<FrameId>) -> Store {
+    rebuild(
+        store,
+        |_| true,
+        |stack| {
+            let frames = store.stack_frames(stack);
+            let from = frames.iter().position(|f| entry.contains(f)).unwrap_or(0);
+            Some(frames[from..].to_vec())
+        },
+    )
+}
+
 /// Samples whose stack contains at least one frame of `frames`.
 pub fn select_with_frames(store: &Store, frames: &HashSet<FrameId>) -> Store {
     let mut verdict: HashMap<u32, bool> = HashMap::new();
@@ -462,5 +476,27 @@ mod tests {
         let only_rec = select_with_frames(&s, &HashSet::from([rec]));
         assert_eq!(only_rec.len(), 1);
         assert_eq!(only_rec.threads()[only_rec.thread_ids[0] as usize].tid, 8);
+    }
+
+    #[test]
+    fn stacks_start_at_their_outermost_entry_and_others_stay_whole() {
+        let s = sample_store();
+        let entry: HashSet<FrameId> = (0..s.frames().len() as FrameId)
+            .filter(|&f| ["work", "rec"].contains(&s.string(s.frames()[f as usize].function)))
+            .collect();
+        let cut = starting_at(&s, &entry);
+        let names = |i: usize| -> Vec<&str> {
+            cut.stack_frames(cut.stacks[i])
+                .iter()
+                .map(|&f| cut.string(cut.frames()[f as usize].function))
+                .collect()
+        };
+        assert_eq!(cut.len(), s.len()); // every sample stays
+        assert_eq!(names(0), ["work", "leaf"]);
+        assert_eq!(names(2), ["work"]);
+        assert_eq!(names(3), ["main"]); // no entry: whole
+        assert_eq!(names(4), ["rec", "rec"]); // the outermost of the two
+        assert!(names(5).is_empty());
+        assert_eq!(total_weight(&cut), total_weight(&s));
     }
 }

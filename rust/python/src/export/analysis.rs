@@ -246,6 +246,16 @@ pub fn below_launcher(
     derived(data, cut)
 }
 
+/// Every sample, its stack starting at its outermost frame of `entry` (see
+/// `analysis::starting_at`).
+#[pyfunction]
+pub fn starting_at(py: Python<'_>, data: &ProfileData, entry: Vec<u32>) -> ProfileData {
+    let store = data.store().clone();
+    let entry: HashSet<u32> = entry.into_iter().collect();
+    let cut = py.detach(move || analysis::starting_at(&store, &entry));
+    derived(data, cut)
+}
+
 /// The frame table `[(function, file, line, is_native)]` (indices are frame ids).
 #[pyfunction]
 pub fn frames_of(data: &ProfileData) -> Vec<(String, String, u32, bool)> {

@@ -21,6 +21,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(analysis::select_frames, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::frames_of, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::below_launcher, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::starting_at, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph::format_weight, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph::flamegraph_svg, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph::flamegraph_html, m)?)?;
