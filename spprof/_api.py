@@ -37,6 +37,9 @@ class _Run:
         # With subprocesses=True: the children's folder (a _subprocesses.Children), and where
         # this process's clock started, to put the children's samples on it.
         self.children, self.origin_ns = children, origin_ns
+        # In a child profiled for its parent: what gives the parent its samples, so that the
+        # child's own start() can take over (set by hand_over_on_start).
+        self.handover: Optional[Callable[[], None]] = None
 
 
 _run: Optional[_Run] = None
@@ -173,6 +176,9 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     _check_mode_and_signal(mode, signum)
     _check_subprocesses(subprocesses)
     native = _ext.require()
+    run = _run
+    if run is not None and run.handover is not None:
+        run.handover()  # this process was profiled for its parent: that profile ends here
     with _lifecycle:
         if native.is_active():
             raise RuntimeError("Profiler already running: profiling is already active; call spprof.stop() "
@@ -195,6 +201,13 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     if fallback:
         warnings.warn(f"spprof: CPU-time timers are refused here ({fallback}); sampling wall-clock "
                       "time instead (see spprof.stats().fallback_reason)", RuntimeWarning, stacklevel=2)
+
+
+def hand_over_on_start(handover: Callable[[], None]) -> None:
+    """Have a ``start()`` made while the running profile is one a child process takes for its
+    parent call ``handover`` first (which stops it), instead of refusing to start."""
+    if _run is not None:
+        _run.handover = handover
 
 
 def clock_origin_ns() -> int:

@@ -169,6 +169,7 @@ def _begin(interval_ms: float, mode: str, memory_limit_mb: float, folder: str) -
         _note_problem(folder, str(exc))
         return
     _child = _Child(folder, _api.clock_origin_ns())
+    _api.hand_over_on_start(leave_profile)  # the program's own start() comes first
     import atexit
     import signal
 

@@ -166,6 +166,36 @@ def test_grandchildren_forked_by_a_profiled_child_are_in_the_profile(tmp_path):
     assert set(by_pid) == workers and all(w >= 0.1e9 for w in by_pid.values()), (dict(by_pid), workers)
 
 
+def test_a_child_that_profiles_itself_takes_over(tmp_path):
+    # The child's own start() would find profiling active (for the parent) and refuse: the
+    # parent's profile of it ends there instead, with what it sampled so far.
+    script = tmp_path / "own.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        import spprof
+
+        def before():
+            t = time.thread_time()
+            while time.thread_time() - t < 0.2:
+                pass
+
+        def mine():
+            t = time.thread_time()
+            while time.thread_time() - t < 0.2:
+                pass
+
+        before()
+        with spprof.Profiler(interval_ms=2) as p:
+            mine()
+        print(sum(s.weight_ns for s in p.profile.samples if s.frames[-1].function_name == "mine"))
+    """))
+    with spprof.Profiler(interval_ms=2, subprocesses=True) as p:
+        out = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True)
+    assert int(out.stdout) >= 0.1e9, out  # the child's own profile has its own work
+    functions = {f.function_name for s in p.profile.samples for f in s.frames}
+    assert "before" in functions and "mine" not in functions
+
+
 def test_a_killed_or_crashed_child_costs_only_its_own_samples():
     ctx = multiprocessing.get_context("fork" if "fork" in METHODS else "spawn")
     with warnings.catch_warnings():
