@@ -104,11 +104,16 @@ def test_pprof_files_carry_the_test_id(pytester):
     assert sorted(r["files"]["pprof"] for r in results.values()) == [str(p) for p in paths]
     if go is None:
         pytest.skip("needs Go's pprof (Debian's golang-go, which CI installs)")
+    sampled = 0
     for test_id, figures in results.items():
         traces = subprocess.run([go, "tool", "pprof", "-traces", figures["files"]["pprof"]], capture_output=True,
                                 text=True, check=True).stdout
-        assert traces.count(f"test_id:  {test_id}\n") == traces.count("thread_name:") > 0
-        assert "burn" in traces
+        samples = traces.count("thread_name:")
+        assert traces.count(f"test_id:  {test_id}\n") == samples  # every sample carries its test
+        assert samples == 0 or "burn" in traces
+        sampled += samples
+    # CI once had a 100 ms test without a sample, on a machine loaded by a second test suite.
+    assert sampled > 0
 
 
 def test_run_file_loads_back(pytester):
