@@ -5,8 +5,8 @@ The parent (:class:`Children`) makes a folder and tells its children through the
 ``_child_site``, whose ``sitecustomize`` calls :func:`child_started` in every Python child that
 inherits them (``subprocess``, multiprocessing's spawn and forkserver, and their children in
 turn). Children that multiprocessing forks start in :func:`_forked`, which multiprocessing runs in
-each of its children (``util.register_after_fork``, armed just before a fork of a process that
-has imported multiprocessing: a child that never forks does not import it, 30 ms).
+each of its children (``util.register_after_fork``, armed just before a fork by a process that
+has loaded multiprocessing, so that a child that never uses it does not pay its 30 ms import).
 
 Each child leaves its profile in the folder as it exits (``ProfileData.write_process``: written
 whole or not at all), and the parent's ``stop()`` merges what is there (:meth:`Children.merge`).
