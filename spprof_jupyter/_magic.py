@@ -6,7 +6,6 @@ import ast
 import asyncio
 import inspect
 import re
-import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -16,8 +15,9 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 import spprof
-from spprof import Frame, Profile, Sample
+from spprof import Profile
 from spprof._api import MAX_INTERVAL_MS, check_interval_ms
+from spprof._ext import require as _native
 from spprof._model import resolve_format
 from spprof._paths import check_writable
 
@@ -129,14 +129,14 @@ class _Run:
     # -- profiling ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.thread_id = threading.get_native_id()
         self.mem_cm = None
         if self.memprof is not None:
             self.mem_cm = self.memprof.MemoryProfiler(sampling_rate_kb=self.args.memory)
             self.mem_cm.__enter__()
         if self.cpu:
             try:
-                spprof.start(interval_ms=self.interval, mode="wall" if self.args.wall else "cpu")
+                spprof.start(interval_ms=self.interval, mode="wall" if self.args.wall else "cpu",
+                             subprocesses=self.args.subprocesses)
             except BaseException:
                 self._stop_memory()
                 raise
@@ -172,28 +172,14 @@ class _Run:
         return None if self.args.quiet else result
 
     def _trim(self, profile: Profile) -> Profile:
-        """The profile with the stacks of the cell's thread starting at the cell: the IPython and
-        kernel frames below it say nothing about the cell and crowd the flame graph."""
-        def is_cell(f: Frame) -> bool:
-            return f.filename == self.filename and f.function_name.endswith("<module>")
-
-        samples = []
-        changed = False
-        for s in profile.samples:
-            frames = s.frames
-            if s.thread_id == self.thread_id:
-                for i, f in enumerate(frames):
-                    if is_cell(f):
-                        if i:
-                            frames = frames[i:]
-                            changed = True
-                        break
-            samples.append(Sample(s.timestamp_ns, s.thread_id, s.thread_name, frames, s.weight_ns, s.on_cpu, s.pid)
-                           if frames is not s.frames else s)
-        if not changed:
-            return profile
-        return Profile(profile.start_time, profile.end_time, profile.interval_ms, samples, profile.dropped_count,
-                       profile.python_version, profile.platform, profile.mode)
+        """The profile with the stacks that run the cell starting at the cell: the IPython and
+        kernel frames below it say nothing about the cell and crowd the flame graph. Cut in the
+        native store, which keeps what it knows of the processes (``--subprocesses``)."""
+        native = _native()
+        data = profile._native()
+        cell = [i for i, (function, filename, _, _) in enumerate(native.frames_of(data))
+                if filename == self.filename and function.endswith("<module>")]
+        return profile._derived(native.starting_at(data, cell)) if cell else profile
 
     # -- running --------------------------------------------------------------------------------
 
@@ -255,6 +241,9 @@ class SpprofMagics(Magics):
                    f"allocated on average (default {DEFAULT_MEMORY_RATE_KB}); alone it profiles memory only, "
                    "with --cpu, --wall or -i also CPU")
     @argument("--cpu", action="store_true", help="with --memory: profile CPU time as well")
+    @argument("--subprocesses", action="store_true",
+              help="profile the Python processes the cell starts too (multiprocessing, concurrent.futures, "
+                   "subprocess): one profile, a root per process in its flame graph")
     @argument("-o", "--output", metavar="PATH",
               help="also save the profile to PATH; the format comes from the extension: .json "
                    "(speedscope), .collapsed/.folded/.txt, .svg (flame graph), .html")

@@ -81,6 +81,17 @@ def test_a_cell_with_threads_is_one_process(ip):
     assert not any(line.startswith("pid ") for line in r.profile.to_collapsed().splitlines())
 
 
+def test_a_cell_with_subprocesses_is_one_profile_of_its_processes(ip):
+    child = "import time\\nt = time.thread_time()\\nwhile time.thread_time() - t < 0.3:\\n    pass\\n"
+    r = ok(ip, f"%%spprof --subprocesses\nimport subprocess, sys\nsubprocess.run([sys.executable, '-c', '{child}'])\n"
+               "hot()\n")
+    pids = {s.pid for s in r.profile.samples}
+    assert os.getpid() in pids  # the cell's own work
+    (other,) = pids - {os.getpid()}
+    assert sum(s.weight_ns for s in r.profile.samples if s.pid == other) >= 0.15e9
+    assert f"python -c (pid {other});" in r.profile.to_collapsed()
+
+
 def test_stacks_start_at_the_cell(ip):
     r = ok(ip, "%%spprof\nhot()\n")
     assert r.raw_profile is not None
