@@ -53,24 +53,11 @@ impl ProfileData {
     }
 }
 
+/// A sample's frames as Python hands them to `from_samples`, root first.
+type FramesIn = Vec<(String, String, u32, bool)>;
 /// One sample as Python hands it to `from_samples`; the process id is optional (last).
-type SampleIn = (
-    i64,
-    u64,
-    String,
-    i64,
-    bool,
-    Vec<(String, String, u32, bool)>,
-);
-type ProcessSampleIn = (
-    i64,
-    u64,
-    String,
-    i64,
-    bool,
-    Vec<(String, String, u32, bool)>,
-    u32,
-);
+type SampleIn = (i64, u64, String, i64, bool, FramesIn);
+type ProcessSampleIn = (i64, u64, String, i64, bool, FramesIn, u32);
 
 #[pymethods]
 impl ProfileData {
