@@ -381,6 +381,40 @@ def test_threads_allocating():
     assert len({s.thread_id for s in snap.samples}) >= 3
 
 
+def test_code_dying_behind_an_unfinished_record_keeps_its_name():
+    # A thread preempted while it writes a record (a native malloc without the GIL) stops the
+    # drain that a code object's death makes, and records behind it may name that code. They
+    # must be resolved to its names, not read from its freed memory, which the same-sized code
+    # compiled next reuses (this crashed on 3.15 under load).
+    r = run_python("""
+        import gc, json
+        import spprof.memprof as mp
+        from spprof._native import _testing
+        source = (
+            "def {}():\\n"
+            "    out = []\\n"
+            "    for _ in range(2000):\\n"
+            "        out.append(bytearray(4096))\\n"
+            "    return out\\n")
+        mp.start(sampling_rate_kb=4)
+        assert _testing._hold_memprof_record(True)
+        ns = {}
+        exec(compile(source.format("doomed"), "generated.py", "exec"), ns)
+        kept = ns.pop("doomed")()
+        gc.collect()
+        ns = {}
+        exec(compile(source.format("reborn"), "generated.py", "exec"), ns)
+        _testing._hold_memprof_record(False)
+        sites = {d["function"]: d["estimated_bytes"] for d in mp.get_snapshot().top_allocators(5)}
+        print(json.dumps(sites))
+    """)
+    assert r.returncode == 0, r.stderr
+    sites = json.loads(r.stdout)
+    assert "reborn" not in sites
+    truth = 2000 * 4096
+    assert 0.85 * truth < sites.get("doomed", 0) < 1.15 * truth, sites
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
 def test_fork_child_starts_stopped_and_can_profile():

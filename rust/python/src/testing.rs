@@ -57,6 +57,13 @@ fn _safe_load(addr: usize) -> PyResult<Option<u64>> {
     Ok(safe_read::load(addr))
 }
 
+/// Test hook: hold one record of the memory profiler's ring open (see
+/// [`crate::memory::hold_ring_record`]).
+#[pyfunction]
+fn _hold_memprof_record(hold: bool) -> bool {
+    crate::memory::hold_ring_record(hold)
+}
+
 pub fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     let m = PyModule::new(py, "_testing")?;
     m.add_function(wrap_pyfunction!(walk_current_thread, &m)?)?;
@@ -65,6 +72,7 @@ pub fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     m.add_function(wrap_pyfunction!(_refuse_cpu_timers, &m)?)?;
     m.add_function(wrap_pyfunction!(_column_address, &m)?)?;
     m.add_function(wrap_pyfunction!(_safe_load, &m)?)?;
+    m.add_function(wrap_pyfunction!(_hold_memprof_record, &m)?)?;
     m.add(
         "_OFFSET_FIELDS",
         cpython::offsets::Offsets::FIELD_NAMES.to_vec(),

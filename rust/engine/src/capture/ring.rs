@@ -64,6 +64,16 @@ impl Ring {
         self.head.load(Ordering::Acquire) == self.tail.load(Ordering::Acquire)
     }
 
+    /// Words ever reserved: every record reserved so far has a position below this.
+    pub fn reserved_words(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Words ever consumed: every record below this position has been handed to the consumer.
+    pub fn consumed_words(&self) -> u64 {
+        self.tail.load(Ordering::Acquire)
+    }
+
     /// Reserve room for a record body of `body_words` words. `None` when the ring is full (the
     /// caller counts a dropped sample). Async-signal-safe.
     pub fn reserve(&self, body_words: usize) -> Option<Reservation<'_>> {
@@ -103,10 +113,10 @@ impl Ring {
         }
     }
 
-    /// Hand every committed record, in order, to `f` as its body words; stop at the first record
-    /// still being written. Returns the number of records consumed. Single consumer only: the
-    /// caller must serialize calls.
-    pub fn consume(&self, mut f: impl FnMut(&[u64])) -> usize {
+    /// Hand every committed record, in order, to `f` as its position (see [`Ring::reserved_words`])
+    /// and body words; stop at the first record still being written. Returns the number of
+    /// records consumed. Single consumer only: the caller must serialize calls.
+    pub fn consume(&self, mut f: impl FnMut(u64, &[u64])) -> usize {
         let mut n = 0;
         let mut tail = self.tail.load(Ordering::Relaxed);
         let head = self.head.load(Ordering::Acquire);
@@ -125,7 +135,7 @@ impl Ring {
                         .iter()
                         .map(|w| w.load(Ordering::Relaxed)),
                 );
-                f(&body);
+                f(tail, &body);
                 n += 1;
             }
             for w in &self.words[pos..pos + len] {
@@ -192,7 +202,7 @@ mod tests {
             r.commit();
         }
         let mut seen = vec![];
-        ring.consume(|body| seen.push(body.to_vec()));
+        ring.consume(|_, body| seen.push(body.to_vec()));
         assert_eq!(seen.len(), 10);
         for (i, body) in seen.iter().enumerate() {
             assert_eq!(body.len(), i % 5 + 1);
@@ -213,14 +223,14 @@ mod tests {
             accepted += 1;
         }
         assert!((15..=16).contains(&accepted), "{accepted}");
-        assert_eq!(ring.consume(|_| {}), accepted);
+        assert_eq!(ring.consume(|_, _| {}), accepted);
         // Wrapping needs padding records; many laps must keep working.
         for lap in 0..1000u64 {
             let mut r = ring.reserve(37).expect("space after consume");
             r.write(0, lap);
             r.commit();
             let mut got = None;
-            ring.consume(|b| got = Some(b[0]));
+            ring.consume(|_, b| got = Some(b[0]));
             assert_eq!(got, Some(lap));
         }
     }
@@ -230,9 +240,14 @@ mod tests {
         let ring = Ring::new(4096);
         let first = ring.reserve(2).unwrap();
         ring.reserve(2).unwrap().commit();
-        assert_eq!(ring.consume(|_| {}), 0);
+        assert_eq!(ring.consume(|_, _| {}), 0);
+        // What the consumer knows: both records were reserved, neither was handed over.
+        assert_eq!((ring.consumed_words(), ring.reserved_words()), (0, 6));
         first.commit();
-        assert_eq!(ring.consume(|_| {}), 2);
+        let mut positions = vec![];
+        assert_eq!(ring.consume(|at, _| positions.push(at)), 2);
+        assert_eq!(positions, [0, 3]);
+        assert_eq!(ring.consumed_words(), 6);
     }
 
     #[test]
@@ -270,10 +285,10 @@ mod tests {
             }
         };
         while producers.iter().any(|h| !h.is_finished()) {
-            received += ring.consume(|b| check(b, &mut last)) as u64;
+            received += ring.consume(|_, b| check(b, &mut last)) as u64;
         }
         let granted: u64 = producers.into_iter().map(|h| h.join().unwrap()).sum();
-        received += ring.consume(|b| check(b, &mut last)) as u64;
+        received += ring.consume(|_, b| check(b, &mut last)) as u64;
         assert_eq!(granted, received);
     }
 }

@@ -104,12 +104,12 @@ impl Session {
             &mut self.scratch,
             self.start_ns,
         );
-        shared.ring.consume(|body| {
+        shared.ring.consume(|at, body| {
             let Some(raw) = RawSample::parse(body) else {
                 store.add_dropped(1);
                 return;
             };
-            let Some(stack) = resolve_stack(py, &raw, store, resolver, scratch) else {
+            let Some(stack) = resolve_stack(py, &raw, at, store, resolver, scratch) else {
                 return store.add_dropped(1);
             };
             let ts = raw.timestamp_ns.saturating_sub(start) as i64;
@@ -121,10 +121,18 @@ impl Session {
                 raw.flags & FLAG_ON_CPU != 0,
             );
         });
+        resolver.consumed_to(shared.ring.consumed_words());
     }
 
-    pub fn forget_code(&mut self, code: usize) {
-        self.resolver.forget(code);
+    /// The code object at `code` is about to be freed: drain, and retire it (see
+    /// [`crate::resolve::resolver`]) for the records the drain could not reach yet.
+    pub fn retire_code(&mut self, py: Python<'_>, code: usize) {
+        if !self.shared().ring.is_empty() {
+            self.drain(py);
+        }
+        let ring = &self.shared().ring;
+        let (consumed, reserved) = (ring.consumed_words(), ring.reserved_words());
+        self.resolver.retire(py, code, consumed, reserved);
     }
 
     pub fn set_resolver_thread(&mut self, thread: ResolverThread) {
@@ -168,7 +176,7 @@ pub struct Finished {
 }
 
 /// Called (GIL held) when the code object at `code` is about to be freed (a
-/// [`crate::cpython::code_watch`] consumer): drain the ring and forget `code`.
+/// [`crate::cpython::code_watch`] consumer).
 pub fn on_code_destroyed(py: Python<'_>, code: usize) {
     if !ACTIVE.load(Ordering::Acquire) {
         return;
@@ -176,10 +184,7 @@ pub fn on_code_destroyed(py: Python<'_>, code: usize) {
     // try_lock: the only holder with the GIL could be this thread itself (re-entry).
     if let Ok(mut guard) = SESSION.try_lock() {
         if let Some(s) = guard.as_mut() {
-            if !s.shared().ring.is_empty() {
-                s.drain(py);
-            }
-            s.forget_code(code);
+            s.retire_code(py, code);
         }
     }
 }

@@ -51,3 +51,27 @@ const RING_BYTES: usize = 4 << 20;
 /// half a million live samples, 32 GiB of live heap at 64 KiB sampling.
 const HEAP_MAP_SLOTS: usize = 1 << 20;
 const RAW: usize = 0;
+
+/// Test hook: reserve one record of the ring and leave it unwritten (`hold`), as a thread
+/// preempted mid-record does, or commit it (`!hold`); drains stop at it meanwhile. The record
+/// is too short to parse, so the drain that reaches it skips it. False if memory profiling
+/// never started.
+pub fn hold_ring_record(hold: bool) -> bool {
+    use spprof_engine::capture::ring::Reservation;
+    static HELD: std::sync::Mutex<Option<Reservation<'static>>> = std::sync::Mutex::new(None);
+    let Some(sh) = state::hook_state() else {
+        return false;
+    };
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    if hold {
+        if held.is_none() {
+            *held = sh.ring.reserve(0);
+        }
+        held.is_some()
+    } else {
+        if let Some(record) = held.take() {
+            record.commit();
+        }
+        true
+    }
+}

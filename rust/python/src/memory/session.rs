@@ -96,7 +96,7 @@ impl MemSession {
         );
         let (live_bytes, peak_bytes) = (&mut self.live_bytes, &mut self.peak_bytes);
         let (mut total, mut freed, mut untracked) = (0, 0, 0);
-        let n = sh.ring.consume(|body| {
+        let n = sh.ring.consume(|at, body| {
             let Some(raw) = RawSample::parse(body) else {
                 return;
             };
@@ -122,7 +122,7 @@ impl MemSession {
                     .intern_frame(name, "<spprof>", 0, false)
                     .and_then(|f| store.intern_stack([f]))
             } else {
-                resolve_stack(py, &raw, store, resolver, scratch)
+                resolve_stack(py, &raw, at, store, resolver, scratch)
             };
             total += 1;
             let stack = stack.unwrap_or(EMPTY_STACK);
@@ -144,6 +144,7 @@ impl MemSession {
                 .saturating_add(raw.weight);
             *peak_bytes = (*peak_bytes).max(*live_bytes);
         });
+        resolver.consumed_to(sh.ring.consumed_words());
         self.total_samples += total;
         self.freed_samples += freed;
         self.untracked_frees += untracked;
@@ -193,7 +194,9 @@ pub fn on_code_destroyed(py: Python<'_>, code: usize) {
     if let Ok(mut guard) = MEM_SESSION.try_lock() {
         if let Some(s) = guard.as_mut() {
             // A record still being written by a thread without the GIL blocks the ones behind
-            // it; it is a few stores from being committed, so wait for it a little.
+            // it; it is a few stores from being committed, so wait for it a little (the
+            // records behind it then get the code's exact lines). If its thread was preempted,
+            // the code is retired instead: sound either way.
             let mut spins = 0;
             while !sh.ring.is_empty() && spins < 10_000 {
                 if s.drain(py, sh) == 0 {
@@ -201,7 +204,8 @@ pub fn on_code_destroyed(py: Python<'_>, code: usize) {
                     std::hint::spin_loop();
                 }
             }
-            s.resolver.forget(code);
+            let (consumed, reserved) = (sh.ring.consumed_words(), sh.ring.reserved_words());
+            s.resolver.retire(py, code, consumed, reserved);
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Turns the code pointers of raw samples into frames (qualified name, file, executing line),
 //! with the GIL held, off the signal path.
 //!
-//! Soundness rests on one invariant: every code pointer in the ring belongs to a live code
-//! object. It holds because a code object was on a thread's stack (hence alive) when it was
-//! sampled, and because [`crate::cpython::code_watch`] drains the ring before any code object is freed.
-//! The cache entry of a freed code object is forgotten, so a new code object that reuses the
-//! address is resolved afresh and never mislabelled.
+//! Soundness rests on one invariant: a code pointer is read only while its code object lives.
+//! A code object was on a thread's stack (hence alive) when it was sampled, and
+//! [`crate::cpython::code_watch`] tells the consumers before any code object is freed. They
+//! drain the ring then, but a drain stops at a record still being written (by a thread without
+//! the GIL, which may be preempted for milliseconds), and records behind it may name the dying
+//! code. So the code is *retired* ([`Resolver::retire`]): its names are read while it lives,
+//! and records reserved before its death are resolved from them, never from the pointer. A new
+//! code object that reuses the address is resolved afresh and never mislabelled.
 
 use crate::cpython::eval_loop::NativeRole;
 use pyo3::ffi;
@@ -30,8 +33,18 @@ struct Names {
     first_line: Py<PyString>,
 }
 
+/// A freed code object's names, for the records reserved before it died.
+struct Retired {
+    code: usize,
+    /// Ring position (see `Ring::reserved_words`) when it died: it names records below it.
+    until: u64,
+    info: CodeInfo,
+}
+
 pub struct Resolver {
     codes: HashMap<usize, CodeInfo>,
+    /// Empty unless a code object died while records naming it waited behind an unfinished one.
+    retired: Vec<Retired>,
     names: Names,
     /// Native code address → its frame, and what it is to the interpreter.
     natives: HashMap<u64, (FrameId, NativeRole)>,
@@ -50,6 +63,7 @@ impl Resolver {
         Resolver {
             natives: HashMap::new(),
             codes: HashMap::new(),
+            retired: Vec::new(),
             names: Names {
                 function: PyString::new(py, function).unbind(),
                 file: PyString::new(py, "co_filename").unbind(),
@@ -70,34 +84,30 @@ impl Resolver {
         Some((id, role))
     }
 
-    /// The frame of `code` executing at byte `offset`; `None` when the store's budget is spent.
+    /// The frame of `code` executing at byte `offset`, in the record at ring position `at`;
+    /// `None` when the store's budget is spent.
     pub fn frame(
         &mut self,
         py: Python<'_>,
         store: &mut Store,
         code: usize,
         offset: i64,
+        at: u64,
     ) -> Option<FrameId> {
         if code == 0 {
             return store.intern_frame("<unknown>", "<unknown>", 0, false);
         }
-        let names = &self.names;
-        let info = self.codes.entry(code).or_insert_with(|| {
-            // SAFETY: code is a live code object (module invariant); Borrowed takes no reference,
-            // which matters when the object is being deallocated right now.
-            let obj = unsafe { Borrowed::from_ptr(py, code as *mut ffi::PyObject) };
-            let first_line = obj
-                .getattr(names.first_line.bind(py))
-                .ok()
-                .and_then(|v| v.extract::<u32>().ok())
-                .unwrap_or(0);
-            CodeInfo {
-                function: attr_string(&obj, names.function.bind(py)),
-                file: attr_string(&obj, names.file.bind(py)),
-                first_line,
-                frames: HashMap::new(),
+        if let Some(dead) = self.retired_at(code, at) {
+            // The object is gone: only lines already seen are known, else its first line.
+            if let Some(&id) = dead.frames.get(&offset) {
+                return Some(id);
             }
-        });
+            return store.intern_frame(&dead.function, &dead.file, dead.first_line, false);
+        }
+        let info = self
+            .codes
+            .entry(code)
+            .or_insert_with(|| CodeInfo::read(py, &self.names, code));
         if let Some(&id) = info.frames.get(&offset) {
             return Some(id);
         }
@@ -118,8 +128,55 @@ impl Resolver {
         Some(id)
     }
 
-    /// The code object at `code` is being freed: its address may be reused.
-    pub fn forget(&mut self, code: usize) {
-        self.codes.remove(&code);
+    /// The names `code` had when the record at `at` was made, if it has died since.
+    fn retired_at(&self, code: usize, at: u64) -> Option<&CodeInfo> {
+        // The earliest death after `at`: the address may have been reused and freed again.
+        self.retired
+            .iter()
+            .filter(|r| r.code == code && at < r.until)
+            .min_by_key(|r| r.until)
+            .map(|r| &r.info)
+    }
+
+    /// The code object at `code` is about to be freed (GIL held, the object still intact);
+    /// `consumed` and `reserved` are its ring's positions after the last drain. Records
+    /// reserved but not consumed may name it: its names are kept for them.
+    pub fn retire(&mut self, py: Python<'_>, code: usize, consumed: u64, reserved: u64) {
+        let info = self.codes.remove(&code);
+        if consumed < reserved {
+            let info = info.unwrap_or_else(|| CodeInfo::read(py, &self.names, code));
+            self.retired.push(Retired {
+                code,
+                until: reserved,
+                info,
+            });
+        }
+    }
+
+    /// The ring was consumed up to `consumed`: retired names no record below it needs are let go.
+    pub fn consumed_to(&mut self, consumed: u64) {
+        if !self.retired.is_empty() {
+            self.retired.retain(|r| r.until > consumed);
+        }
+    }
+}
+
+impl CodeInfo {
+    /// Read the names of the live code object at `code`.
+    fn read(py: Python<'_>, names: &Names, code: usize) -> CodeInfo {
+        // SAFETY: code is a live code object (module invariant); Borrowed takes no reference,
+        // which matters when the object is being deallocated right now.
+        let obj = unsafe { Borrowed::from_ptr(py, code as *mut ffi::PyObject) };
+        let first_line = obj
+            .getattr(names.first_line.bind(py))
+            .ok()
+            .and_then(|v| v.extract::<u32>().ok())
+            .unwrap_or(0);
+        CodeInfo {
+            function: attr_string(&obj, names.function.bind(py)),
+            file: attr_string(&obj, names.file.bind(py)),
+            first_line,
+            frames: HashMap::new(),
+        }
     }
 }

@@ -7,13 +7,14 @@ use pyo3::prelude::*;
 use spprof_engine::capture::raw::{RawSample, FLAG_TRUNCATED};
 use spprof_engine::store::Store;
 
-/// Resolve the frames of a raw record (CPU or memory) into an interned stack, root first;
-/// `None` when the store's budget is spent. GIL held; every code pointer in `raw` is alive
-/// (resolve-before-free, see [`crate::cpython::code_watch`]). Native frames are merged with the Python
+/// Resolve the frames of a raw record (CPU or memory), consumed at ring position `at`, into an
+/// interned stack, root first; `None` when the store's budget is spent. GIL held; a code
+/// pointer in `raw` is alive or retired (see [`super::resolver`]). Native frames are merged with the Python
 /// frames as [`super::merge`] says.
 pub fn resolve_stack(
     py: Python<'_>,
     raw: &RawSample<'_>,
+    at: u64,
     store: &mut Store,
     resolver: &mut Resolver,
     scratch: &mut Vec<u32>,
@@ -27,7 +28,7 @@ pub fn resolve_stack(
         .frames_leaf_first()
         .map(|(code, offset, entry)| {
             Some((
-                resolver.frame(py, store, code as usize, offset as i64)?,
+                resolver.frame(py, store, code as usize, offset as i64, at)?,
                 entry,
             ))
         })
