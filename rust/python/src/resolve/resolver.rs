@@ -35,7 +35,6 @@ struct Names {
 
 /// A freed code object's names, for the records reserved before it died.
 struct Retired {
-    code: usize,
     /// Ring position (see `Ring::reserved_words`) when it died: it names records below it.
     until: u64,
     info: CodeInfo,
@@ -43,8 +42,9 @@ struct Retired {
 
 pub struct Resolver {
     codes: HashMap<usize, CodeInfo>,
-    /// Empty unless a code object died while records naming it waited behind an unfinished one.
-    retired: Vec<Retired>,
+    /// By address, the code objects that died while records that may name them were still in
+    /// the ring (an address can be reused and die again).
+    retired: HashMap<usize, Vec<Retired>>,
     names: Names,
     /// Native code address → its frame, and what it is to the interpreter.
     natives: HashMap<u64, (FrameId, NativeRole)>,
@@ -63,7 +63,7 @@ impl Resolver {
         Resolver {
             natives: HashMap::new(),
             codes: HashMap::new(),
-            retired: Vec::new(),
+            retired: HashMap::new(),
             names: Names {
                 function: PyString::new(py, function).unbind(),
                 file: PyString::new(py, "co_filename").unbind(),
@@ -132,8 +132,9 @@ impl Resolver {
     fn retired_at(&self, code: usize, at: u64) -> Option<&CodeInfo> {
         // The earliest death after `at`: the address may have been reused and freed again.
         self.retired
+            .get(&code)?
             .iter()
-            .filter(|r| r.code == code && at < r.until)
+            .filter(|r| at < r.until)
             .min_by_key(|r| r.until)
             .map(|r| &r.info)
     }
@@ -145,8 +146,7 @@ impl Resolver {
         let info = self.codes.remove(&code);
         if consumed < reserved {
             let info = info.unwrap_or_else(|| CodeInfo::read(py, &self.names, code));
-            self.retired.push(Retired {
-                code,
+            self.retired.entry(code).or_default().push(Retired {
                 until: reserved,
                 info,
             });
@@ -155,9 +155,10 @@ impl Resolver {
 
     /// The ring was consumed up to `consumed`: retired names no record below it needs are let go.
     pub fn consumed_to(&mut self, consumed: u64) {
-        if !self.retired.is_empty() {
-            self.retired.retain(|r| r.until > consumed);
-        }
+        self.retired.retain(|_, deaths| {
+            deaths.retain(|r| r.until > consumed);
+            !deaths.is_empty()
+        });
     }
 }
 
