@@ -137,3 +137,36 @@ def test_code_objects_freed_during_profiling_are_never_mislabelled():
                 assert f.function_name in (f"f_{k}", "<module>"), (f, k)
     assert generated > 50
     assert i > 100
+
+
+def test_code_dying_behind_an_unfinished_record_keeps_its_name():
+    # A sampled thread preempted in the middle of writing its record stops the drain that a
+    # code object's death makes; the samples behind it must still name the dead code, not
+    # the same-sized code compiled next at its address.
+    import gc
+
+    from spprof._native import _testing
+
+    source = ("def {}():\n"
+              "    deadline = time.thread_time_ns() + 150_000_000\n"
+              "    while time.thread_time_ns() < deadline:\n"
+              "        pass\n")
+    spprof.start(interval_ms=1)
+    try:
+        assert _testing._hold_cpu_record(True)
+        ns = {"time": time}
+        exec(compile(source.format("doomed"), "generated.py", "exec"), ns)
+        t0 = time.thread_time_ns()
+        ns.pop("doomed")()
+        truth = time.thread_time_ns() - t0
+        gc.collect()
+        ns = {"time": time}
+        exec(compile(source.format("reborn"), "generated.py", "exec"), ns)
+    finally:
+        _testing._hold_cpu_record(False)
+    profile = spprof.stop()
+    leaves = [s.frames[-1].function_name for s in profile.samples if s.frames]
+    assert "reborn" not in leaves
+    # Each sample weighs the CPU time since the thread's previous one: within a tick or two.
+    doomed = sum(s.weight_ns for s in profile.samples if s.frames and s.frames[-1].function_name == "doomed")
+    assert 0.8 * truth < doomed < 1.2 * truth, (doomed, truth)

@@ -64,6 +64,13 @@ fn _hold_memprof_record(hold: bool) -> bool {
     crate::memory::hold_ring_record(hold)
 }
 
+/// Test hook: hold one record of the CPU sampler's ring open (see
+/// [`crate::signal::handler::hold_record`]).
+#[pyfunction]
+fn _hold_cpu_record(hold: bool) -> bool {
+    crate::signal::handler::hold_record(hold)
+}
+
 pub fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     let m = PyModule::new(py, "_testing")?;
     m.add_function(wrap_pyfunction!(walk_current_thread, &m)?)?;
@@ -73,6 +80,7 @@ pub fn module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     m.add_function(wrap_pyfunction!(_column_address, &m)?)?;
     m.add_function(wrap_pyfunction!(_safe_load, &m)?)?;
     m.add_function(wrap_pyfunction!(_hold_memprof_record, &m)?)?;
+    m.add_function(wrap_pyfunction!(_hold_cpu_record, &m)?)?;
     m.add(
         "_OFFSET_FIELDS",
         cpython::offsets::Offsets::FIELD_NAMES.to_vec(),

@@ -57,6 +57,36 @@ pub fn wait_for_handlers() {
     }
 }
 
+/// Test hook: do what a handler preempted mid-record does: keep one record of the ring
+/// reserved and unwritten, counted in flight (so the state outlives it), until `hold(false)`
+/// commits it. Drains stop at it meanwhile, and `stop()` waits for it. False if no profile runs.
+pub fn hold_record(hold: bool) -> bool {
+    use spprof_engine::capture::ring::Reservation;
+    static HELD: std::sync::Mutex<Option<Reservation<'static>>> = std::sync::Mutex::new(None);
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    if !hold {
+        if let Some(record) = held.take() {
+            record.commit();
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        }
+        return true;
+    }
+    if held.is_some() {
+        return true;
+    }
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let p = SHARED.load(Ordering::SeqCst);
+    // SAFETY: counted in flight, the published state is not freed until the count drops, which
+    // happens only after the reservation is committed above.
+    *held = (!p.is_null())
+        .then(|| unsafe { &*p }.ring.reserve(0))
+        .flatten();
+    if held.is_none() {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+    held.is_some()
+}
+
 /// In a forked child: drop the shared state at once (no other thread exists to be using it).
 pub fn forget_after_fork() {
     IN_FLIGHT.store(0, Ordering::SeqCst);
