@@ -133,7 +133,8 @@ def _without_launcher(data: Any, script: str) -> Any:
     """This process's samples (``ProfileData``) with each stack starting at the program: the
     frames of ``python -m spprof`` or the ``spprof`` command (``script``), of spprof's own code
     (with the imports it makes) and of runpy are cut from the root of the stacks, in the native
-    store; samples not taken in the program are left out."""
+    store; samples of the launcher that are not in the program (start(), stop()) are left out.
+    The stacks of the threads the program started do not start in the launcher: they stay."""
     here = os.path.realpath(os.path.dirname(__file__))
     ours = {os.path.realpath(runpy.__file__), os.path.realpath(script)}
 

@@ -123,6 +123,31 @@ def test_stacks_start_at_the_program_and_a_double_dash_is_accepted(tmp_path):
     assert roots == {f"<module> ({EXAMPLES / 'hotspots.py'}"}, roots  # no runpy or CLI frame
 
 
+def test_the_threads_the_program_starts_are_profiled(tmp_path):
+    # Their stacks start in threading, not in the launcher: they were left out.
+    script = tmp_path / "threads.py"
+    script.write_text(textwrap.dedent("""
+        import threading, time
+
+        def burn(seconds):
+            deadline = time.thread_time() + seconds
+            while time.thread_time() < deadline:
+                pass
+
+        helper = threading.Thread(target=burn, args=(0.3,), name="helper")
+        helper.start()
+        burn(0.2)
+        helper.join()
+    """))
+    out = tmp_path / "threads.json"
+    r = run("-o", str(out), str(script))
+    assert r.returncode == 0, r.stderr
+    totals = {p["name"].split(" (")[0]: p["endValue"] for p in json.loads(out.read_text())["profiles"]}
+    # CPU time: each thread within a sampling interval or two of what it burnt.
+    assert abs(totals["helper"] - 0.3e9) < 0.05e9, totals
+    assert abs(totals["MainThread"] - 0.2e9) < 0.05e9, totals
+
+
 def test_samples_taken_in_start_and_stop_are_left_out_and_the_command_script_is_cut():
     # A sample in stop() can end in the standard library (contextlib, under _ctrl_c_after):
     # with the launcher cut, it would become a root of its own beside the program's. The

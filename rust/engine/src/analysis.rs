@@ -222,8 +222,9 @@ pub fn select(store: &Store, keep: impl FnMut(usize) -> bool) -> Store {
 }
 
 /// The samples taken in the program a launcher ran: the frames of `launcher` are cut from the
-/// root of each stack, and a sample is kept only if the last frame cut is one of `entry` (where
-/// the launcher calls the program) and a frame is left.
+/// root of each stack, and a sample whose stack starts in the launcher is kept only if the last
+/// frame cut is one of `entry` (where the launcher calls the program) and a frame is left.
+/// Stacks that do not start in the launcher (the threads the program started) stay whole.
 pub fn below_launcher(
     store: &Store,
     launcher: &HashSet<FrameId>,
@@ -235,8 +236,10 @@ pub fn below_launcher(
         |stack| {
             let frames = store.stack_frames(stack);
             let cut = frames.iter().take_while(|f| launcher.contains(f)).count();
-            let entered = cut > 0 && entry.contains(&frames[cut - 1]);
-            (entered && cut < frames.len()).then(|| frames[cut..].to_vec())
+            if cut == 0 {
+                return (!frames.is_empty()).then_some(frames);
+            }
+            (entry.contains(&frames[cut - 1]) && cut < frames.len()).then(|| frames[cut..].to_vec())
         },
     )
 }
@@ -439,22 +442,27 @@ mod tests {
 
     #[test]
     fn launcher_frames_are_cut_and_samples_not_entering_the_program_go() {
-        let s = sample_store();
-        let main = s
-            .frames()
-            .iter()
-            .position(|f| s.string(f.function) == "main")
-            .unwrap() as FrameId;
-        let main = HashSet::from([main]);
-        assert_eq!(below_launcher(&s, &main, &HashSet::new()).len(), 0);
+        let mut s = sample_store();
+        let find = |s: &Store, name: &str| {
+            s.frames()
+                .iter()
+                .position(|f| s.string(f.function) == name)
+                .unwrap() as FrameId
+        };
+        // A thread the program started: its stack does not start in the launcher.
+        let thread = s.add_thread(9, "helper");
+        let leaf = s.intern_stack([find(&s, "leaf")]).unwrap();
+        s.add_sample(100, 3, thread, leaf, true);
+        let main = HashSet::from([find(&s, "main")]);
+        assert_eq!(below_launcher(&s, &main, &HashSet::new()).len(), 1);
         let cut = below_launcher(&s, &main, &main);
         // main alone and the empty stack are gone; the other stacks start below main.
-        assert_eq!(cut.len(), 4);
+        assert_eq!(cut.len(), 5);
         let roots: HashSet<&str> = (0..cut.len())
             .map(|i| cut.string(cut.frames()[cut.stack_frames(cut.stacks[i])[0] as usize].function))
             .collect();
-        assert_eq!(roots, HashSet::from(["work", "rec"]));
-        assert_eq!(total_weight(&cut), 10 + 20 + 10 + 7);
+        assert_eq!(roots, HashSet::from(["work", "rec", "leaf"]));
+        assert_eq!(total_weight(&cut), 10 + 20 + 10 + 7 + 3);
     }
 
     #[test]
