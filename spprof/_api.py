@@ -32,11 +32,13 @@ class _Run:
     """What stop() needs of the start() call."""
 
     def __init__(self, start_time: datetime, interval_ms: float, output_path: Optional[PathLike],
-                 children: Any = None, origin_ns: int = 0) -> None:
+                 children: Any = None, origin_ns: int = 0, tasks: Any = None) -> None:
         self.start_time, self.interval_ms, self.output_path = start_time, interval_ms, output_path
         # With subprocesses=True: the children's folder (a _subprocesses.Children), and where
-        # this process's clock started, to put the children's samples on it.
+        # this process's clock started, to put the children's samples (and the tasks') on it.
         self.children, self.origin_ns = children, origin_ns
+        # With async_aware=True: the asyncio tasks' steps and waits (a _tasks.Tracker).
+        self.tasks = tasks
         # In a child profiled for its parent: what gives the parent its samples, so that the
         # child's own start() can take over (set by hand_over_on_start).
         self.handover: Optional[Callable[[], None]] = None
@@ -155,9 +157,17 @@ def _check_subprocesses(subprocesses: Any) -> None:
         raise TypeError(f"subprocesses must be True or False, not {type(subprocesses).__name__}")
 
 
+def _check_async_aware(async_aware: Any, mode: str) -> None:
+    if not isinstance(async_aware, bool):
+        raise TypeError(f"async_aware must be True or False, not {type(async_aware).__name__}")
+    if async_aware and mode != "wall":
+        raise ValueError("async_aware=True needs mode='wall': a task that waits uses no CPU time, "
+                         "so only wall-clock samples can show it")
+
+
 def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
           memory_limit_mb: float = 100, *, mode: str = "cpu",
-          signum: Optional[int] = None, subprocesses: bool = False) -> None:
+          signum: Optional[int] = None, subprocesses: bool = False, async_aware: bool = False) -> None:
     """Start profiling every Python thread.
 
     ``mode="cpu"`` (default) samples each thread's CPU time; ``mode="wall"`` samples every thread
@@ -166,6 +176,9 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     own SIGPROF handler. ``subprocesses=True`` profiles the Python processes this one starts
     (multiprocessing, concurrent.futures, subprocess) too: ``stop()`` merges their profiles
     into this one (a ``pid`` per sample, the processes as the flame graph's roots).
+    ``async_aware=True`` (wall mode) gives the asyncio tasks their own samples: a task that runs
+    gets the ticks of its event loop's thread, and a task that waits gets a sample per tick with
+    the chain of coroutines it awaits (``Sample.task``, a ``task`` column).
 
     Raises ``RuntimeError`` if profiling is already active, ``ValueError`` if ``interval_ms < 1``.
     """
@@ -175,6 +188,7 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
     _check_output_path(output_path)
     _check_mode_and_signal(mode, signum)
     _check_subprocesses(subprocesses)
+    _check_async_aware(async_aware, mode)
     native = _ext.require()
     run = _run
     if run is not None and run.handover is not None:
@@ -196,8 +210,14 @@ def start(interval_ms: float = 10, output_path: Optional[PathLike] = None,
             except BaseException:
                 native.stop()
                 raise
+        tasks = None
+        if async_aware:
+            from ._tasks import Tracker
+
+            tasks = Tracker(native.samples_taken)
+            tasks.install()
         _run = _Run(datetime.now().astimezone(), interval_ms, output_path, children,
-                    clock_origin_ns() if subprocesses else 0)
+                    clock_origin_ns() if subprocesses or async_aware else 0, tasks)
     if fallback:
         warnings.warn(f"spprof: CPU-time timers are refused here ({fallback}); sampling wall-clock "
                       "time instead (see spprof.stats().fallback_reason)", RuntimeWarning, stacklevel=2)
@@ -234,8 +254,13 @@ def _take_samples() -> Tuple[Any, _Run]:
     native = _ext.require()
     if not native.is_active():
         raise RuntimeError("Profiler not running: profiling is not active; call spprof.start() first")
+    run = _run
+    if run is not None and run.tasks is not None:
+        run.tasks.close()  # while the sample count still runs: it closes the waits it saw
     data = native.stop()
-    run, _run = _run, None
+    _run = None
+    if run is not None and run.tasks is not None:
+        data = run.tasks.apply(data, run.origin_ns)
     return data, run
 
 
@@ -350,24 +375,27 @@ class Profiler:
 
     def __init__(self, interval_ms: float = 10, output_path: Optional[PathLike] = None,
                  memory_limit_mb: float = 100, *, mode: str = "cpu",
-                 signum: Optional[int] = None, subprocesses: bool = False) -> None:
+                 signum: Optional[int] = None, subprocesses: bool = False,
+                 async_aware: bool = False) -> None:
         # Validate now, so a bad argument fails where it was written.
         check_interval_ms(interval_ms)
         _check_number("memory_limit_mb", memory_limit_mb, 0.25, MAX_MEMORY_LIMIT_MB, "MB")
         _check_output_path(output_path)
         _check_mode_and_signal(mode, signum)
         _check_subprocesses(subprocesses)
+        _check_async_aware(async_aware, mode)
         self.interval_ms = interval_ms
         self.output_path = output_path
         self.memory_limit_mb = memory_limit_mb
         self.mode = mode
         self.signum = signum
         self.subprocesses = subprocesses
+        self.async_aware = async_aware
         self.profile: Optional[Profile] = None
 
     def __enter__(self) -> Profiler:
         start(self.interval_ms, self.output_path, self.memory_limit_mb, mode=self.mode,
-              signum=self.signum, subprocesses=self.subprocesses)
+              signum=self.signum, subprocesses=self.subprocesses, async_aware=self.async_aware)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -377,14 +405,14 @@ class Profiler:
 def profile(func: Optional[F] = None, *, interval_ms: float = 10,
             output_path: Optional[PathLike] = None, memory_limit_mb: float = 100,
             mode: str = "cpu", signum: Optional[int] = None,
-            subprocesses: bool = False) -> Union[F, Callable[[F], F]]:
+            subprocesses: bool = False, async_aware: bool = False) -> Union[F, Callable[[F], F]]:
     """Decorator: profile every call of the function (``@spprof.profile`` or
     ``@spprof.profile(interval_ms=..., output_path=...)``). The latest call's profile is the
     wrapper's ``last_profile``. Inside an already running profile, calls just run (the outer
     profile sees them)."""
     options = dict(interval_ms=interval_ms, output_path=output_path,
                    memory_limit_mb=memory_limit_mb, mode=mode, signum=signum,
-                   subprocesses=subprocesses)
+                   subprocesses=subprocesses, async_aware=async_aware)
     Profiler(**options)  # type: ignore[arg-type]  # validate arguments at decoration time
 
     def decorate(fn: F) -> F:

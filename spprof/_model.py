@@ -70,6 +70,9 @@ class Sample:
     #: The process the thread ran in (profiles taken with ``subprocesses=True`` hold several);
     #: 0 when unknown.
     pid: int = 0
+    #: The asyncio task the sample is of (profiles taken with ``async_aware=True``), by name;
+    #: None for a thread's own samples.
+    task: Optional[str] = None
 
 
 class SampleSequence(SequenceABC):
@@ -83,7 +86,7 @@ class SampleSequence(SequenceABC):
         self._data = data
         self._frames: Optional[List[Frame]] = None
         self._stacks: Dict[int, Tuple[Frame, ...]] = {}
-        self._threads: Optional[List[Tuple[int, str]]] = None
+        self._threads: Optional[List[Tuple[int, str, int, Optional[str]]]] = None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -101,7 +104,8 @@ class SampleSequence(SequenceABC):
         if self._threads is None:
             self._threads = self._data.threads()
         threads = self._threads
-        return [Sample(ts, threads[t][0], threads[t][1], self._stack(sid), weight, on_cpu, threads[t][2])
+        return [Sample(ts, threads[t][0], threads[t][1], self._stack(sid), weight, on_cpu, threads[t][2],
+                       threads[t][3])
                 for ts, t, weight, sid, on_cpu in self._data.sample_rows(start, stop)]
 
     if TYPE_CHECKING:
@@ -219,7 +223,7 @@ class Profile:
             return self._data
         return _ext.require().ProfileData.from_samples(
             (s.timestamp_ns, s.thread_id, s.thread_name or f"Thread-{s.thread_id}", s.weight_ns, s.on_cpu,
-             [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames], s.pid)
+             [(f.function_name, f.filename, f.lineno, f.is_native) for f in s.frames], s.pid, s.task)
             for s in self.samples
         )
 

@@ -19,9 +19,11 @@ def hottest(profile: Profile, n: int = 10) -> List[Tuple[Key, int, int]]:
 
 def render(profile: Profile, n: int = 10) -> str:
     total = profile.total_weight_ns
-    processes = len({row[-1] for row in profile.threads().rows()})  # the pid column
+    threads = profile.threads()
+    pid = threads.column_names.index("pid")
+    processes = len({row[pid] for row in threads.rows()})
     lines = [
-        f"spprof: {len(profile.samples)} samples, {total / 1e9:.3f} s CPU "
+        f"spprof: {len(profile.samples)} samples, {total / 1e9:.3f} s {'wall' if profile.mode == 'wall' else 'CPU'} "
         f"in {profile.duration_s:.3f} s"
         + (f" ({processes} processes)" if processes > 1 else "")
         + (f", {profile.dropped_count} dropped" if profile.dropped_count else ""),

@@ -18,7 +18,8 @@ from ._model import FORMATS, resolve_format
 from ._paths import check_writable
 from ._summary import render
 
-USAGE = "python -m spprof [-i MS] [-o FILE] [--format FMT] [--subprocesses] (script.py | -m module) [args ...]"
+USAGE = ("python -m spprof [-i MS] [-o FILE] [--format FMT] [--subprocesses] [--async-aware] "
+         "(script.py | -m module) [args ...]")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="profile the Python processes the program starts too (multiprocessing, "
                         "concurrent.futures, subprocess), merged into one profile whose flame graph "
                         "has a root per process")
+    p.add_argument("--async-aware", action="store_true",
+                   help="sample wall-clock time and give asyncio tasks their own samples: a waiting "
+                        "task shows the coroutines it awaits instead of the event loop's select "
+                        "(a task column in the data; tasks created after the start)")
     p.add_argument("-m", dest="module", metavar="module", help="run a library module as a script")
     p.add_argument("target", nargs="?", help="the script to profile")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
@@ -108,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             runpy.run_path(script, run_name="__main__")
 
     status = 0
-    _api.start(interval_ms=opts.interval, subprocesses=opts.subprocesses)
+    _api.start(interval_ms=opts.interval, subprocesses=opts.subprocesses,
+               mode="wall" if opts.async_aware else "cpu", async_aware=opts.async_aware)
     try:
         run()
     except SystemExit as exc:

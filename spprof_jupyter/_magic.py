@@ -84,7 +84,7 @@ class _Run:
             if args.memory < 1:
                 raise UsageError(f"--memory: the sampling rate must be at least 1 KiB, got {args.memory}")
         self.memprof = memprof
-        self.cpu = args.memory is None or args.cpu or args.wall or args.interval is not None
+        self.cpu = args.memory is None or args.cpu or args.wall or args.async_aware or args.interval is not None
         self.interval = DEFAULT_INTERVAL_MS if args.interval is None else args.interval
         try:
             check_interval_ms(self.interval)
@@ -135,8 +135,9 @@ class _Run:
             self.mem_cm.__enter__()
         if self.cpu:
             try:
-                spprof.start(interval_ms=self.interval, mode="wall" if self.args.wall else "cpu",
-                             subprocesses=self.args.subprocesses)
+                wall = self.args.wall or self.args.async_aware
+                spprof.start(interval_ms=self.interval, mode="wall" if wall else "cpu",
+                             subprocesses=self.args.subprocesses, async_aware=self.args.async_aware)
             except BaseException:
                 self._stop_memory()
                 raise
@@ -244,6 +245,9 @@ class SpprofMagics(Magics):
     @argument("--subprocesses", action="store_true",
               help="profile the Python processes the cell starts too (multiprocessing, concurrent.futures, "
                    "subprocess): one profile, a root per process in its flame graph")
+    @argument("--async-aware", action="store_true",
+              help="sample wall-clock time and give the asyncio tasks the cell creates their own samples: a "
+                   "waiting task shows the coroutines it awaits (a task column in the data)")
     @argument("-o", "--output", metavar="PATH",
               help="also save the profile to PATH; the format comes from the extension: .json "
                    "(speedscope), .collapsed/.folded/.txt, .svg (flame graph), .html")

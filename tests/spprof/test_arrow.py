@@ -83,8 +83,8 @@ def test_table_conveniences(handmade):
     assert isinstance(t, _native.ArrowTable)
     assert len(t) == t.num_rows == 4 and t.num_batches == 1
     assert t.column_names == ["timestamp_ns", "thread_id", "thread_name", "weight_ns", "stack_id",
-                              "depth", "function", "filename", "lineno", "on_cpu", "pid"]
-    assert "[4 rows x 11 columns]" in repr(t)
+                              "depth", "function", "filename", "lineno", "on_cpu", "pid", "task"]
+    assert "[4 rows x 12 columns]" in repr(t)
     f = handmade.to_arrow("frames")
     assert len(f) == 4 + 2 + 1 + 3  # one row per frame; one for the sample without frames
     assert f.column_names == ["sample_id", "depth", "function", "filename", "lineno", "is_native",
@@ -150,6 +150,7 @@ def test_schemas_and_dtypes(handmade):
         ("function", d), ("filename", d), ("lineno", pa.int32()),
         pa.field("on_cpu", pa.bool_(), nullable=False),
         pa.field("pid", pa.int64(), nullable=False),
+        ("task", d),
     ])
     frames_schema = pa.schema([
         pa.field("sample_id", pa.int64(), nullable=False),

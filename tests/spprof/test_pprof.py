@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import gzip
 import os
@@ -95,6 +96,23 @@ def test_each_sample_carries_its_thread_and_the_labels_given(recorded, tmp_path)
     for name, tid in threads:  # go prints the string labels first, then the numbers
         assert re.search(rf"thread_name:\s+{name}\n\s+pid:\s+{os.getpid()}\n\s+thread_id:\s+{tid}\n", traces), name
     assert traces.count("test_id:  tests/test_x.py::test_y") == traces.count("thread_name:")
+
+
+@needs_go
+def test_asyncio_tasks_are_a_label(tmp_path):
+    async def nap():
+        await asyncio.sleep(0.1)
+
+    async def main():
+        await asyncio.gather(asyncio.create_task(nap(), name="napper-1"), asyncio.create_task(nap(), name="napper-2"))
+
+    with spprof.Profiler(interval_ms=1, mode="wall", async_aware=True) as p:
+        asyncio.run(main())
+    traces = pprof("-traces", str(p.profile.save(tmp_path / "tasks.pb.gz")))
+    tasks = re.findall(r"^\s+task:\s+(\S+)$", traces, re.M)
+    assert {"napper-1", "napper-2"} <= set(tasks), traces
+    # One trace per stack and thread entry; only the tasks' carry the label.
+    assert len(tasks) == len({(s.task, s.thread_id, s.frames) for s in p.profile.samples if s.task})
 
 
 def keep_big(out):

@@ -92,6 +92,21 @@ def test_a_cell_with_subprocesses_is_one_profile_of_its_processes(ip):
     assert f"python -c (pid {other});" in r.profile.to_collapsed()
 
 
+def test_async_aware_cells_give_their_tasks_their_samples(ip):
+    r = ok(ip, "%%spprof --async-aware\nimport asyncio\n"
+               "async def nap():\n    await asyncio.sleep(0.2)\n"
+               "async def both():\n"
+               "    await asyncio.gather(asyncio.create_task(nap(), name='n1'),\n"
+               "                         asyncio.create_task(nap(), name='n2'))\n"
+               "asyncio.run(both())\n")
+    assert r.profile.mode == "wall"
+    waited = {}
+    for s in r.profile.samples:
+        if s.task in ("n1", "n2") and [f.function_name for f in s.frames][-2:] == ["nap", "sleep"]:
+            waited[s.task] = waited.get(s.task, 0) + s.weight_ns
+    assert waited.keys() == {"n1", "n2"} and min(waited.values()) >= 0.15e9, waited
+
+
 def test_stacks_start_at_the_cell(ip):
     r = ok(ip, "%%spprof\nhot()\n")
     assert r.raw_profile is not None

@@ -120,6 +120,8 @@ pub struct ThreadRow {
     pub pid: u32,
     pub tid: u64,
     pub name: String,
+    /// The asyncio task (profiles taken with `async_aware`): a row per thread and task.
+    pub task: Option<String>,
     pub samples: u64,
     pub weight: i64,
     /// Weight of the samples taken while the thread was running.
@@ -135,6 +137,7 @@ pub fn per_thread(store: &Store) -> Vec<ThreadRow> {
             pid: t.pid,
             tid: t.tid,
             name: t.name.clone(),
+            task: t.task.clone(),
             samples: 0,
             weight: 0,
             on_cpu_weight: 0,

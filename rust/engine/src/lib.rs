@@ -8,10 +8,12 @@
 //! - [`analysis`]: top functions, per-thread time, diffs and filters: the one place these
 //!   figures are computed;
 //! - [`export`]: Arrow batches and run files, speedscope, collapsed stacks, flame graphs (and
-//!   the unit formatting every front end uses).
+//!   the unit formatting every front end uses);
+//! - [`tasks`]: asyncio-aware samples, the ticks of an event loop's thread given to its tasks.
 
 pub mod analysis;
 pub mod capture;
 pub mod export;
 pub mod memory;
 pub mod store;
+pub mod tasks;

@@ -29,7 +29,15 @@ pub struct ThreadInfo {
     pub pid: u32,
     pub tid: u64,
     pub name: String,
+    /// The asyncio task the samples are of (profiles taken with `async_aware`), if any.
+    pub task: Option<String>,
+    /// The task in the thread index: 0 for none, else its interned string's id + 1.
+    task_key: u32,
 }
+
+/// What identifies a thread entry: process, thread id, thread name and task key (a number, so
+/// that the index's entries are no larger than without tasks).
+type ThreadKey = (u32, u64, Box<str>, u32);
 
 #[derive(Default)]
 pub struct Store {
@@ -40,7 +48,7 @@ pub struct Store {
     stack_nodes: Vec<(StackId, FrameId)>,
     stack_ids: HashMap<(StackId, FrameId), StackId>,
     threads: Vec<ThreadInfo>,
-    thread_index: HashMap<(u32, u64, Box<str>), u32>,
+    thread_index: HashMap<ThreadKey, u32>,
     /// The process that [`Store::add_thread`] files threads under: the one recording.
     pid: u32,
     /// What each process was (its command or `multiprocessing` name), for merged profiles.
@@ -209,29 +217,45 @@ impl Store {
 
     /// [`Store::add_thread`] for a thread of process `pid` (copying or merging profiles).
     pub fn add_process_thread(&mut self, pid: u32, tid: u64, name: &str) -> u32 {
-        if let Some(&i) = self.thread_index.get(&(pid, tid, name.into())) {
+        self.add_task_thread(pid, tid, name, None)
+    }
+
+    /// [`Store::add_process_thread`] for the samples of one asyncio `task` of that thread.
+    pub fn add_task_thread(&mut self, pid: u32, tid: u64, name: &str, task: Option<&str>) -> u32 {
+        let task_key = match task.map(|t| self.intern_str(t)) {
+            None => 0,
+            Some(Some(id)) => id + 1,
+            Some(None) => return self.overflow_thread(),
+        };
+        let key: ThreadKey = (pid, tid, name.into(), task_key);
+        if let Some(&i) = self.thread_index.get(&key) {
             return i;
         }
         // Room for this thread and for the overflow entry after it, so that adding the overflow
         // entry never grows the table past the budget.
-        let cost = 3 * (name.len() + OVERFLOW_THREAD_NAME.len())
+        let text = name.len() + task.map_or(0, str::len);
+        let cost = 3 * (text + OVERFLOW_THREAD_NAME.len())
             + vec_growth(&self.threads, 2)
             + map_growth(&self.thread_index, 2);
         if !self.fits(cost) {
             return self.overflow_thread();
         }
-        self.push_thread(pid, tid, name)
+        self.push_thread(key, task)
     }
 
-    fn push_thread(&mut self, pid: u32, tid: u64, name: &str) -> u32 {
+    fn push_thread(&mut self, key: ThreadKey, task: Option<&str>) -> u32 {
         let index = self.threads.len() as u32;
-        self.string_bytes += 3 * name.len(); // the name, and its copy in the index
+        let (pid, tid, name, task_key) = &key;
+        // The name and its copy in the index; the task's copy (interned once as well).
+        self.string_bytes += 3 * name.len() + task.map_or(0, str::len);
         self.threads.push(ThreadInfo {
-            pid,
-            tid,
-            name: name.to_owned(),
+            pid: *pid,
+            tid: *tid,
+            name: name.to_string(),
+            task: task.map(str::to_owned),
+            task_key: *task_key,
         });
-        self.thread_index.insert((pid, tid, name.into()), index);
+        self.thread_index.insert(key, index);
         index
     }
 
@@ -240,7 +264,7 @@ impl Store {
         match self.overflow_thread {
             Some(i) => i,
             None => {
-                let i = self.push_thread(self.pid, 0, OVERFLOW_THREAD_NAME);
+                let i = self.push_thread((self.pid, 0, OVERFLOW_THREAD_NAME.into(), 0), None);
                 self.overflow_thread = Some(i);
                 i
             }
@@ -258,12 +282,23 @@ impl Store {
         if t.name == name {
             return;
         }
-        let key = (t.pid, t.tid, std::mem::take(&mut t.name).into_boxed_str());
+        let key = (
+            t.pid,
+            t.tid,
+            std::mem::take(&mut t.name).into_boxed_str(),
+            t.task_key,
+        );
         t.name = name.to_owned();
-        let (pid, tid) = (t.pid, t.tid);
         self.string_bytes = self.string_bytes + 3 * name.len() - 3 * key.2.len();
         self.thread_index.remove(&key);
-        self.thread_index.insert((pid, tid, name.into()), index);
+        let (pid, tid, _, task_key) = key;
+        self.thread_index
+            .insert((pid, tid, name.into(), task_key), index);
+    }
+
+    /// The process that recorded the store (see [`Store::add_thread`]).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// The processes whose threads the store holds, in the order first seen.
@@ -428,7 +463,7 @@ impl<'a> Importer<'a> {
         let from = self.from;
         *self.threads.entry(index).or_insert_with(|| {
             let t = &from.threads[index as usize];
-            out.add_process_thread(t.pid, t.tid, &t.name)
+            out.add_task_thread(t.pid, t.tid, &t.name, t.task.as_deref())
         })
     }
 }

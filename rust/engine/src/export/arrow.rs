@@ -77,7 +77,7 @@ pub fn build(store: &Arc<Store>, kind: Kind, weight_column: &str) -> Result<Tabl
     }
 }
 
-const SAMPLES_COLUMNS: [&str; 10] = [
+const SAMPLES_COLUMNS: [&str; 11] = [
     "timestamp_ns",
     "thread_id",
     "thread_name",
@@ -88,6 +88,7 @@ const SAMPLES_COLUMNS: [&str; 10] = [
     "lineno",
     "on_cpu",
     "pid",
+    "task",
 ];
 const FRAMES_COLUMNS: [&str; 10] = [
     "sample_id",
@@ -130,6 +131,7 @@ pub fn samples_schema(weight_column: &str) -> SchemaRef {
         Field::new("lineno", DataType::Int32, true),
         Field::new("on_cpu", DataType::Boolean, false),
         Field::new("pid", DataType::Int64, false),
+        Field::new("task", dict_type(), true),
     ]))
 }
 
@@ -208,6 +210,9 @@ struct Lookups {
     tid: Vec<i64>,
     thread_key: Vec<i32>,
     thread_names: ArrayRef,
+    /// Per thread index: key into `task_names` (`None`: not an asyncio task's samples).
+    task_key: Vec<Option<i32>>,
+    task_names: ArrayRef,
     /// Per stack node: frames from the root to it (the depth of a stack ending there).
     depth: Vec<i32>,
 }
@@ -227,6 +232,18 @@ impl Lookups {
                     names.push(t.name.as_str());
                     names.len() as i32 - 1
                 })
+            })
+            .collect();
+        let (mut task_key_of, mut tasks): (HashMap<&str, i32>, Vec<&str>) = Default::default();
+        let task_key = store
+            .threads()
+            .iter()
+            .map(|t| {
+                let task = t.task.as_deref()?;
+                Some(*task_key_of.entry(task).or_insert_with(|| {
+                    tasks.push(task);
+                    tasks.len() as i32 - 1
+                }))
             })
             .collect();
         // A node's parent is interned before it, so one pass in id order sees parents first.
@@ -249,6 +266,8 @@ impl Lookups {
             tid: store.threads().iter().map(|t| t.tid as i64).collect(),
             thread_key,
             thread_names: Arc::new(StringArray::from(names)),
+            task_key,
+            task_names: Arc::new(StringArray::from(tasks)),
             depth,
         }
     }
@@ -343,6 +362,14 @@ pub fn samples(store: &Arc<Store>, weight_column: &str) -> Result<Table, ArrowEr
         Arc::new(Int64Array::from_iter_values(
             thread.iter().map(|&t| look.pid[t as usize]),
         )),
+        dict_column(
+            thread
+                .iter()
+                .map(|&t| look.task_key[t as usize].unwrap_or(0))
+                .collect(),
+            nulls(n, |i| look.task_key[thread[i] as usize].is_some()),
+            &look.task_names,
+        )?,
     ];
     debug_assert!(columns.iter().all(|c| c.len() == n));
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
@@ -549,7 +576,8 @@ mod tests {
                 "filename",
                 "lineno",
                 "on_cpu",
-                "pid"
+                "pid",
+                "task"
             ]
         );
         assert_eq!(t.schema.field(2).data_type(), &dict_type());
@@ -560,6 +588,7 @@ mod tests {
         assert_eq!(i64s(b.column(1)), [Some(101), Some(202), Some(101)]);
         let pid = Some(i64::from(std::process::id()));
         assert_eq!(i64s(b.column(10)), [pid; 3]);
+        assert_eq!(strings(b.column(11)), [None, None, None]); // no asyncio task
         let thread_names = strings(b.column(2));
         assert_eq!(thread_names[1].as_deref(), Some("worker"));
         assert_eq!(thread_names[2].as_deref(), Some("MainThread"));

@@ -276,6 +276,13 @@ fn build(store: &Store, opts: &Options) -> proto::Profile {
                     num: info.pid.into(),
                 },
             ];
+            if let Some(name) = &info.task {
+                label.push(proto::Label {
+                    key: strings.id("task"),
+                    str: strings.id(name),
+                    num: 0,
+                });
+            }
             label.extend(extra.iter().cloned());
             let (count, weight) = totals[&(stack, thread)];
             proto::Sample {

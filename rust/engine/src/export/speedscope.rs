@@ -58,15 +58,14 @@ pub fn write(store: &Store, opts: &Options, out: &mut impl Write) -> io::Result<
         let info = &store.threads()[t];
         let total: i64 = rows.iter().map(|&i| store.weights[i]).sum();
         out.write_all(br#"{"type":"sampled","name":"#)?;
+        let thread = match &info.task {
+            Some(task) => format!("{} {task} (tid {})", info.name, info.tid),
+            None => format!("{} (tid {})", info.name, info.tid),
+        };
         let name = if by_process {
-            format!(
-                "{}: {} (tid {})",
-                store.process_label(info.pid),
-                info.name,
-                info.tid
-            )
+            format!("{}: {thread}", store.process_label(info.pid))
         } else {
-            format!("{} (tid {})", info.name, info.tid)
+            thread
         };
         json_str(out, &name)?;
         write!(

@@ -203,6 +203,12 @@ fn is_active() -> bool {
     session::lock().is_some()
 }
 
+/// Samples taken so far by the running session (0 when none runs); cheap, lock-free.
+#[pyfunction]
+fn samples_taken() -> u64 {
+    crate::signal::handler::samples_taken()
+}
+
 /// Live counters of the running session, or None.
 #[pyfunction]
 fn stats(py: Python<'_>) -> PyResult<Option<Py<PyDict>>> {
@@ -278,6 +284,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(signal_handled_by_another, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(samples_taken, m)?)?;
     m.add_function(wrap_pyfunction!(register_thread, m)?)?;
     m.add_function(wrap_pyfunction!(register_all_threads, m)?)?;
     m.add_function(wrap_pyfunction!(unregister_thread, m)?)?;

@@ -49,6 +49,17 @@ impl Columns {
             .push(Arc::new(StringArray::from_iter_values(values)));
         self
     }
+    /// A text column with nulls (`None`).
+    fn optional_text<'a>(
+        &mut self,
+        name: &str,
+        values: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> &mut Self {
+        self.fields.push(Field::new(name, DataType::Utf8, true));
+        self.arrays
+            .push(Arc::new(values.into_iter().collect::<StringArray>()));
+        self
+    }
     /// The key columns a grouping has: function, filename, lineno (as applicable).
     fn keys<'a>(&mut self, g: Group, keys: impl Iterator<Item = &'a Key> + Clone) -> &mut Self {
         if g != Group::File {
@@ -132,7 +143,8 @@ pub fn analysis_threads(data: &ProfileData, unit: &str) -> PyResult<ArrowTable> 
             rows.iter().map(|r| r.on_cpu_weight),
         )
         .float("share_pct", rows.iter().map(|r| pct(r.weight, total)))
-        .int("pid", rows.iter().map(|r| r.pid.into()));
+        .int("pid", rows.iter().map(|r| r.pid.into()))
+        .optional_text("task", rows.iter().map(|r| r.task.as_deref()));
     c.table()
 }
 

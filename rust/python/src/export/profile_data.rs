@@ -9,6 +9,7 @@ use spprof_engine::export::pprof;
 use spprof_engine::export::process_file::{self, Process};
 use spprof_engine::export::speedscope;
 use spprof_engine::store::{Store, EMPTY_STACK};
+use spprof_engine::tasks::{self, Step, Wait};
 use std::sync::Arc;
 
 /// A finished profile. Immutable: the store is shared (`Arc`) with whatever is built on it
@@ -55,14 +56,20 @@ impl ProfileData {
 
 /// A sample's frames as Python hands them to `from_samples`, root first.
 type FramesIn = Vec<(String, String, u32, bool)>;
-/// One sample as Python hands it to `from_samples`; the process id is optional (last).
+/// One sample as Python hands it to `from_samples`; the process id and the task are optional
+/// (last).
 type SampleIn = (i64, u64, String, i64, bool, FramesIn);
 type ProcessSampleIn = (i64, u64, String, i64, bool, FramesIn, u32);
+type TaskSampleIn = (i64, u64, String, i64, bool, FramesIn, u32, Option<String>);
+/// A task's step as `_tasks.Tracker` notes it: (start ns, end ns, task, thread id).
+type StepIn = (i64, i64, String, u64);
+/// A task's wait: (start ns, end ns, task, thread id, [(function, file, line)] outermost first).
+type WaitIn = (i64, i64, String, u64, Vec<(String, String, u32)>);
 
 #[pymethods]
 impl ProfileData {
     /// Build from plain values (a profile assembled or edited in Python), an iterable of
-    /// `(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf][, pid])`
+    /// `(timestamp_ns, thread_id, thread_name, weight, on_cpu, [(function, file, line, is_native), ...root→leaf][, pid[, task]])`
     /// (without a pid: this process). It is consumed one sample at a time: a generator costs no
     /// list of every sample.
     #[staticmethod]
@@ -71,14 +78,20 @@ impl ProfileData {
         let mut store = Store::new(usize::MAX);
         for sample in samples.try_iter()? {
             let sample = sample?;
-            let (ts, tid, name, weight, on_cpu, frames, pid) = match sample.len()? {
-                7 => sample.extract::<ProcessSampleIn>()?,
+            let (ts, tid, name, weight, on_cpu, frames, pid, task) = match sample.len()? {
+                8 => sample.extract::<TaskSampleIn>()?,
+                7 => {
+                    let (ts, tid, name, weight, on_cpu, frames, pid): ProcessSampleIn =
+                        sample.extract()?;
+                    (ts, tid, name, weight, on_cpu, frames, pid, None)
+                }
                 _ => {
                     let (ts, tid, name, weight, on_cpu, frames): SampleIn = sample.extract()?;
-                    (ts, tid, name, weight, on_cpu, frames, std::process::id())
+                    let pid = std::process::id();
+                    (ts, tid, name, weight, on_cpu, frames, pid, None)
                 }
             };
-            let thread = store.add_process_thread(pid, tid, &name);
+            let thread = store.add_task_thread(pid, tid, &name, task.as_deref());
             let ids = frames
                 .iter()
                 .map(|(f, file, line, native)| store.intern_frame(f, file, *line, *native))
@@ -132,13 +145,47 @@ impl ProfileData {
         }
     }
 
-    /// The thread table `[(tid, name, pid)]` (sample rows hold indices into it).
-    fn threads(&self) -> Vec<(u64, String, u32)> {
+    /// The thread table `[(tid, name, pid, task)]` (sample rows hold indices into it).
+    fn threads(&self) -> Vec<(u64, String, u32, Option<String>)> {
         self.store
             .threads()
             .iter()
-            .map(|t| (t.tid, t.name.clone(), t.pid))
+            .map(|t| (t.tid, t.name.clone(), t.pid, t.task.clone()))
             .collect()
+    }
+
+    /// The samples with asyncio tasks' `steps` and `waits` applied (`spprof/_tasks.py` notes
+    /// them, in this profile's clock); `entry` is the (function, file) of the frame under which
+    /// a traced task's coroutine runs. See `spprof_engine::tasks`.
+    fn with_tasks(
+        &self,
+        py: Python<'_>,
+        steps: Vec<StepIn>,
+        waits: Vec<WaitIn>,
+        entry: (String, String),
+    ) -> ProfileData {
+        let steps: Vec<Step> = steps
+            .into_iter()
+            .map(|(start_ns, end_ns, task, tid)| Step {
+                start_ns,
+                end_ns,
+                tid,
+                task,
+            })
+            .collect();
+        let waits: Vec<Wait> = waits
+            .into_iter()
+            .map(|(start_ns, end_ns, task, tid, frames)| Wait {
+                start_ns,
+                end_ns,
+                tid,
+                task,
+                frames,
+            })
+            .collect();
+        let store =
+            py.detach(|| tasks::with_tasks(&self.store, &steps, &waits, (&entry.0, &entry.1)));
+        ProfileData::new(store, self.interval_ns, self.handler_ns, self.wall)
     }
 
     /// Leave this profile, recorded by process `pid` (`name`) on a clock that started at

@@ -57,6 +57,17 @@ pub fn wait_for_handlers() {
     }
 }
 
+/// Samples the running profile has taken so far (0 when none runs), without a lock: asyncio
+/// tracing reads it around every task step.
+pub fn samples_taken() -> u64 {
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let p = SHARED.load(Ordering::SeqCst);
+    // SAFETY: counted in flight, a published state is not freed before the count drops.
+    let n = (!p.is_null()).then(|| unsafe { &*p }.collected.load(Ordering::Relaxed));
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    n.unwrap_or(0)
+}
+
 /// Test hook: do what a handler preempted mid-record does: keep one record of the ring
 /// reserved and unwritten, counted in flight (so the state outlives it), until `hold(false)`
 /// commits it. Drains stop at it meanwhile, and `stop()` waits for it. False if no profile runs.
