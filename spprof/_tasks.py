@@ -119,7 +119,7 @@ class _Traced(collections.abc.Coroutine):
         self._tracker = tracker
         self._task: Any = None
         self._thread = 0
-        self._since = 0  # when it was suspended (0: never ran)
+        self._since = 0  # when it was suspended (0: running, finished, or never ran)
         self._count = 0  # the sample count then
 
     def _name(self) -> str:
@@ -146,6 +146,7 @@ class _Traced(collections.abc.Coroutine):
             self._task = asyncio.current_task()
             self._thread = threading.get_native_id()
         self._waited_until(start)
+        self._since = 0  # running (a stop() inside this step closes no wait of it)
         count = tracker.samples_taken()
         try:
             return step(*args)

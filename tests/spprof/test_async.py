@@ -179,6 +179,25 @@ def test_tasks_work_as_before_under_tracing_and_after_it():
         loop.close()
 
 
+def test_profiling_from_inside_a_coroutine():
+    # The task that starts the profile existed before it: not traced. The one it starts is,
+    # and stop() ends its wait, which it is still in.
+    async def main():
+        spprof.start(interval_ms=INTERVAL_MS, mode="wall", async_aware=True)
+        sleeper = asyncio.create_task(asyncio.sleep(10), name="sleeper")
+        t0 = time.monotonic_ns()
+        await asyncio.sleep(0.1)
+        profile = spprof.stop()
+        waited = time.monotonic_ns() - t0
+        sleeper.cancel()
+        return profile, waited
+
+    profile, waited = asyncio.run(main())
+    sleeping = sum(s.weight_ns for s in profile.samples if s.task == "sleeper")
+    assert abs(sleeping - waited) <= 4 * INTERVAL_MS * 1_000_000, (sleeping, waited)
+    assert {s.task for s in profile.samples} <= {"sleeper", None}
+
+
 def test_the_await_chain_reads_suspended_coroutines_outermost_first():
     class Pause:
         def __await__(self):
