@@ -84,7 +84,9 @@ def test_fails():
 
 def test_speedscope_files_match_schema(pytester):
     jsonschema = pytest.importorskip("jsonschema")
-    pytester.makepyfile(BURN + "def test_a():\n    burn(100)\n")
+    # Burn until sampled: 100 ms of CPU once gave no sample at all on a loaded machine.
+    pytester.makepyfile(BURN + "import spprof\n\ndef test_a():\n    seen = spprof.stats().collected_samples\n"
+                               "    while spprof.stats().collected_samples < seen + 5:\n        burn(20)\n")
     run(pytester, "--spprof", "--spprof-save=all", "--spprof-dir=out").assert_outcomes(passed=1)
     (path,) = (pytester.path / "out" / "profiles").glob("*.speedscope.json")
     doc = json.loads(path.read_text())
