@@ -53,6 +53,17 @@ def await_chain(coro: Any) -> List[FrameTuple]:
     return frames
 
 
+def _running_task() -> Any:
+    """The task running on this thread's event loop, or None (asyncio's own current_task()
+    raises without a running loop, as when a test drives ``loop._run_once()`` by hand)."""
+    import asyncio
+
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 class Tracker:
     """The steps and waits of traced tasks, in CLOCK_MONOTONIC ns, while ``active``."""
 
@@ -77,10 +88,13 @@ class Tracker:
         tracker = self
 
         def create_task(loop: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
-            if tracker.active and type(coro) is not _Traced and asyncio.iscoroutine(coro):
-                coro = _Traced(coro, tracker)
-                tracker._traced.add(coro)
-            return original(loop, coro, *args, **kwargs)
+            if not (tracker.active and type(coro) is not _Traced and asyncio.iscoroutine(coro)):
+                return original(loop, coro, *args, **kwargs)
+            traced = _Traced(coro, tracker)
+            tracker._traced.add(traced)
+            task = original(loop, traced, *args, **kwargs)
+            traced._task = task  # an eager task has run its first step already, and knows it
+            return task
 
         create_task.__wrapped__ = original  # type: ignore[attr-defined]
         cls.create_task = create_task  # type: ignore[method-assign]
@@ -140,11 +154,10 @@ class _Traced(collections.abc.Coroutine):
         if not tracker.active:
             return step(*args)
         start = time.monotonic_ns()
-        if self._task is None:
-            import asyncio
-
-            self._task = asyncio.current_task()
+        if not self._thread:
             self._thread = threading.get_native_id()
+            if self._task is None:  # an eager task's first step, inside create_task
+                self._task = _running_task()
         self._waited_until(start)
         self._since = 0  # running (a stop() inside this step closes no wait of it)
         count = tracker.samples_taken()

@@ -179,6 +179,28 @@ def test_tasks_work_as_before_under_tracing_and_after_it():
         loop.close()
 
 
+def test_a_task_stepped_without_a_running_loop():
+    # CPython's own asyncio tests step tasks with loop._run_once() by hand: there is no running
+    # loop, and asyncio.current_task() raises. The task must step as it would unprofiled.
+    loop = asyncio.new_event_loop()
+    try:
+        with spprof.Profiler(mode="wall", async_aware=True):
+            future = loop.create_future()
+
+            async def waits():
+                return await future
+
+            task = loop.create_task(waits())
+            loop._run_once()  # its first step: it now waits for the future
+            assert not task.done()
+            future.set_result(5)
+            while not task.done():
+                loop._run_once()
+        assert task.result() == 5
+    finally:
+        loop.close()
+
+
 def test_profiling_from_inside_a_coroutine():
     # The task that starts the profile existed before it: not traced. The one it starts is,
     # and stop() ends its wait, which it is still in.
