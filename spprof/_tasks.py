@@ -29,6 +29,7 @@ from typing import Any, Callable, List, Optional, Tuple
 FrameTuple = Tuple[str, str, int]
 
 _QUALNAMES = sys.version_info >= (3, 11)  # the sampler names functions by co_qualname from 3.11
+_clock = time.monotonic_ns  # the samples' clock (CLOCK_MONOTONIC)
 
 
 def _frame_of(code: Any, line: Optional[int]) -> FrameTuple:
@@ -115,9 +116,9 @@ class Tracker:
 
     def close(self) -> None:
         """Stop noting: the tasks still waiting end their waits now."""
-        now = time.monotonic_ns()
+        now, count = _clock(), self.samples_taken()
         for traced in list(self._traced):
-            traced._waited_until(now)
+            traced._waited_until(now, count)
         self.active = False
         if self._restore is not None:
             self._restore()
@@ -142,35 +143,38 @@ class _Traced(collections.abc.Coroutine):
         task = self._task
         return task.get_name() if task is not None else "<task>"
 
-    def _waited_until(self, now: int) -> None:
-        tracker = self._tracker
-        if self._since and tracker.active and tracker.samples_taken() != self._count:
+    def _waited_until(self, now: int, count: int) -> None:
+        """Note the wait that ends at ``now`` (the sample count then: ``count``), if a sample
+        was taken during it."""
+        if self._since and count != self._count:
             wait = (self._since, now, self._name(), self._thread, await_chain(self._coro))
-            with tracker._lock:
-                tracker.waits.append(wait)
+            with self._tracker._lock:
+                self._tracker.waits.append(wait)
 
     def _step(self, step: Callable[..., Any], *args: Any) -> Any:
         tracker = self._tracker
         if not tracker.active:
             return step(*args)
-        start = time.monotonic_ns()
+        start, count = _clock(), tracker.samples_taken()
         if not self._thread:
             self._thread = threading.get_native_id()
             if self._task is None:  # an eager task's first step, inside create_task
                 self._task = _running_task()
-        self._waited_until(start)
-        self._since = 0  # running (a stop() inside this step closes no wait of it)
-        count = tracker.samples_taken()
+        self._waited_until(start, count)
+        self._since = 0  # running: a stop() inside this step closes no wait of it
+        finished = False
         try:
             return step(*args)
+        except BaseException:  # StopIteration included: the coroutine is done
+            finished = True
+            raise
         finally:
-            end = time.monotonic_ns()
-            # A finished coroutine has no frame: it waits for nothing any more.
-            self._since = end if _frame(self._coro) is not None else 0
-            self._count = tracker.samples_taken()
-            if self._count != count:
+            end, after = _clock(), tracker.samples_taken()
+            if after != count:
                 with tracker._lock:
                     tracker.steps.append((start, end, self._name(), self._thread))
+            # 0 while it runs and once it is done: no wait to note.
+            self._since, self._count = (0 if finished else end), after
 
     def send(self, value: Any) -> Any:
         return self._step(self._coro.send, value)

@@ -209,8 +209,8 @@ def test_profiling_from_inside_a_coroutine():
         sleeper = asyncio.create_task(asyncio.sleep(10), name="sleeper")
         t0 = time.monotonic_ns()
         await asyncio.sleep(0.1)
-        profile = spprof.stop()
         waited = time.monotonic_ns() - t0
+        profile = spprof.stop()
         sleeper.cancel()
         return profile, waited
 
