@@ -499,6 +499,8 @@ def _after_fork_in_child() -> None:
     _lifecycle = threading.Lock()  # another thread may have held it at the fork
     if _native is not None:
         _native.after_fork_in_child()
+    if _run is not None and _run.tasks is not None:
+        _run.tasks.close(end_waits=False)  # the child does not profile: its tasks are not traced
     _run = None
 
 

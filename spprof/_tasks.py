@@ -114,11 +114,14 @@ class Tracker:
         entry = _frame_of(_Traced._step.__code__, None)[:2]
         return data.with_tasks(steps, waits, entry)
 
-    def close(self) -> None:
-        """Stop noting: the tasks still waiting end their waits now."""
-        now, count = _clock(), self.samples_taken()
-        for traced in list(self._traced):
-            traced._waited_until(now, count)
+    def close(self, end_waits: bool = True) -> None:
+        """Stop noting, and put ``create_task`` back; the tasks still waiting end their waits
+        now, unless ``end_waits`` is false (a forked child, where another thread may have held
+        the lock at the fork)."""
+        if end_waits:
+            now, count = _clock(), self.samples_taken()
+            for traced in list(self._traced):
+                traced._waited_until(now, count)
         self.active = False
         if self._restore is not None:
             self._restore()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -199,6 +200,21 @@ def test_a_task_stepped_without_a_running_loop():
         assert task.result() == 5
     finally:
         loop.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_a_forked_child_does_not_trace():
+    import asyncio.base_events as base_events
+
+    original = base_events.BaseEventLoop.create_task
+    with spprof.Profiler(mode="wall", async_aware=True):
+        pid = os.fork()
+        if pid == 0:
+            ok = base_events.BaseEventLoop.create_task is original and asyncio.run(asyncio.sleep(0, result=1)) == 1
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_profiling_from_inside_a_coroutine():
