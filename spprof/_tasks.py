@@ -92,7 +92,8 @@ class Tracker:
             if not (tracker.active and type(coro) is not _Traced and asyncio.iscoroutine(coro)):
                 return original(loop, coro, *args, **kwargs)
             traced = _Traced(coro, tracker)
-            tracker._traced.add(traced)
+            with tracker._lock:  # close() may be reading the set in another thread
+                tracker._traced.add(traced)
             task = original(loop, traced, *args, **kwargs)
             traced._task = task  # an eager task has run its first step already, and knows it
             return task
@@ -120,7 +121,9 @@ class Tracker:
         the lock at the fork)."""
         if end_waits:
             now, count = _clock(), self.samples_taken()
-            for traced in list(self._traced):
+            with self._lock:
+                waiting = list(self._traced)
+            for traced in waiting:
                 traced._waited_until(now, count)
         self.active = False
         if self._restore is not None:
@@ -141,8 +144,8 @@ class _Traced(collections.abc.Coroutine):
         self._count = 0  # the sample count then
 
     def _name(self) -> str:
-        # The task is known from its first step on (asyncio's own current task then); names
-        # are read when noted, as set_name() may change them.
+        # The task comes from create_task (an eager task's first step, which runs inside it,
+        # asks asyncio); names are read when noted, as set_name() may change them.
         task = self._task
         return task.get_name() if task is not None else "<task>"
 

@@ -47,7 +47,10 @@ pub fn with_tasks(store: &Store, steps: &[Step], waits: &[Wait], entry: (&str, &
             (store.string(fr.function), store.string(fr.file)) == entry
         })
         .collect();
-    let steps = by_thread(steps.iter().map(|s| (s.tid, s)));
+    let mut steps = by_thread(steps.iter().map(|s| (s.tid, s)));
+    for list in steps.values_mut() {
+        list.sort_by_key(|s| s.start_ns);
+    }
     let mut waits = by_thread(waits.iter().map(|w| (w.tid, w)));
     for list in waits.values_mut() {
         list.sort_by_key(|w| w.start_ns);
